@@ -1,0 +1,149 @@
+"""The feature bank: the source pass's tensors at each injected step (spec section 3)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import layers as layer_sets
+from .errors import PnPError
+from .inversion import Trajectory
+from .passes import Progress, run_loop
+from .patches import Recorder
+from .schedule import check_same_schedule, injected_steps
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureBank:
+    """Immutable; clones of a patched model share it (see `__deepcopy__`)."""
+
+    sigmas: torch.Tensor                                  # (N+1,) sampling schedule
+    start: torch.Tensor                                   # x(sigma_0), model latent space [B, C, H, W]
+    residual: dict[int, torch.Tensor]                     # block -> [feature steps, B, C, h, w]
+    queries: dict[tuple[int, int], torch.Tensor]          # (block, index) -> [attention steps, B, T, C]
+    keys: dict[tuple[int, int], torch.Tensor]
+    layers: layer_sets.LayerSet
+    architecture: str                                     # layers.signature of the capture model
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    @property
+    def feature_steps(self) -> int:
+        return min((t.shape[0] for t in self.residual.values()), default=0)
+
+    @property
+    def attention_steps(self) -> int:
+        return min((t.shape[0] for t in self.queries.values()), default=0)
+
+    def nbytes(self) -> int:
+        tensors = [*self.residual.values(), *self.queries.values(), *self.keys.values(), self.start]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def steps_for(self, model_patcher, feature_injection: float, attention_injection: float) -> tuple[int, int]:
+        """Injected step counts for these fractions, or a clear error if the bank cannot serve them."""
+        feature = injected_steps(self.steps, feature_injection, "feature_injection")
+        attention = injected_steps(self.steps, attention_injection, "attention_injection")
+        here = layer_sets.signature(model_patcher, self.layers)
+        if here != self.architecture:
+            raise PnPError(
+                f"This feature bank was captured on another architecture ({self.architecture}), "
+                f"not on this model ({here}). Capture it again with this model."
+            )
+        if feature and not self.layers.resblocks:
+            raise PnPError("This bank's layer set has no ResBlock: set `feature_injection` to 0 or capture with ResBlock layers.")
+        if attention and not self.layers.attention:
+            raise PnPError("This bank's layer set has no attention layer: set `attention_injection` to 0 or capture with attention layers.")
+        if feature > self.feature_steps:
+            raise PnPError(
+                f"`feature_injection` {feature_injection} needs {feature} steps of ResBlock features "
+                f"but the bank holds {self.feature_steps}: raise `feature_steps` in PnP Capture "
+                f"Features to at least {feature_injection}."
+            )
+        if attention > self.attention_steps:
+            raise PnPError(
+                f"`attention_injection` {attention_injection} needs {attention} steps of attention "
+                f"but the bank holds {self.attention_steps}: raise `attention_steps` in PnP Capture "
+                f"Features to at least {attention_injection}."
+            )
+        return feature, attention
+
+    def check_schedule(self, sigmas: torch.Tensor, injected: int) -> None:
+        check_same_schedule(self.sigmas, sigmas, injected + 1, "feature bank")
+
+    def check_latent_shape(self, shape, batch: bool) -> None:
+        """Spatial size (and, for a whole latent, batch) the bank can serve."""
+        want = tuple(self.start.shape[-2:])
+        if tuple(shape[-2:]) != want:
+            raise PnPError(
+                f"The latent is {shape[-1] * 8}x{shape[-2] * 8} px ({tuple(shape[-2:])} latent) but the "
+                f"feature bank was captured at {want[1] * 8}x{want[0] * 8} px: PnP injects into a "
+                f"latent of the source's size. Sample at the source size (upscale after PnP, "
+                f"with the unpatched model)."
+            )
+        rows = self.start.shape[0]
+        if batch and rows not in (1, shape[0]):
+            raise PnPError(
+                f"The feature bank holds {rows} source row(s) but the latent batch is {shape[0]}: "
+                f"use a bank of 1 source image, or one source frame per target row."
+            )
+
+
+def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, attention_steps: float = 0.5,
+            preset: str = "auto", custom_layers: str = "", conditioning=None) -> FeatureBank:
+    """Run the source pass at the first steps and keep the layers' outputs (spec section 3).
+
+    At step i the U-Net sees the trajectory latent x(sigma_i) with the source prompt, nothing
+    injected. ResBlock outputs are kept for i < int(N * feature_steps), queries and keys for
+    i < int(N * attention_steps). Stored in the dtype and on the device the U-Net computes in.
+    """
+    import comfy.patcher_extension as ext
+
+    layers = layer_sets.resolve(model_patcher, preset, custom_layers)
+    family = layer_sets.family_of(model_patcher)
+    if family != trajectory.family:
+        raise PnPError(
+            f"The trajectory was inverted with a {trajectory.family} model but this model is "
+            f"{family}: invert and capture with the same model."
+        )
+    n_feature = injected_steps(trajectory.steps, feature_steps, "feature_steps")
+    n_attention = injected_steps(trajectory.steps, attention_steps, "attention_steps")
+    passes = max(n_feature, n_attention)
+    recorder = Recorder(trajectory.sigmas, layers, n_feature, n_attention, store=lambda t: t.clone())
+
+    if passes:
+        patched = model_patcher.clone()
+        patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "pnp_capture", recorder)
+        progress = Progress(passes)
+
+        def loop(model, x, sigmas):
+            ones = x.new_ones(x.shape[0])
+            for i in range(passes):
+                model(trajectory.latents[i].to(x), sigmas[i] * ones)
+                progress.step()
+            return x
+
+        latent = torch.zeros_like(trajectory.latents[0])  # unused: the loop reads the trajectory
+        run_loop(patched, conditioning or trajectory.conditioning, latent,
+                 trajectory.sigmas[: passes + 1], loop)
+
+    def stacked(table: dict[int, torch.Tensor], count: int, name) -> torch.Tensor:
+        missing = [i for i in range(count) if i not in table]
+        if missing:
+            raise PnPError(f"The source pass did not reach layer {name} at steps {missing}: "
+                           f"this model does not run that layer; choose other layers.")
+        return torch.stack([table[i] for i in range(count)]) if count else torch.empty(0)
+
+    return FeatureBank(
+        sigmas=trajectory.sigmas,
+        start=trajectory.latents[0],
+        residual={b: stacked(t, n_feature, b) for b, t in recorder.residual.items()},
+        queries={k: stacked(t, n_attention, k) for k, t in recorder.queries.items()},
+        keys={k: stacked(t, n_attention, k) for k, t in recorder.keys.items()},
+        layers=layers,
+        architecture=layer_sets.signature(model_patcher, layers),
+    )

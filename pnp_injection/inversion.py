@@ -1,0 +1,86 @@
+"""Deterministic DDIM inversion of the source latent (spec section 2)."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from . import layers, schedule
+from .errors import PnPError
+from .passes import Progress, run_loop
+
+
+@dataclass(frozen=True, eq=False)
+class Trajectory:
+    """The source's inversion path at every sampling sigma, in the model's latent space."""
+
+    sigmas: torch.Tensor          # (N+1,) sampling schedule, descending, ends at 0
+    latents: torch.Tensor         # (N, B, C, H, W): x(sigma_i), i = 0..N-1
+    conditioning: list            # the inversion prompt, reused for the source pass
+    family: str                   # layer-table family of the model it was made with
+    evaluations: int              # model evaluations the inversion made
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def __deepcopy__(self, memo):  # immutable: never duplicate its tensors
+        return self
+
+
+def _check_latent(latent: torch.Tensor) -> None:
+    if latent.ndim != 4 or latent.numel() == 0:
+        raise PnPError(
+            f"The source latent has shape {tuple(latent.shape)}; PnP needs an image latent "
+            f"[batch, channels, height, width]: connect VAE Encode of the source image."
+        )
+    if not torch.isfinite(latent).all():
+        raise PnPError("The source latent contains NaN or infinite values: re-encode the source image.")
+
+
+def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
+           evaluations: int = 999, scheduler: str = "ddim_uniform") -> Trajectory:
+    """DDIM-invert `latent` (user latent space) with `conditioning` and no guidance.
+
+    One step from fine sigma a to the next b evaluates the model at the *higher* level b on
+    the input whose VP value is x_vp(a), takes eps from its denoised output (eps and v
+    models alike), and moves x(b) = x(a) + (sigma_b - sigma_a) * eps.
+    """
+    family = layers.family_of(model_patcher)  # DiT/flow models stop here, before any work
+    _check_latent(latent)
+    model_sampling = model_patcher.get_model_object("model_sampling")
+    sigmas = schedule.sampling_sigmas(model_sampling, scheduler, steps)
+    fine, record = schedule.inversion_sigmas(model_sampling, sigmas, evaluations)
+    sigma_data = float(model_sampling.sigma_data)
+    progress = Progress(len(fine) - 1)
+    recorded: list[torch.Tensor] = []
+
+    def vp_scale(sigma):  # x_vp = x_k * vp_scale(sigma)
+        return sigma_data / (sigma ** 2 + sigma_data ** 2) ** 0.5
+
+    def loop(model, x, fine_sigmas):
+        # The encoded latent is x_vp at timestep 0; move to k-space at that level.
+        fine_sigmas = fine_sigmas.float()
+        x = x / vp_scale(fine_sigmas[0])
+        marks = Counter(record)  # a sampling sigma at timestep 0 is recorded at the start
+        recorded.extend([x] * marks[0])
+        ones = x.new_ones(x.shape[0])
+        for j in range(len(fine_sigmas) - 1):
+            a, b = fine_sigmas[j], fine_sigmas[j + 1]
+            x_in = x * (vp_scale(a) / vp_scale(b))   # VP value x_vp(a), read at level b
+            eps = (x_in - model(x_in, b * ones)) / b
+            x = x + (b - a) * eps
+            recorded.extend([x] * marks[j + 1])
+            progress.step()
+        return x
+
+    run_loop(model_patcher, conditioning, latent, fine, loop)
+    latents = torch.stack(recorded[::-1]).cpu()  # sampling order: sigma_0 first
+    return Trajectory(sigmas=sigmas, latents=latents, conditioning=conditioning, family=family,
+                      evaluations=len(fine) - 1)
+
+
+def to_user_latent(model_patcher, x: torch.Tensor) -> torch.Tensor:
+    """A latent of the model's internal space as LATENT outputs carry it."""
+    return model_patcher.model.process_latent_out(x.float())

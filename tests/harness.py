@@ -1,0 +1,96 @@
+"""In-process ComfyUI models for tests: real model classes, shrunk, with random weights.
+
+The block structure of each architecture is kept (so the paper's layer numbers exist);
+channels, context width and transformer depth shrink. Weights are scaled like a real init
+(unit norms, fan-in scaled convs and linears, no zero-initialised output convs) so that the
+internal features PnP injects change the output.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models as sm
+
+CONTEXT = 64
+
+ARCHS = {
+    # family: (config class, model class, unet overrides)
+    "sd15": (sm.SD15, comfy.model_base.BaseModel, dict(
+        num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 2, 2], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+        transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1,
+        use_linear_in_transformer=False, num_heads=4, num_head_channels=-1)),
+    "sd21": (sm.SD20, comfy.model_base.BaseModel, dict(
+        num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 2, 2], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+        transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1,
+        use_linear_in_transformer=True, num_heads=-1, num_head_channels=16)),
+    "sdxl": (sm.SDXL, comfy.model_base.SDXL, dict(
+        num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 2], transformer_depth=[0, 0, 1, 1, 2, 2],
+        transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2], transformer_depth_middle=1,
+        use_linear_in_transformer=True, num_heads=-1, num_head_channels=16, adm_in_channels=CONTEXT + 1536)),
+}
+
+
+def unet_config(arch: str, channels: int = 32) -> dict:
+    base = dict(use_checkpoint=False, image_size=32, out_channels=4, in_channels=4, use_spatial_transformer=True,
+                legacy=False, adm_in_channels=None, model_channels=channels, context_dim=CONTEXT,
+                use_temporal_attention=False, use_temporal_resblock=False, dtype=torch.float32)
+    base.update(ARCHS[arch][2])
+    if base["adm_in_channels"]:
+        base["num_classes"] = "sequential"
+    return base
+
+
+def init_weights(module: torch.nn.Module, seed: int) -> None:
+    """Real-init-like random weights: norms 1/0, fan-in scaled weights, small biases."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim == 1:
+                if "norm" in name and name.endswith("weight"):
+                    p.fill_(1.0)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+
+
+def make_model(arch: str = "sd15", v_prediction: bool = False, seed: int = 0, channels: int = 32):
+    """A ModelPatcher around a real comfy.model_base model of `arch` with random weights."""
+    config_cls, model_cls, _ = ARCHS[arch]
+    config = config_cls(unet_config(arch, channels))
+    config.unet_config.update(ARCHS[arch][2])  # undo the class's own extra config (heads)
+    config.set_inference_dtype(torch.float32, None)
+    model_type = comfy.model_base.ModelType.V_PREDICTION if v_prediction else comfy.model_base.ModelType.EPS
+    model = model_cls(config, model_type=model_type, device="cpu")
+    init_weights(model.diffusion_model, seed)
+    device = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+
+
+def conditioning(arch: str = "sd15", seed: int = 1, tokens: int = 8, batch: int = 1):
+    """ComfyUI CONDITIONING: [[cross-attention context, {extras}]]."""
+    gen = torch.Generator().manual_seed(seed)
+    context = torch.randn(batch, tokens, CONTEXT, generator=gen)
+    extras = {}
+    if arch == "sdxl":
+        extras = {"pooled_output": torch.randn(batch, CONTEXT, generator=gen), "width": 128, "height": 128}
+    return [[context, extras]]
+
+
+def latent(seed: int = 2, size: int = 16, batch: int = 1) -> torch.Tensor:
+    """A source latent in user space (what VAE Encode gives), image-like in scale."""
+    gen = torch.Generator().manual_seed(seed)
+    smooth = torch.nn.functional.interpolate(torch.randn(batch, 4, size // 4, size // 4, generator=gen),
+                                             size=(size, size), mode="bilinear", align_corners=False)
+    return 4.0 * smooth + 0.5 * torch.randn(batch, 4, size, size, generator=gen)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative difference ||a - b|| / ||b||."""
+    return float((a - b).norm() / b.norm())
