@@ -32,7 +32,7 @@ class PnPApplyInjection(io.ComfyNode):
                 FeatureBank.Input("feature_bank", tooltip="From PnP Capture Features."),
                 *_injection_inputs(),
             ],
-            outputs=[io.Model.Output("model", tooltip="A patched clone; sample it from the inverted latent on the bank's schedule.")],
+            outputs=[io.Model.Output("patched_model", display_name="model", tooltip="A patched clone; sample it from the inverted latent on the bank's schedule.")],
         )
 
     @classmethod

@@ -29,7 +29,7 @@ class PnPInversion(io.ComfyNode):
             ],
             outputs=[
                 Trajectory.Output("trajectory", tooltip="The source latent at every sampling sigma: feed PnP Capture Features."),
-                io.Latent.Output("latent", tooltip="The inverted start latent: usable with KSamplerAdvanced (add_noise disabled) on the same schedule."),
+                io.Latent.Output("inverted_latent", display_name="latent", tooltip="The inverted start latent: usable with KSamplerAdvanced (add_noise disabled) on the same schedule."),
             ],
         )
 

@@ -67,7 +67,9 @@ def inversion_sigmas(model_sampling, sigmas: torch.Tensor, evaluations: int) -> 
         gaps.append(inner)
         lo = hi
     capacity = [len(g) for g in gaps]
-    extra = _share(min(evaluations - steps, sum(capacity)), capacity)
+    # A sampling sigma at the latent's own level (e.g. karras ends at sigma_min) costs nothing.
+    spent = sum(not math.isclose(hi, lo, rel_tol=SIGMA_RTOL) for lo, hi in zip([start] + targets, targets))
+    extra = _share(min(evaluations - spent, sum(capacity)), capacity)
 
     fine, record = [start], []
     lo = start

@@ -22,6 +22,7 @@ COMFY = comfy_path()
 if not (COMFY / "main.py").exists():
     raise RuntimeError(f"No ComfyUI host at {COMFY}: run `bash scripts/setup.sh` first.")
 sys.path.insert(0, str(COMFY))
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers import by plain name
 
 import comfy.cli_args  # noqa: E402
 
@@ -38,3 +39,10 @@ def _load_pack():
 
 
 _load_pack()
+
+# Tiny test models run faster on one thread than on two contending ones.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from comfy_server import comfy_server  # noqa: E402,F401  (session fixture: the real server)

@@ -1,0 +1,160 @@
+"""The PnP engine on real ComfyUI models (issue: core nodes, required behaviour 2-6)."""
+import comfy.patcher_extension as ext
+import comfy.samplers
+import pytest
+import torch
+
+import harness
+from comfyui_pnp.pnp_injection import bank as banks
+from comfyui_pnp.pnp_injection import inversion, layers, patches, sampling
+
+
+def plain_sample(model, start, sigmas, positive, negative, cfg, sampler="ddim"):
+    """The same sampler without any PnP patch, from the same start latent."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    return guider.sample(torch.zeros_like(start), start, comfy.samplers.sampler_object(sampler), sigmas,
+                         disable_pbar=True, seed=0)
+
+
+@pytest.fixture(scope="module")
+def sd15():
+    model = harness.make_model("sd15")
+    empty = harness.conditioning(seed=5)
+    target = harness.conditioning(seed=1)
+    source = harness.latent()
+    trajectory = inversion.invert(model, source, empty, steps=10, evaluations=10)
+    bank = banks.capture(model, trajectory, 0.8, 0.5)
+    return dict(model=model, empty=empty, target=target, source=source, trajectory=trajectory, bank=bank)
+
+
+def test_round_trip_returns_the_source_and_improves_with_inversion_steps():
+    """Invert, then sample back with the inversion prompt, cfg 1, no injection.
+    Fails if inversion steps the wrong way (model at the lower sigma, wrong scaling)."""
+    model = harness.make_model("sd15")
+    empty = harness.conditioning(seed=5)
+    source = harness.latent()
+    errors = []
+    for evaluations in (5, 25, 125):
+        trajectory = inversion.invert(model, source, empty, steps=5, evaluations=evaluations)
+        bank = banks.capture(model, trajectory, 0.0, 0.0)
+        back = sampling.pnp_sample(model, bank, empty, empty, 1.0, 0.0, 0.0)
+        errors.append(harness.rel(back, source))
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < 0.02, errors
+
+
+def test_v_prediction_inverts_and_reconstructs():
+    """v-prediction: eps comes from the denoised output. A random v-model's ODE is curved, so
+    the round trip is measured on matched grids (inversion steps = sampling steps), where
+    it must shrink with the step count; treating v as eps fails this by far."""
+    model = harness.make_model("sd21", v_prediction=True)
+    empty = harness.conditioning(seed=5)
+    source = harness.latent()
+    errors = []
+    for steps in (5, 20):
+        trajectory = inversion.invert(model, source, empty, steps=steps, evaluations=steps)
+        back = sampling.pnp_sample(model, banks.capture(model, trajectory, 0, 0), empty, empty, 1.0, 0, 0)
+        errors.append(harness.rel(back, source))
+    assert errors[1] < errors[0] / 4 and errors[1] < 0.02, errors
+
+
+def test_fractions_zero_equal_the_plain_sampler(sd15):
+    start = sampling.start_latent(sd15["model"], sd15["bank"])["samples"]
+    plain = plain_sample(sd15["model"], start, sd15["bank"].sigmas, sd15["target"], sd15["empty"], 7.5)
+    pnp = sampling.pnp_sample(sd15["model"], sd15["bank"], sd15["target"], sd15["empty"], 7.5, 0.0, 0.0)
+    assert torch.equal(pnp, plain)
+
+
+def test_injection_changes_the_output_meaningfully(sd15):
+    off = sampling.pnp_sample(sd15["model"], sd15["bank"], sd15["target"], sd15["empty"], 7.5, 0.0, 0.0)
+    on = sampling.pnp_sample(sd15["model"], sd15["bank"], sd15["target"], sd15["empty"], 7.5)
+    assert harness.rel(on, off) > 0.10
+
+
+class Probe:
+    """An inner DIFFUSION_MODEL wrapper: its hooks run after ours, so they see injected outputs."""
+
+    def __init__(self, bank):
+        self.bank, self.calls = bank, []
+
+    def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        seen = {}
+        mods = layers.modules(executor.class_obj, self.bank.layers)
+        hooks = {m: (lambda key: lambda mod, a, out: seen.__setitem__(key, out.detach().clone()))(("res", b))
+                 for b, m in mods.residual.items()}
+        hooks.update({m: (lambda key: lambda mod, a, out: seen.__setitem__(key, out.detach().clone()))(("q", k))
+                      for k, m in mods.to_q.items()})
+        hooks.update({m: (lambda key: lambda mod, a, out: seen.__setitem__(key, out.detach().clone()))(("k", k))
+                      for k, m in mods.to_k.items()})
+        with patches.forward_hooks(hooks):
+            out = executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        sigma = float(transformer_options["sigmas"][0])
+        self.calls.append((sigma, len(transformer_options["cond_or_uncond"]), seen))
+        return out
+
+
+def injected_steps(bank, probe, source_rows):
+    """Per kind, the steps at which every row of the call held the bank's tensors."""
+    found = {"res": set(), "q": set(), "k": set()}
+    step_of = {round(float(s), 5): i for i, s in enumerate(bank.sigmas[:-1])}
+    for sigma, chunks, seen in probe.calls:
+        step = step_of[round(sigma, 5)]
+        for (kind, key), out in seen.items():
+            table = {"res": bank.residual, "q": bank.queries, "k": bank.keys}[kind]
+            if step >= table[key].shape[0]:
+                continue
+            expected = patches.rows_from_source(table[key][step], out.shape[0], chunks, out)
+            if torch.equal(out, expected):
+                found[kind].add(step)
+    return found
+
+
+@pytest.mark.parametrize("cfg, batch, bank_batch, entries", [
+    (7.5, 1, 1, 1),   # cond + uncond chunks
+    (1.0, 1, 1, 1),   # cfg 1: one chunk
+    (7.5, 2, 1, 1),   # a bank of 1 broadcast to a batch of 2
+    (7.5, 2, 2, 1),   # a bank of 2 row by row
+    (7.5, 1, 1, 2),   # two positive conditioning entries: three chunks
+])
+def test_injection_happens_at_exactly_the_spec_steps_in_every_row(cfg, batch, bank_batch, entries):
+    model = harness.make_model("sd15")
+    empty = harness.conditioning(seed=5)
+    source = harness.latent(batch=bank_batch)
+    trajectory = inversion.invert(model, source, empty, steps=10, evaluations=10)
+    bank = banks.capture(model, trajectory, 0.8, 0.5)
+    patched = patches.apply_injection(model, bank, 0.6, 0.3)  # fewer than the bank holds
+    probe = Probe(bank)
+    patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "test_probe", probe)
+    positive = harness.conditioning(seed=1)
+    if entries == 2:
+        positive = positive + harness.conditioning(seed=3)
+    start = sampling.start_latent(model, bank)["samples"].expand(batch, -1, -1, -1).contiguous()
+    plain_sample(patched, start, bank.sigmas, positive, empty, cfg)
+    assert {c[1] for c in probe.calls} == {(1 if cfg == 1.0 else 1 + entries)}
+    found = injected_steps(bank, probe, bank_batch)
+    assert found["res"] == set(range(6))
+    assert found["q"] == found["k"] == set(range(3))
+
+
+def test_base_model_is_untouched_and_clones_share_the_bank(sd15):
+    model, bank = sd15["model"], sd15["bank"]
+    start = sampling.start_latent(model, bank)["samples"]
+    before = plain_sample(model, start, bank.sigmas, sd15["target"], sd15["empty"], 7.5)
+    sampling.pnp_sample(model, bank, sd15["target"], sd15["empty"], 7.5)
+    after = plain_sample(model, start, bank.sigmas, sd15["target"], sd15["empty"], 7.5)
+    assert torch.equal(before, after)
+    assert model.get_all_wrappers(ext.WrappersMP.DIFFUSION_MODEL) == []
+    unet = model.model.diffusion_model
+    assert not any(m._forward_hooks for m in unet.modules())
+
+    patched = patches.apply_injection(model, bank)
+    downstream = patched.clone()  # e.g. a LoRA loader after PnP Apply
+    downstream.model_options = downstream.model_options  # deep-copied by clone()
+    (injector,) = downstream.get_wrappers(ext.WrappersMP.DIFFUSION_MODEL, patches.WRAPPER_KEY)
+    assert injector.bank is bank
+    ptr = bank.residual[4].data_ptr()
+    assert injector.bank.residual[4].data_ptr() == ptr
+    import copy
+    assert copy.deepcopy(bank) is bank
