@@ -50,8 +50,8 @@ def inversion_sigmas(model_sampling, sigmas: torch.Tensor, evaluations: int) -> 
     steps = len(targets)
     if evaluations < steps:
         raise PnPError(
-            f"`inversion_steps` ({evaluations}) is below `steps` ({steps}): the inversion must visit "
-            f"every sampling step. Raise `inversion_steps` to at least {steps}."
+            f"`inversion_steps` ({evaluations}) is below the {steps} sampling steps of the schedule: "
+            f"the inversion must visit every sampling step. Raise `inversion_steps` to at least {steps}."
         )
     discrete = [float(s) for s in model_sampling.sigmas.float().cpu()]
     start = float(model_sampling.sigma_min)

@@ -1,7 +1,6 @@
 """Run the real ComfyUI server in a subprocess, with this pack installed, for tests.
 
-Used as a pytest plugin (``pytest_plugins = ["tests.comfy_server"]``) it
-provides the session fixture ``comfy_server``; ``start_server`` and
+conftest.py exposes its session fixture ``comfy_server``; ``start_server`` and
 ``stop_server`` do the same without pytest.
 
 The server gets a fresh base directory holding the random-weight SD1.5

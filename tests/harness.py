@@ -94,3 +94,31 @@ def latent(seed: int = 2, size: int = 16, batch: int = 1) -> torch.Tensor:
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative difference ||a - b|| / ||b||."""
     return float((a - b).norm() / b.norm())
+
+
+def make_flux():
+    """A tiny real Flux model: a transformer with no ResBlocks, which PnP must refuse."""
+    config = sm.Flux({"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32,
+                      "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1,
+                      "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True,
+                      "guidance_embed": False, "patch_size": 2})
+    config.set_inference_dtype(torch.float32, None)
+    model = comfy.model_base.Flux(config, device="cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+class CountCalls:
+    """Counts U-Net evaluations (a forward pre-hook), to prove an error came before any."""
+
+    def __init__(self, model_patcher):
+        self.calls = 0
+        self.handle = model_patcher.model.diffusion_model.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args):
+        self.calls += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()

@@ -91,11 +91,15 @@ class Reference:
         return x / SCALE
 
 
-def ours(model, source, empty, negative, target, steps, evaluations, f=0.8, a=0.5):
+def ours(model, source, empty, steps, evaluations):
+    """Inversion and capture through our nodes; returns a PnP Sampler run for given fractions."""
     trajectory, _ = PnPInversion.execute(model, {"samples": source}, empty, steps, evaluations, "ddim_uniform").result
     (bank,) = PnPCaptureFeatures.execute(model, trajectory, 0.8, 0.5, "auto").result
-    (latent,) = PnPSampler.execute(model, bank, target, negative, 7.5, f, a, "ddim").result
-    return latent["samples"]
+
+    def sample(positive, negative, f=0.8, a=0.5):
+        (latent,) = PnPSampler.execute(model, bank, positive, negative, 7.5, f, a, "ddim").result
+        return latent["samples"]
+    return sample
 
 
 @pytest.mark.parametrize("steps, evaluations", [(50, 50), (50, 999)], ids=["fast", "faithful-999"])
@@ -110,13 +114,14 @@ def test_nodes_match_an_independent_diffusers_implementation(steps, evaluations,
     trajectory = reference.invert(source, empty[0][0], fine_ts)
     expected = reference.sample(trajectory, sample_ts, empty[0][0], negative[0][0], target[0][0], 7.5, 40, 25)
 
-    got = ours(model, source, empty, negative, target, steps, evaluations)
+    sample = ours(model, source, empty, steps, evaluations)
+    got = sample(target, negative)
     error = harness.rel(got, expected)
     record_property("relative_error", error)
     print(f"\n{steps} steps, {evaluations} inversion evaluations: relative error {error:.2e}")
     assert error < 1e-3
 
-    unpatched = ours(model, source, empty, negative, target, steps, evaluations, 0.0, 0.0)
+    unpatched = sample(target, negative, 0.0, 0.0)
     effect = harness.rel(got, unpatched)
     print(f"injection effect: {effect:.3f} relative")
     assert effect > 0.10
