@@ -30,8 +30,9 @@ def run_loop(model_patcher, conditioning, latent: torch.Tensor, sigmas: torch.Te
     guider.set_conds(conditioning, conditioning)
     guider.set_cfg(1.0)  # no guidance: the official inversion and source pass use none
     noise = torch.zeros_like(latent)
-    return guider.sample(noise, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas,
-                         disable_pbar=True, seed=0)
+    with torch.no_grad():
+        return guider.sample(noise, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas,
+                             disable_pbar=True, seed=0)
 
 
 class Progress:

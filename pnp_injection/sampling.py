@@ -31,6 +31,7 @@ def pnp_sample(model_patcher, bank: FeatureBank, positive, negative, cfg: float 
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     callback = latent_preview.prepare_callback(patched, bank.steps)
-    return guider.sample(torch.zeros_like(latent), latent, comfy.samplers.sampler_object(sampler_name),
-                         bank.sigmas, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-                         seed=0)
+    with torch.no_grad():
+        return guider.sample(torch.zeros_like(latent), latent, comfy.samplers.sampler_object(sampler_name),
+                             bank.sigmas, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+                             seed=0)

@@ -48,20 +48,25 @@ def unet_config(arch: str, channels: int = 32) -> dict:
 def init_weights(module: torch.nn.Module, seed: int) -> None:
     """Real-init-like random weights: norms 1/0, fan-in scaled weights, small biases."""
     gen = torch.Generator().manual_seed(seed)
+    norms = {id(p) for m in module.modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm))
+             for p in m.parameters(recurse=False)}
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if p.ndim == 1:
-                if "norm" in name and name.endswith("weight"):
-                    p.fill_(1.0)
-                else:
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            if id(p) in norms:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif p.ndim == 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
             else:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
 
 
-def make_model(arch: str = "sd15", v_prediction: bool = False, seed: int = 0, channels: int = 32):
-    """A ModelPatcher around a real comfy.model_base model of `arch` with random weights."""
+def make_model(arch: str = "sd15", v_prediction: bool = False, seed: int = 0, channels: int = 32,
+               output_gain: float = 1.0):
+    """A ModelPatcher around a real comfy.model_base model of `arch` with random weights.
+
+    `output_gain` scales the final conv: below 1 the noise prediction varies slowly along the
+    ODE path, as a trained denoiser's does, so that inversion round trips are well posed.
+    """
     config_cls, model_cls, _ = ARCHS[arch]
     config = config_cls(unet_config(arch, channels))
     config.unet_config.update(ARCHS[arch][2])  # undo the class's own extra config (heads)
@@ -69,6 +74,9 @@ def make_model(arch: str = "sd15", v_prediction: bool = False, seed: int = 0, ch
     model_type = comfy.model_base.ModelType.V_PREDICTION if v_prediction else comfy.model_base.ModelType.EPS
     model = model_cls(config, model_type=model_type, device="cpu")
     init_weights(model.diffusion_model, seed)
+    with torch.no_grad():
+        for p in model.diffusion_model.out[-1].parameters():
+            p.mul_(output_gain)
     device = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
 
