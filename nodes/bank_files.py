@@ -1,0 +1,99 @@
+import os
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..pnp_injection import PnPError
+from ..pnp_injection.bank_file import load as load_bank
+from ..pnp_injection.bank_file import save as save_bank
+from .types import CATEGORY, FeatureBank
+
+SUFFIX = ".safetensors"
+
+
+def bank_files() -> list[str]:
+    """Bank files in ComfyUI's input folder (and its subfolders), as relative names."""
+    root = folder_paths.get_input_directory()
+    found = []
+    for folder, _, files in os.walk(root, followlinks=True):
+        found += [os.path.relpath(os.path.join(folder, f), root) for f in files if f.endswith(SUFFIX)]
+    return sorted(found)
+
+
+def input_path(name: str) -> str:
+    """The file `name` inside the input folder; names that leave it are refused."""
+    root = os.path.realpath(folder_paths.get_input_directory())
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/") or os.path.commonpath([root, path]) != root:
+        raise PnPError(f"Bank file {name!r} is outside ComfyUI's input folder: give a name inside it, "
+                       f"without '..' or an absolute path.")
+    if not os.path.isfile(path):
+        raise PnPError(f"No bank file {name!r} in ComfyUI's input folder: copy the saved bank there "
+                       f"(PnP Save Feature Bank writes to the output folder).")
+    return path
+
+
+class PnPSaveFeatureBank(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PnPSaveFeatureBank",
+            display_name="PnP Save Feature Bank",
+            category=CATEGORY,
+            description="Saves a feature bank to ComfyUI's output folder (safetensors), to reuse a source "
+                        "without inverting and capturing it again.",
+            inputs=[
+                FeatureBank.Input("feature_bank", tooltip="From PnP Capture Features."),
+                io.String.Input("filename_prefix", default="pnp_bank",
+                                tooltip="File name prefix inside the output folder (subfolders allowed, '..' is not)."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, feature_bank, filename_prefix) -> io.NodeOutput:
+        output_dir = folder_paths.get_output_directory()
+        try:
+            folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
+        except Exception:
+            raise PnPError(f"Cannot save under {filename_prefix!r}: the prefix must stay inside ComfyUI's "
+                           f"output folder.") from None
+        os.makedirs(folder, exist_ok=True)
+        file = f"{name}_{counter:05}_{SUFFIX}"
+        save_bank(feature_bank, os.path.join(folder, file))
+        return io.NodeOutput(ui={"text": [os.path.join(subfolder, file)]})
+
+
+class PnPLoadFeatureBank(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PnPLoadFeatureBank",
+            display_name="PnP Load Feature Bank",
+            category=CATEGORY,
+            description="Loads a feature bank saved by PnP Save Feature Bank from ComfyUI's input folder.",
+            inputs=[io.Combo.Input("bank_file", options=bank_files(),
+                                   tooltip="A .safetensors bank in ComfyUI's input folder.")],
+            outputs=[FeatureBank.Output("feature_bank", tooltip="Use like the output of PnP Capture Features.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, bank_file):
+        try:  # a rewritten file is a new bank
+            stat = os.stat(input_path(bank_file))
+            return f"{bank_file}:{stat.st_size}:{stat.st_mtime_ns}"
+        except PnPError:
+            return bank_file
+
+    @classmethod
+    def validate_inputs(cls, bank_file):
+        try:
+            input_path(bank_file)
+        except PnPError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, bank_file) -> io.NodeOutput:
+        return io.NodeOutput(load_bank(input_path(bank_file)))

@@ -1,0 +1,92 @@
+"""Feature banks on disk: safetensors with versioned metadata, read without pickle."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .bank import FeatureBank
+from .errors import PnPError
+from .layers import LayerSet
+
+FORMAT = "pnp-feature-bank"
+VERSION = 1
+
+
+def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
+    """Write `bank` to `path` atomically (a partial file never carries the final name)."""
+    from safetensors.torch import save_file
+
+    tensors = {"sigmas": bank.sigmas, "start": bank.start}
+    tensors.update({f"residual.{b}": t for b, t in bank.residual.items()})
+    tensors.update({f"queries.{b}.{i}": t for (b, i), t in bank.queries.items()})
+    tensors.update({f"keys.{b}.{i}": t for (b, i), t in bank.keys.items()})
+    metadata = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "architecture": bank.architecture,
+        "layers": json.dumps({"resblocks": list(bank.layers.resblocks),
+                              "attention": [list(k) for k in bank.layers.attention]}),
+        "latent_shape": json.dumps(list(bank.start.shape)),
+        "steps": str(bank.steps),
+        "feature_steps": str(bank.feature_steps),
+        "attention_steps": str(bank.attention_steps),
+    }
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(partial), metadata=metadata)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def load(path: str | os.PathLike) -> FeatureBank:
+    """Read a bank file, checking format, version and that its tensors agree with its metadata."""
+    from safetensors import safe_open
+
+    name = Path(path).name
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors reports truncation and bad headers in many ways
+        raise PnPError(f"{name} is not a readable feature bank ({e}): it may be truncated or not a "
+                       f"PnP bank file. Save the bank again with PnP Save Feature Bank.") from None
+    if metadata.get("format") != FORMAT:
+        raise PnPError(f"{name} is not a PnP feature bank file (no '{FORMAT}' metadata): choose a file "
+                       f"written by PnP Save Feature Bank.")
+    if metadata.get("version") != str(VERSION):
+        raise PnPError(f"{name} is a feature bank of version {metadata.get('version')!r}; this pack reads "
+                       f"version {VERSION}. Capture and save it again with this version of the pack.")
+    try:
+        layer_spec = json.loads(metadata["layers"])
+        layers = LayerSet(tuple(int(b) for b in layer_spec["resblocks"]),
+                          tuple((int(b), int(i)) for b, i in layer_spec["attention"]))
+        bank = FeatureBank(
+            sigmas=tensors["sigmas"],
+            start=tensors["start"],
+            residual={b: tensors[f"residual.{b}"] for b in layers.resblocks},
+            queries={k: tensors[f"queries.{k[0]}.{k[1]}"] for k in layers.attention},
+            keys={k: tensors[f"keys.{k[0]}.{k[1]}"] for k in layers.attention},
+            layers=layers,
+            architecture=metadata["architecture"],
+        )
+        consistent = (
+            list(bank.start.shape) == json.loads(metadata["latent_shape"])
+            and bank.steps == int(metadata["steps"])
+            and bank.feature_steps == int(metadata["feature_steps"])
+            and bank.attention_steps == int(metadata["attention_steps"])
+            and all(t.shape[1] == bank.start.shape[0] for t in [*bank.residual.values(), *bank.queries.values()])
+            and all(bank.keys[k].shape == bank.queries[k].shape for k in layers.attention)
+            and bank.sigmas.ndim == 1 and bool(torch.isfinite(bank.sigmas).all())
+        )
+    except (KeyError, ValueError, TypeError, IndexError):
+        consistent = False
+    if not consistent:
+        raise PnPError(f"{name} is damaged: its tensors do not match its metadata. Save the bank again "
+                       f"with PnP Save Feature Bank.")
+    return bank

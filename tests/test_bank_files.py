@@ -1,0 +1,125 @@
+"""Bank files: safetensors with versioned metadata, only under ComfyUI's output/input folders."""
+import json
+
+import folder_paths
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import harness
+from comfyui_pnp.nodes import NODE_IDS, NODES
+from comfyui_pnp.nodes.bank_files import PnPLoadFeatureBank, PnPSaveFeatureBank
+from comfyui_pnp.pnp_injection import PnPError, bank_file
+from comfyui_pnp.pnp_injection import bank as banks
+from comfyui_pnp.pnp_injection import inversion, sampling
+
+
+@pytest.fixture(scope="module")
+def captured():
+    model = harness.make_model("sd15")
+    empty = harness.conditioning(seed=5)
+    trajectory = inversion.invert(model, harness.latent(), empty, steps=5, evaluations=5)
+    return model, empty, banks.capture(model, trajectory)
+
+
+@pytest.fixture
+def folders(tmp_path):
+    out, inp = tmp_path / "output", tmp_path / "input"
+    out.mkdir(), inp.mkdir()
+    old = folder_paths.get_output_directory(), folder_paths.get_input_directory()
+    folder_paths.set_output_directory(str(out))
+    folder_paths.set_input_directory(str(inp))
+    yield out, inp
+    folder_paths.set_output_directory(old[0])
+    folder_paths.set_input_directory(old[1])
+
+
+def save_and_stage(bank, folders, prefix="pnp_bank"):
+    out, inp = folders
+    (ui,) = PnPSaveFeatureBank.execute(bank, prefix).ui["text"]
+    saved = out / ui
+    staged = inp / saved.name
+    staged.write_bytes(saved.read_bytes())
+    return saved, staged
+
+
+def test_node_ids_list_matches_the_registered_nodes():
+    assert NODE_IDS == [n.GET_SCHEMA().node_id for n in NODES]
+
+
+def test_a_loaded_bank_gives_bit_identical_results(captured, folders):
+    model, empty, bank = captured
+    saved, staged = save_and_stage(bank, folders)
+    assert saved.parent == folders[0] and saved.name.endswith("_.safetensors")
+    with safe_open(str(saved), "pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "pnp-feature-bank" and meta["version"] == "1"
+    assert json.loads(meta["latent_shape"]) == [1, 4, 16, 16]
+    assert meta["architecture"] == bank.architecture and meta["feature_steps"] == "4"
+    assert json.loads(meta["layers"])["resblocks"] == [4]
+
+    (loaded,) = PnPLoadFeatureBank.execute(staged.name).result
+    target = harness.conditioning(seed=1)
+    assert torch.equal(sampling.pnp_sample(model, loaded, target, empty),
+                       sampling.pnp_sample(model, bank, target, empty))
+
+
+def rewrite(path, edit_tensors=None, edit_meta=None):
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    if edit_tensors:
+        edit_tensors(tensors)
+    if edit_meta:
+        edit_meta(meta)
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "may be truncated"),
+    (lambda p: p.write_bytes(b"not a bank at all"), "may be truncated"),
+    (lambda p: rewrite(p, edit_meta=lambda m: m.update(version="7")), "version '7'; this pack reads version 1"),
+    (lambda p: rewrite(p, edit_meta=lambda m: m.pop("format")), "is not a PnP feature bank file"),
+    (lambda p: rewrite(p, edit_tensors=lambda t: t.update({"residual.4": t["residual.4"][:2]})), "is damaged"),
+    (lambda p: rewrite(p, edit_tensors=lambda t: t.pop("keys.5.0")), "is damaged"),
+], ids=["truncated", "garbage", "unknown-version", "not-a-bank", "tampered-shape", "missing-tensor"])
+def test_bad_bank_files_get_a_clear_error(captured, folders, damage, message):
+    _, _, bank = captured
+    _, staged = save_and_stage(bank, folders)
+    damage(staged)
+    with pytest.raises(PnPError, match=message):
+        PnPLoadFeatureBank.execute(staged.name)
+
+
+@pytest.mark.parametrize("name", ["../secret.safetensors", "/etc/passwd", "a/../../b.safetensors"])
+def test_bank_names_that_leave_the_input_folder_are_refused(folders, name):
+    message = PnPLoadFeatureBank.validate_inputs(name)
+    assert isinstance(message, str) and "outside ComfyUI's input folder" in message
+    with pytest.raises(PnPError, match="outside ComfyUI's input folder"):
+        PnPLoadFeatureBank.execute(name)
+
+
+def test_saving_outside_the_output_folder_is_refused_and_writes_nothing(captured, folders, tmp_path):
+    _, _, bank = captured
+    before = set(tmp_path.rglob("*"))
+    with pytest.raises(PnPError, match="must stay inside ComfyUI's output folder"):
+        PnPSaveFeatureBank.execute(bank, "../escape/bank")
+    assert set(tmp_path.rglob("*")) == before
+
+
+UNPICKLED = []
+
+
+class Trap:
+    """Unpickling this object records it: a bank reader must never do that."""
+
+    def __reduce__(self):
+        return (UNPICKLED.append, ("unpickled",))
+
+
+def test_bank_files_are_never_unpickled(folders):
+    _, inp = folders
+    torch.save({"sigmas": torch.zeros(3), "trap": Trap()}, inp / "pickled.safetensors")
+    with pytest.raises(PnPError, match="not a readable feature bank"):
+        PnPLoadFeatureBank.execute("pickled.safetensors")
+    assert UNPICKLED == []
