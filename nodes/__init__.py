@@ -3,13 +3,14 @@ from comfy_api.latest import ComfyExtension, io
 
 from .bank_files import PnPLoadFeatureBank, PnPSaveFeatureBank
 from .capture import PnPCaptureFeatures
-from .injection import PnPApplyInjection, PnPSampler, PnPSigmas
+from .generation import PnPGenerateSource
+from .injection import PnPApplyInjection, PnPGuider, PnPSampler, PnPSigmas
 from .inversion import PnPInversion
 
-NODES = [PnPInversion, PnPCaptureFeatures, PnPApplyInjection, PnPSampler, PnPSigmas, PnPSaveFeatureBank,
-         PnPLoadFeatureBank]
-NODE_IDS = ["PnPInversion", "PnPCaptureFeatures", "PnPApplyInjection", "PnPSampler", "PnPSigmas",
-            "PnPSaveFeatureBank", "PnPLoadFeatureBank"]
+NODES = [PnPInversion, PnPGenerateSource, PnPCaptureFeatures, PnPApplyInjection, PnPSampler, PnPSigmas,
+         PnPGuider, PnPSaveFeatureBank, PnPLoadFeatureBank]
+NODE_IDS = ["PnPInversion", "PnPGenerateSource", "PnPCaptureFeatures", "PnPApplyInjection", "PnPSampler",
+            "PnPSigmas", "PnPGuider", "PnPSaveFeatureBank", "PnPLoadFeatureBank"]
 
 
 class PnPExtension(ComfyExtension):

@@ -2,13 +2,27 @@ from comfy_api.latest import io
 
 import comfy.samplers
 
-from ..pnp_injection import PnPError, patches, sampling
+from ..pnp_injection import PnPError, guidance, patches, sampling
 from .types import CATEGORY, FeatureBank, Trajectory
 
 FEATURE_TIP = ("Fraction of the steps with the source's ResBlock features injected (paper: 0.8). "
                "Higher keeps more of the source's structure; lower follows the prompt more freely.")
 ATTENTION_TIP = ("Fraction of the steps with the source's self-attention queries/keys injected (paper: 0.5). "
                  "Higher keeps the layout tighter; too high can leak the source's appearance.")
+
+
+def negative_schedule_inputs():
+    return [
+        io.Float.Input("negative_alpha", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
+                       tooltip="Negative-prompt schedule of the latent-diffusion PnP code: weight of the unconditional "
+                               "prompt against `source_negative`. 1 with `constant` is ordinary guidance (the default)."),
+        io.Combo.Input("negative_schedule", options=guidance.SCHEDULES, default="constant", optional=True,
+                       tooltip="How the unconditional weight changes over the steps: constant, linear (1 - i/(N-1)) or "
+                               "exp (exp(-6 i/(N-1))). With linear and exp the negative prompt weighs more as sampling goes on."),
+        io.Conditioning.Input("source_negative", optional=True,
+                              tooltip="The negative prompt blended in by the schedule. Default: the source prompt "
+                                      "(pushes the result away from the source's appearance)."),
+    ]
 
 
 def _injection_inputs():
@@ -59,15 +73,17 @@ class PnPSampler(io.ComfyNode):
                 *_injection_inputs(),
                 io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="ddim",
                                tooltip="ddim (deterministic, eta 0) is the paper's. Ancestral/SDE samplers add fresh noise and weaken the structure."),
+                *negative_schedule_inputs(),
             ],
             outputs=[io.Latent.Output("latent", tooltip="The translated latent: VAE Decode it.")],
         )
 
     @classmethod
     def execute(cls, model, feature_bank, positive, negative, cfg, feature_injection, attention_injection,
-                sampler_name) -> io.NodeOutput:
+                sampler_name, negative_alpha=1.0, negative_schedule="constant", source_negative=None) -> io.NodeOutput:
         samples = sampling.pnp_sample(model, feature_bank, positive, negative, cfg, feature_injection,
-                                      attention_injection, sampler_name)
+                                      attention_injection, sampler_name, negative_alpha, negative_schedule,
+                                      source_negative)
         return io.NodeOutput({"samples": samples})
 
 
@@ -92,3 +108,40 @@ class PnPSigmas(io.ComfyNode):
         if source is None:
             raise PnPError("PnP Sigmas needs a feature bank or a trajectory: connect one of them.")
         return io.NodeOutput(source.sigmas.clone())
+
+
+class PnPGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PnPGuider",
+            display_name="PnP Guider (negative-prompt schedule)",
+            category=CATEGORY,
+            description="Classifier-free guidance with the latent-diffusion PnP negative-prompt schedule, for "
+                        "SamplerCustomAdvanced. Use it with the model from PnP Apply Feature Injection.",
+            inputs=[
+                io.Model.Input("model", tooltip="Usually the patched model from PnP Apply Feature Injection."),
+                io.Conditioning.Input("positive", tooltip="The target prompt."),
+                io.Conditioning.Input("negative", tooltip="The unconditional prompt (the latent-diffusion code uses \"\")."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Guidance scale (the latent-diffusion code uses 10 for real images)."),
+                io.Float.Input("negative_alpha", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Weight of the unconditional prompt against `source_negative` at the first step."),
+                io.Combo.Input("negative_schedule", options=guidance.SCHEDULES, default="linear",
+                               tooltip="constant, linear (1 - i/(N-1)) or exp (exp(-6 i/(N-1))): with linear and exp "
+                                       "the negative prompt weighs more as sampling goes on."),
+                FeatureBank.Input("feature_bank", optional=True,
+                                  tooltip="Its source prompt is the default `source_negative`."),
+                io.Conditioning.Input("source_negative", optional=True,
+                                      tooltip="The negative prompt blended in. Default: the bank's source prompt."),
+            ],
+            outputs=[io.Guider.Output("guider", tooltip="For SamplerCustomAdvanced, with PnP Sigmas.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, cfg, negative_alpha, negative_schedule, feature_bank=None,
+                source_negative=None) -> io.NodeOutput:
+        guider = guidance.NegativeScheduleGuider(model, negative_alpha, negative_schedule)
+        guider.set_conds(positive, negative, sampling.source_negative_or_prompt(feature_bank, source_negative))
+        guider.set_cfg(cfg)
+        return io.NodeOutput(guider)

@@ -24,6 +24,7 @@ class FeatureBank:
     keys: dict[tuple[int, int], torch.Tensor]
     layers: layer_sets.LayerSet
     architecture: str                                     # layers.signature of the capture model
+    source_prompt: list | None = None                     # the source pass's conditioning (not saved to files)
 
     @property
     def steps(self) -> int:
@@ -115,6 +116,7 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
     passes = max(n_feature, n_attention)
     recorder = Recorder(trajectory.sigmas, layers, n_feature, n_attention, store=lambda t: t.clone())
 
+    conditioning = conditioning or trajectory.conditioning
     if passes:
         patched = model_patcher.clone()
         patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "pnp_capture", recorder)
@@ -128,7 +130,7 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
             return x
 
         latent = torch.zeros_like(trajectory.latents[0])  # unused: the loop reads the trajectory
-        run_loop(patched, conditioning or trajectory.conditioning, latent,
+        run_loop(patched, conditioning, latent,
                  trajectory.sigmas[: passes + 1], loop)
 
     def stacked(table: dict[int, torch.Tensor], count: int, name) -> torch.Tensor:
@@ -146,4 +148,5 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
         keys={k: stacked(t, n_attention, k) for k, t in recorder.keys.items()},
         layers=layers,
         architecture=layer_sets.signature(model_patcher, layers),
+        source_prompt=conditioning,
     )

@@ -51,7 +51,11 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
     _check_latent(latent)
     model_sampling = model_patcher.get_model_object("model_sampling")
     sigmas = schedule.sampling_sigmas(model_sampling, scheduler, steps)
-    fine, record = schedule.inversion_sigmas(model_sampling, sigmas, evaluations)
+    if evaluations < steps:
+        raise PnPError(f"`inversion_steps` ({evaluations}) is below `steps` ({steps}): the inversion must "
+                       f"visit every sampling step. Raise `inversion_steps` to at least {steps}.")
+    # Some schedulers return more points than asked (ddim_uniform when 1000 % steps != 0).
+    fine, record = schedule.inversion_sigmas(model_sampling, sigmas, max(evaluations, len(sigmas) - 1))
     sigma_data = float(model_sampling.sigma_data)
     progress = Progress(len(fine) - 1)
     recorded: list[torch.Tensor] = []

@@ -102,7 +102,8 @@ def parse_custom(text: str) -> LayerSet:
             f"as output blocks @ transformer index, '@*' for all)."
         ) from None
     if not res and not attn:
-        raise PnPError("The custom layer set names no layer: give at least one 'res:' or 'attn:' clause.")
+        raise PnPError("The custom layer set names no layer: give at least one clause, as in "
+                       "'res:output.4; attn:output.4-11@0'.")
     return LayerSet(tuple(res), tuple(attn))
 
 
@@ -186,8 +187,8 @@ def modules(unet, layers: LayerSet) -> LayerModules:
 
 def signature(model_patcher, layers: LayerSet) -> str:
     """Identifies the architecture a bank was captured on: family plus the shapes it touches."""
-    unet = model_patcher.model.diffusion_model
-    mods = modules(unet, layers)
+    family = family_of(model_patcher)
+    mods = modules(model_patcher.model.diffusion_model, layers)
     shapes = [tuple(mods.residual[b].weight.shape) for b in layers.resblocks]
     shapes += [tuple(mods.to_q[key].weight.shape) for key in layers.attention]
-    return f"{family_of(model_patcher)}:{type(model_patcher.model.model_config).__name__}:{shapes}"
+    return f"{family}:{type(model_patcher.model.model_config).__name__}:{shapes}"

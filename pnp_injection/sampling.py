@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from . import guidance
 from .bank import FeatureBank
+from .errors import PnPError
 from .inversion import to_user_latent
 from .patches import apply_injection
 
@@ -15,23 +17,41 @@ def start_latent(model_patcher, bank: FeatureBank) -> dict:
 
 def pnp_sample(model_patcher, bank: FeatureBank, positive, negative, cfg: float = 7.5,
                feature_injection: float = 0.8, attention_injection: float = 0.5,
-               sampler_name: str = "ddim") -> torch.Tensor:
-    """Sample the target prompt from the bank's start latent on the bank's schedule."""
+               sampler_name: str = "ddim", negative_alpha: float = 1.0, negative_schedule: str = "constant",
+               source_negative=None) -> torch.Tensor:
+    """Sample the target prompt from the bank's start latent on the bank's schedule.
+
+    With the default negative_alpha 1 / constant this is ordinary CFG with `negative`. Otherwise
+    the latent-diffusion negative-prompt schedule applies (spec section 5): `negative` is the
+    unconditional prompt and `source_negative` (default: the source prompt) is blended in.
+    """
     import comfy.samplers
     import comfy.utils
     import latent_preview
-
-    from .errors import PnPError
 
     if sampler_name not in comfy.samplers.SAMPLER_NAMES:
         raise PnPError(f"Unknown sampler {sampler_name!r}; choose one of {comfy.samplers.SAMPLER_NAMES}.")
     patched = apply_injection(model_patcher, bank, feature_injection, attention_injection)
     latent = start_latent(model_patcher, bank)["samples"]
-    guider = comfy.samplers.CFGGuider(patched)
-    guider.set_conds(positive, negative)
+    if guidance.is_plain(negative_alpha, negative_schedule):
+        guider = comfy.samplers.CFGGuider(patched)
+        guider.set_conds(positive, negative)
+    else:
+        guider = guidance.NegativeScheduleGuider(patched, negative_alpha, negative_schedule)
+        guider.set_conds(positive, negative, source_negative_or_prompt(bank, source_negative))
     guider.set_cfg(cfg)
     callback = latent_preview.prepare_callback(patched, bank.steps)
     with torch.no_grad():
         return guider.sample(torch.zeros_like(latent), latent, comfy.samplers.sampler_object(sampler_name),
                              bank.sigmas, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
                              seed=0)
+
+
+def source_negative_or_prompt(bank: FeatureBank | None, source_negative):
+    """The negative of the schedule: given, or else the source prompt the bank was captured with."""
+    if source_negative is not None:
+        return source_negative
+    if bank is not None and bank.source_prompt is not None:
+        return bank.source_prompt
+    raise PnPError("The negative-prompt schedule needs a negative prompt: connect `source_negative` "
+                   "(a bank loaded from a file does not carry its source prompt).")
