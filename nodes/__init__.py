@@ -6,11 +6,12 @@ from .capture import PnPCaptureFeatures
 from .generation import PnPGenerateSource
 from .injection import PnPApplyInjection, PnPGuider, PnPSampler, PnPSigmas
 from .inversion import PnPInversion
+from .preview import PnPFeaturePreview
 
 NODES = [PnPInversion, PnPGenerateSource, PnPCaptureFeatures, PnPApplyInjection, PnPSampler, PnPSigmas,
-         PnPGuider, PnPSaveFeatureBank, PnPLoadFeatureBank]
+         PnPGuider, PnPSaveFeatureBank, PnPLoadFeatureBank, PnPFeaturePreview]
 NODE_IDS = ["PnPInversion", "PnPGenerateSource", "PnPCaptureFeatures", "PnPApplyInjection", "PnPSampler",
-            "PnPSigmas", "PnPGuider", "PnPSaveFeatureBank", "PnPLoadFeatureBank"]
+            "PnPSigmas", "PnPGuider", "PnPSaveFeatureBank", "PnPLoadFeatureBank", "PnPFeaturePreview"]
 
 
 class PnPExtension(ComfyExtension):

@@ -6,5 +6,5 @@ The engine, usable without the node layer:
     patched = patches.apply_injection(model, bank, feature_injection, attention_injection)
     samples = sampling.pnp_sample(model, bank, positive, negative, cfg, ...)
 """
-from . import bank, bank_file, errors, generation, guidance, inversion, layers, patches, passes, sampling, schedule  # noqa: F401
+from . import bank, bank_file, errors, generation, guidance, inversion, layers, patches, passes, preview, sampling, schedule  # noqa: F401
 from .errors import PnPError  # noqa: F401
