@@ -1,7 +1,11 @@
+import torch
 from comfy_api.latest import io
 
 from ..pnp_injection import bank, layers
 from .types import CATEGORY, FeatureBank, Trajectory
+
+PRECISIONS = {"model": None, "half": torch.float16}
+DEVICES = {"model": None, "cpu": "cpu"}
 
 
 class PnPCaptureFeatures(io.ComfyNode):
@@ -28,12 +32,19 @@ class PnPCaptureFeatures(io.ComfyNode):
                                         "(output block numbers; @ transformer index, @* for all)."),
                 io.Conditioning.Input("conditioning", optional=True,
                                       tooltip="The source pass's prompt. Default: the inversion prompt (the paper's empty prompt)."),
+                io.Combo.Input("bank_precision", options=list(PRECISIONS), default="model", optional=True,
+                               tooltip="model: lossless, in the dtype the U-Net computes in (fp16 on most GPUs). "
+                                       "half: half the memory for fp32 runs, with a small change of the output."),
+                io.Combo.Input("bank_device", options=list(DEVICES), default="model", optional=True,
+                               tooltip="model: keep the bank where the U-Net runs (fastest). cpu: keep it in system "
+                                       "memory and move each step's tensors over just in time (saves GPU memory)."),
             ],
             outputs=[FeatureBank.Output("feature_bank", tooltip="Source features per step: feed PnP Sampler or PnP Apply Feature Injection.")],
         )
 
     @classmethod
     def execute(cls, model, trajectory, feature_steps, attention_steps, layers, custom_layers="",
-                conditioning=None) -> io.NodeOutput:
+                conditioning=None, bank_precision="model", bank_device="model") -> io.NodeOutput:
         return io.NodeOutput(bank.capture(model, trajectory, feature_steps, attention_steps, layers,
-                                          custom_layers or "", conditioning))
+                                          custom_layers or "", conditioning, PRECISIONS[bank_precision],
+                                          DEVICES[bank_device]))

@@ -95,12 +95,15 @@ class FeatureBank:
 
 
 def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, attention_steps: float = 0.5,
-            preset: str = "auto", custom_layers: str = "", conditioning=None) -> FeatureBank:
+            preset: str = "auto", custom_layers: str = "", conditioning=None,
+            dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> FeatureBank:
     """Run the source pass at the first steps and keep the layers' outputs (spec section 3).
 
     At step i the U-Net sees the trajectory latent x(sigma_i) with the source prompt, nothing
     injected. ResBlock outputs are kept for i < int(N * feature_steps), queries and keys for
-    i < int(N * attention_steps). Stored in the dtype and on the device the U-Net computes in.
+    i < int(N * attention_steps). By default they are stored losslessly, in the dtype and on
+    the device the U-Net computes in; `dtype` (e.g. float16 for an fp32 model) and `device`
+    (e.g. "cpu": each step's tensors then travel to the U-Net just in time) trade that for memory.
     """
     import comfy.patcher_extension as ext
 
@@ -114,7 +117,11 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
     n_feature = injected_steps(trajectory.steps, feature_steps, "feature_steps")
     n_attention = injected_steps(trajectory.steps, attention_steps, "attention_steps")
     passes = max(n_feature, n_attention)
-    recorder = Recorder(trajectory.sigmas, layers, n_feature, n_attention, store=lambda t: t.clone())
+    def store(t: torch.Tensor) -> torch.Tensor:
+        kept = t.to(device=device or t.device, dtype=dtype or t.dtype)
+        return kept.clone() if kept.data_ptr() == t.data_ptr() else kept
+
+    recorder = Recorder(trajectory.sigmas, layers, n_feature, n_attention, store=store)
 
     conditioning = conditioning or trajectory.conditioning
     if passes:
