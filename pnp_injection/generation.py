@@ -6,7 +6,7 @@ import torch
 
 from . import schedule
 from .errors import PnPError
-from .inversion import Trajectory, _check_latent
+from .inversion import Trajectory, check_latent
 from .layers import family_of
 
 
@@ -23,7 +23,7 @@ def generate(model_patcher, latent: torch.Tensor, positive, negative, cfg: float
     import latent_preview
 
     family = family_of(model_patcher)
-    _check_latent(latent)
+    check_latent(latent)
     if sampler_name not in comfy.samplers.SAMPLER_NAMES:
         raise PnPError(f"Unknown sampler {sampler_name!r}; choose one of {comfy.samplers.SAMPLER_NAMES}.")
     sigmas = schedule.sampling_sigmas(model_patcher.get_model_object("model_sampling"), scheduler, steps)

@@ -29,7 +29,7 @@ class Trajectory:
         return self
 
 
-def _check_latent(latent: torch.Tensor) -> None:
+def check_latent(latent: torch.Tensor) -> None:
     if latent.ndim != 4 or latent.numel() == 0:
         raise PnPError(
             f"The source latent has shape {tuple(latent.shape)}; PnP needs an image latent "
@@ -48,7 +48,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
     models alike), and moves x(b) = x(a) + (sigma_b - sigma_a) * eps.
     """
     family = layers.family_of(model_patcher)  # DiT/flow models stop here, before any work
-    _check_latent(latent)
+    check_latent(latent)
     model_sampling = model_patcher.get_model_object("model_sampling")
     sigmas = schedule.sampling_sigmas(model_sampling, scheduler, steps)
     if evaluations < steps:
