@@ -75,7 +75,7 @@ class PnPLoadFeatureBank(io.ComfyNode):
             description="Loads a feature bank saved by PnP Save Feature Bank from ComfyUI's input folder.",
             inputs=[io.Combo.Input("bank_file", options=bank_files(),
                                    tooltip="A .safetensors bank in ComfyUI's input folder.")],
-            outputs=[FeatureBank.Output("feature_bank", tooltip="Use like the output of PnP Capture Features.")],
+            outputs=[FeatureBank.Output("feature_bank", display_name="feature_bank", tooltip="Use like the output of PnP Capture Features.")],
         )
 
     @classmethod

@@ -39,7 +39,7 @@ class PnPCaptureFeatures(io.ComfyNode):
                                tooltip="model: keep the bank where the U-Net runs (fastest). cpu: keep it in system "
                                        "memory and move each step's tensors over just in time (saves GPU memory)."),
             ],
-            outputs=[FeatureBank.Output("feature_bank", tooltip="Source features per step: feed PnP Sampler or PnP Apply Feature Injection.")],
+            outputs=[FeatureBank.Output("feature_bank", display_name="feature_bank", tooltip="Source features per step: feed PnP Sampler or PnP Apply Feature Injection.")],
         )
 
     @classmethod

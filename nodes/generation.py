@@ -30,7 +30,7 @@ class PnPGenerateSource(io.ComfyNode):
                                tooltip="A deterministic sampler (ddim, euler) makes the recorded path the image's own."),
             ],
             outputs=[
-                Trajectory.Output("trajectory", tooltip="The generation path: feed PnP Capture Features."),
+                Trajectory.Output("trajectory", display_name="trajectory", tooltip="The generation path: feed PnP Capture Features."),
                 io.Latent.Output("source_latent", display_name="latent", tooltip="The generated source image: VAE Decode it to see it."),
             ],
         )

@@ -75,7 +75,7 @@ class PnPSampler(io.ComfyNode):
                                tooltip="ddim (deterministic, eta 0) is the paper's. Ancestral/SDE samplers add fresh noise and weaken the structure."),
                 *negative_schedule_inputs(),
             ],
-            outputs=[io.Latent.Output("latent", tooltip="The translated latent: VAE Decode it.")],
+            outputs=[io.Latent.Output("latent", display_name="latent", tooltip="The translated latent: VAE Decode it.")],
         )
 
     @classmethod
@@ -99,7 +99,7 @@ class PnPSigmas(io.ComfyNode):
                 FeatureBank.Input("feature_bank", optional=True, tooltip="A bank from PnP Capture Features."),
                 Trajectory.Input("trajectory", optional=True, tooltip="Or a trajectory from PnP DDIM Inversion."),
             ],
-            outputs=[io.Sigmas.Output("sigmas", tooltip="sigma_0 ... 0: sample with these so injection stays keyed to the source's steps.")],
+            outputs=[io.Sigmas.Output("sigmas", display_name="sigmas", tooltip="sigma_0 ... 0: sample with these so injection stays keyed to the source's steps.")],
         )
 
     @classmethod
@@ -135,7 +135,7 @@ class PnPGuider(io.ComfyNode):
                 io.Conditioning.Input("source_negative", optional=True,
                                       tooltip="The negative prompt blended in. Default: the bank's source prompt."),
             ],
-            outputs=[io.Guider.Output("guider", tooltip="For SamplerCustomAdvanced, with PnP Sigmas.")],
+            outputs=[io.Guider.Output("guider", display_name="guider", tooltip="For SamplerCustomAdvanced, with PnP Sigmas.")],
         )
 
     @classmethod

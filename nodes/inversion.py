@@ -28,7 +28,7 @@ class PnPInversion(io.ComfyNode):
                                tooltip="Sampling schedule. ddim_uniform is the official DDIM schedule (timesteps 981, 961, ..., 1 for 50 steps)."),
             ],
             outputs=[
-                Trajectory.Output("trajectory", tooltip="The source latent at every sampling sigma: feed PnP Capture Features."),
+                Trajectory.Output("trajectory", display_name="trajectory", tooltip="The source latent at every sampling sigma: feed PnP Capture Features."),
                 io.Latent.Output("inverted_latent", display_name="latent", tooltip="The inverted start latent: usable with KSamplerAdvanced (add_noise disabled) on the same schedule."),
             ],
         )

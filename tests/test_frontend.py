@@ -1,0 +1,306 @@
+"""The shipped workflows in the real ComfyUI frontend: headless Chromium driven by Playwright.
+
+For each workflows/*.json: load it into the page as a user would (``app.loadGraphData``), check that no
+missing-node dialog opens and no node shows an error, check that the frontend's own API conversion is
+the one tests/workflow_api.py makes, shrink steps/sizes/file names in the widgets (as
+test_workflows.py does), queue it from the page and wait for its image in the page and in /history.
+
+``PNP_SCREENSHOTS=1`` also writes docs/screenshots/<workflow>.png (the graph as shipped) and the
+template browser's card picture workflows/<workflow>.jpg. ``PNP_RESAVE_WORKFLOWS=1`` writes each
+workflow back as the frontend exports it after loading it, which is how a file catches up with
+inputs added to a node since it was saved (test_workflows.py's strict widget check names them).
+
+Chromium is the Debian package (/usr/bin/chromium, installed by scripts/setup.sh); Playwright
+downloads no browser here.
+"""
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+from playwright.sync_api import sync_playwright
+
+from comfy_server import CHECKPOINT_NAME, CONTROLNET_NAME, INPUT_IMAGE_NAME
+from test_workflows import BANK_WORKFLOW, EXPECTED, RUN_1_GROUP, RUN_2_GROUP, load, run_2_of_the_bank_workflow
+from workflow_api import apply_overrides, shrink_for_tests, to_api
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic"]
+SCREENSHOTS = os.environ.get("PNP_SCREENSHOTS") == "1"
+RESAVE = os.environ.get("PNP_RESAVE_WORKFLOWS") == "1"
+SCREENSHOT_DIR = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
+SHIPPED_IMAGE = "example.png"
+# The server's user settings: no first-run template browser; full detail at any zoom, no minimap or
+# canvas info (for the screenshots).
+SETTINGS = {"Comfy.TutorialCompleted": True, "LiteGraph.Canvas.MinFontSizeForLOD": 0,
+            "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False}
+RUN_TIMEOUT_MS = 120_000
+
+READY_JS = ("() => !!(window.app && app.graph && app.canvas && app.extensionManager && window.LiteGraph"
+            " && LiteGraph.registered_node_types['PnPSampler'])")
+# Records each queued prompt's answer and how each prompt ended, from the frontend's own api object.
+HOOKS_JS = """() => {
+  window.__pnp = {queued: [], done: {}};
+  const queue = app.api.queuePrompt.bind(app.api);
+  app.api.queuePrompt = async (...args) => {
+    try { const r = await queue(...args); window.__pnp.queued.push(r); return r; }
+    catch (e) { window.__pnp.queued.push({refused: e.response ?? String(e)}); throw e; }
+  };
+  app.api.addEventListener('execution_success', e => { window.__pnp.done[e.detail.prompt_id] = {status: 'success'}; });
+  app.api.addEventListener('execution_error', e => {
+    window.__pnp.done[e.detail.prompt_id] = {status: 'error', detail: e.detail}; });
+  app.api.addEventListener('execution_interrupted', e => {
+    window.__pnp.done[e.detail.prompt_id] = {status: 'interrupted', detail: e.detail}; });
+}"""
+LOAD_JS = "async ([workflow, name]) => { await app.loadGraphData(workflow, true, true, name); }"
+STATE_JS = """(types) => ({
+  unregistered: types.filter(t => !LiteGraph.registered_node_types[t]),
+  nodes_with_errors: app.graph.nodes.filter(n => n.has_errors).map(n => n.id + ' ' + n.type),
+  dialogs: [...document.querySelectorAll('.p-dialog')].filter(d => d.offsetParent !== null).map(d => d.innerText.slice(0, 300)),
+  error_toasts: [...document.querySelectorAll('.p-toast-message-error, .p-toast-message-warn')].map(t => t.innerText.slice(0, 300)),
+})"""
+API_JS = "async () => JSON.stringify((await app.graphToPrompt()).output)"
+SET_WIDGETS_JS = """(overrides) => {
+  for (const [id, change] of Object.entries(overrides)) {
+    const node = app.graph.getNodeById(Number(id));
+    for (const [name, value] of Object.entries(change)) {
+      const widget = node.widgets.find(w => w.name === name);
+      if (!widget) throw new Error(`node ${id} (${node.type}) has no widget ${name}`);
+      widget.value = value;
+      widget.callback?.(value);
+    }
+  }
+  app.graph.setDirtyCanvas(true, true);
+}"""
+QUEUE_JS = """async () => {
+  const before = window.__pnp.queued.length;
+  await app.queuePrompt(0, 1);
+  return window.__pnp.queued[before] ?? {refused: 'the frontend did not send the prompt'};
+}"""
+# The bank workflow's later runs, done in the UI: mute the "Run 1" group, un-mute "Run 2", pick the bank.
+BANK_RUN_2_JS = """([run1, run2, bankFile]) => {
+  const members = prefix => {
+    const group = app.graph.groups.find(g => g.title.startsWith(prefix));
+    group.recomputeInsideNodes();
+    return [...group.children].filter(c => c instanceof LiteGraph.LGraphNode);
+  };
+  for (const node of members(run1)) node.mode = 2;  // never (muted)
+  for (const node of members(run2)) node.mode = 0;  // always
+  const loader = app.graph.nodes.find(n => n.type === 'PnPLoadFeatureBank');
+  loader.widgets.find(w => w.name === 'bank_file').value = bankFile;
+  app.graph.setDirtyCanvas(true, true);
+}"""
+
+
+@pytest.fixture(scope="module")
+def page(comfy_server):
+    if SCREENSHOTS:  # so that Load Image shows a preview of the shipped file name
+        shutil.copy(comfy_server.input_dir / INPUT_IMAGE_NAME, comfy_server.input_dir / SHIPPED_IMAGE)
+    for key, value in SETTINGS.items():
+        requests.post(f"{comfy_server.url}/settings/{key}", json=value, timeout=10).raise_for_status()
+    with sync_playwright() as playwright:
+        # launch() gives a fresh temporary profile; Playwright's own browser download is never used.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1600, "height": 900})
+            context.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
+            page = context.new_page()
+            page.pnp_errors = []
+            page.on("pageerror", lambda error: page.pnp_errors.append(str(error)))
+            page.goto(comfy_server.url)
+            page.wait_for_function(READY_JS, timeout=60_000)
+            page.evaluate(HOOKS_JS)
+            yield page
+        finally:
+            browser.close()
+
+
+def load_in_page(page, workflow: dict, name: str) -> dict:
+    close_dialogs(page)  # left open by a test that failed before
+    page.evaluate(LOAD_JS, [workflow, f"{name}.json"])
+    page.wait_for_timeout(150)  # dialogs and toasts open on the next frames
+    return page.evaluate(STATE_JS, sorted({node["type"] for node in workflow["nodes"]}))
+
+
+def close_dialogs(page):
+    open_dialogs = "() => [...document.querySelectorAll('.p-dialog')].some(d => d.offsetParent !== null)"
+    if page.evaluate(open_dialogs):
+        page.keyboard.press("Escape")
+        page.wait_for_function(f"() => !({open_dialogs})()", timeout=5_000)
+
+
+def frontend_prompt(page) -> dict:
+    return json.loads(page.evaluate(API_JS))
+
+
+def queue_and_wait(page, comfy_server) -> tuple[str, dict]:
+    """Queue the graph in the page as the Run button does; wait for the end; return (prompt_id, outputs)."""
+    queued = page.evaluate(QUEUE_JS)
+    assert "refused" not in queued and not queued.get("node_errors"), f"the server refused the prompt: {queued}"
+    prompt_id = queued["prompt_id"]
+    page.wait_for_function("id => !!window.__pnp.done[id]", arg=prompt_id, timeout=RUN_TIMEOUT_MS)
+    done = page.evaluate("id => window.__pnp.done[id]", prompt_id)
+    assert done["status"] == "success", f"prompt failed: {json.dumps(done)[:2000]}\n{comfy_server.log_tail(3000)}"
+    # The server sends execution_success before it files the prompt in /history.
+    deadline = time.monotonic() + 30
+    while (entry := comfy_server._get(f"/history/{prompt_id}").get(prompt_id)) is None:
+        assert time.monotonic() < deadline, f"prompt {prompt_id} never reached /history"
+        time.sleep(0.05)
+    return prompt_id, entry["outputs"]
+
+
+def wait_for_images_in_page(page, node_ids: list[str]):
+    """The Save Image nodes show their image (the frontend loads previews of nodes it draws: fit the view)."""
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+    page.wait_for_function(
+        "ids => ids.every(id => (app.graph.getNodeById(Number(id))?.imgs || []).some(img => img.complete && img.naturalWidth > 0))",
+        arg=node_ids, timeout=30_000)
+
+
+def shrink(prompt: dict) -> dict:
+    return shrink_for_tests(prompt, checkpoint=CHECKPOINT_NAME, controlnet=CONTROLNET_NAME, image=INPUT_IMAGE_NAME)
+
+
+def screenshot(page, name: str, width: int = 2000, margin: int = 20):
+    """The whole graph, as large as fits `width`, without the side bars: docs/screenshots/<name>.png."""
+    x0, y0, w, h = page.evaluate("""() => {
+      const boxes = [...app.graph.nodes.map(n => [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.size[0],
+                                                  n.size[1] + LiteGraph.NODE_TITLE_HEIGHT]),
+                     ...app.graph.groups.map(g => [...g._bounding])];
+      const x0 = Math.min(...boxes.map(b => b[0])), y0 = Math.min(...boxes.map(b => b[1]));
+      return [x0, y0, Math.max(...boxes.map(b => b[0] + b[2])) - x0, Math.max(...boxes.map(b => b[1] + b[3])) - y0];
+    }""")
+    scale = min((width - 2 * margin) / w, 1.0)
+    height = min(1600, round(h * scale) + 2 * margin)
+    scale = min(scale, (height - 2 * margin) / h)
+    page.set_viewport_size({"width": width, "height": height})
+    page.evaluate("() => app.extensionManager.command.execute('Workspace.ToggleFocusMode')")
+    try:
+        page.wait_for_timeout(300)
+        page.evaluate("""([x0, y0, w, h, scale, width, height]) => {
+          const ds = app.canvas.ds;
+          ds.scale = scale;
+          ds.offset[0] = (width - w * scale) / 2 / scale - x0;
+          ds.offset[1] = (height - h * scale) / 2 / scale - y0;
+          app.canvas.setDirty(true, true);
+        }""", [x0, y0, w, h, scale, width, height])
+        page.wait_for_function("() => app.graph.nodes.filter(n => n.type === 'LoadImage').every(n => n.imgs?.[0]?.naturalWidth > 0)",
+                               timeout=10_000)
+        page.wait_for_timeout(300)
+        SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOT_DIR / f"{name}.png"
+        page.screenshot(path=str(path))
+        with Image.open(path) as shot:  # 256 colours: a third of the size, no visible change for a UI
+            shot.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
+                path, optimize=True)
+        center = page.evaluate("""() => {  // the middle of the pack's nodes and the samplers
+          const nodes = app.graph.nodes.filter(n => n.type.startsWith('PnP') || /Sampler|ControlNetApply/.test(n.type));
+          const x = nodes.reduce((sum, n) => sum + n.pos[0] + n.size[0] / 2, 0) / nodes.length;
+          return (x + app.canvas.ds.offset[0]) * app.canvas.ds.scale;
+        }""")
+        thumbnail(path, center, WORKFLOW_DIR / f"{name}.jpg")
+    finally:
+        page.evaluate("() => app.extensionManager.command.execute('Workspace.ToggleFocusMode')")
+        page.set_viewport_size({"width": 1600, "height": 900})
+
+
+def thumbnail(screenshot_path: Path, center_x: float, out: Path, size: int = 400):
+    """The template browser's card picture (workflows/<name>.jpg): a square of the screenshot around `center_x`."""
+    with Image.open(screenshot_path) as image:
+        side = min(image.height, image.width)
+        left = int(min(max(center_x - side / 2, 0), image.width - side))
+        card = image.convert("RGB").crop((left, 0, left + side, side)).resize((size, size), Image.LANCZOS)
+        card.save(out, quality=85, optimize=True)
+
+
+def test_the_missing_node_check_sees_a_missing_node(page):
+    """The check below is live: an unknown node type opens the frontend's missing-node dialog."""
+    workflow = {"last_node_id": 1, "last_link_id": 0, "links": [], "groups": [], "config": {}, "extra": {}, "version": 0.4,
+                "nodes": [{"id": 1, "type": "PnPNoSuchNode", "pos": [0, 0], "size": [200, 60], "flags": {}, "order": 0,
+                           "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": []}]}
+    state = load_in_page(page, workflow, "missing")
+    try:
+        assert state["unregistered"] == ["PnPNoSuchNode"]
+        assert any("PnPNoSuchNode" in text for text in state["dialogs"]), state
+    finally:
+        close_dialogs(page)
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_workflow_in_the_frontend(name, page, comfy_server):
+    workflow = load(name)
+    state = load_in_page(page, workflow, name)
+    assert state == {"unregistered": [], "nodes_with_errors": [], "dialogs": [], "error_toasts": []}
+    if RESAVE:  # as the UI's Export writes it
+        exported = page.evaluate("async () => JSON.stringify((await app.graphToPrompt()).workflow, null, 2)")
+        (WORKFLOW_DIR / f"{name}.json").write_text(exported + "\n")
+
+    # The frontend converts the graph exactly as workflow_api does (the other tests rely on that).
+    prompt = to_api(workflow, comfy_server.object_info())
+    assert frontend_prompt(page) == prompt
+    if SCREENSHOTS:
+        screenshot(page, name)
+
+    overrides = shrink(prompt)
+    page.evaluate(SET_WIDGETS_JS, overrides)
+    assert frontend_prompt(page) == apply_overrides(prompt, overrides)
+
+    prompt_id, outputs = queue_and_wait(page, comfy_server)
+    if name == BANK_WORKFLOW:  # run 1 saved a bank; run 2 loads it (as the workflow's note explains)
+        (bank,) = [out["text"][0] for out in outputs.values() if "text" in out]
+        bank_file = f"pnp-frontend-{Path(bank).name}"
+        shutil.copy(comfy_server.output_dir / bank, comfy_server.input_dir / bank_file)
+        page.evaluate(BANK_RUN_2_JS, [RUN_1_GROUP, RUN_2_GROUP, bank_file])
+        run_2 = to_api(run_2_of_the_bank_workflow(workflow, bank_file), comfy_server.object_info())
+        assert frontend_prompt(page) == apply_overrides(run_2, shrink(run_2))
+        prompt_id, outputs = queue_and_wait(page, comfy_server)
+        prompt = run_2
+    saves = [node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"]
+    assert saves and all(outputs.get(s, {}).get("images") for s in saves), outputs
+    wait_for_images_in_page(page, saves)
+    assert page.evaluate("() => app.graph.nodes.filter(n => n.has_errors).map(n => n.id)") == []
+
+
+def test_converter_matches_the_frontend_on_reroutes_primitives_bypass_and_mute(page, comfy_server):
+    """A graph built in the page with what the shipped files do not use: both conversions must agree."""
+    workflow = json.loads(page.evaluate("""async () => {
+      await app.loadGraphData({nodes: [], links: [], groups: [], version: 0.4, last_node_id: 0, last_link_id: 0,
+                               config: {}, extra: {}}, true, false, 'synthetic.json');
+      const add = type => { const node = LiteGraph.createNode(type); app.graph.add(node); return node; };
+      const input = (node, name) => node.inputs.findIndex(i => i.name === name);
+      const ckpt = add('CheckpointLoaderSimple'), reroute1 = add('Reroute'), reroute2 = add('Reroute');
+      ckpt.connect(1, reroute1, 0); reroute1.connect(0, reroute2, 0);
+      const positive = add('CLIPTextEncode'), negative = add('CLIPTextEncode');
+      reroute2.connect(0, positive, 0); reroute1.connect(0, negative, 0);
+      const text = add('PrimitiveNode');
+      if (!text.connect(0, positive, input(positive, 'text'))) throw new Error('cannot link a primitive to text');
+      text.widgets[0].value = 'from a primitive node';
+      const empty = add('EmptyLatentImage'), upscale = add('LatentUpscaleBy');
+      empty.connect(0, upscale, 0); upscale.mode = 4;  // bypass
+      const sampler = add('KSampler');
+      ckpt.connect(0, sampler, input(sampler, 'model')); positive.connect(0, sampler, input(sampler, 'positive'));
+      negative.connect(0, sampler, input(sampler, 'negative')); upscale.connect(0, sampler, input(sampler, 'latent_image'));
+      const seed = add('PrimitiveInt'); seed.widgets[0].value = 7;
+      if (!seed.connect(0, sampler, input(sampler, 'seed'))) throw new Error('cannot link a seed');
+      const decode = add('VAEDecode'); sampler.connect(0, decode, 0); ckpt.connect(2, decode, 1);
+      const save = add('SaveImage'); decode.connect(0, save, 0);
+      const muted = add('PreviewImage'); decode.connect(0, muted, 0); muted.mode = 2;  // never (muted)
+      add('Note'); add('MarkdownNote');
+      return JSON.stringify((await app.graphToPrompt()).workflow);
+    }"""))
+    expected = frontend_prompt(page)
+    assert {n["class_type"] for n in expected.values()} == {
+        "CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "PrimitiveInt", "VAEDecode", "SaveImage"}
+    assert to_api(workflow, comfy_server.object_info()) == expected
+
+
+def test_no_uncaught_errors_from_the_pack(page):
+    """Uncaught page errors that name the pack or its nodes (the frontend's own are not ours to judge)."""
+    ours = [e for e in page.pnp_errors if "PnP" in e or "pnp" in e]
+    assert ours == []

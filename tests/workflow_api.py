@@ -1,0 +1,276 @@
+"""UI-format (litegraph) workflows -> API-format prompts, as the ComfyUI frontend converts them on queue.
+
+The node definitions come from the running server's ``/object_info``, so widget values are mapped to
+the input names the server has now:
+
+- ``widgets_values`` holds one value per widget, in the order of the node's inputs (required, then
+  optional). Some widgets are UI-only and hold a value the server never sees: the
+  ``control_after_generate`` combo after INT inputs marked with it (and after any INT named ``seed`` or
+  ``noise_seed``), and the upload button that the frontend appends to the required inputs of nodes with
+  an ``image_upload`` / ``video_upload`` / ``animated_image_upload`` combo (Load Image).
+- A widget turned into an input socket and linked takes its value from the link.
+- Frontend-only nodes (Note, MarkdownNote, Reroute, PrimitiveNode) are not sent; links through a
+  Reroute are followed to the real source, a PrimitiveNode's value is written into its targets.
+- Muted nodes (mode 2) are not sent and neither are links from them; bypassed nodes (mode 4) are not
+  sent and their outputs pass on the input of the same type, as in the frontend.
+
+``shrink_for_tests`` gives the overrides that make a shipped workflow run in seconds on the generated
+test models (file names, steps, image size) and leaves everything else as shipped.
+"""
+from __future__ import annotations
+
+import copy
+
+MODE_ALWAYS, MODE_NEVER, MODE_BYPASS = 0, 2, 4
+NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
+UI_ONLY_TYPES = NOTE_TYPES | {"Reroute", "PrimitiveNode"}
+WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
+CONTROL_AFTER_GENERATE = "control_after_generate"
+UPLOAD = "upload"
+
+
+class ConversionError(ValueError):
+    """The workflow cannot be converted: the message names the node and what is wrong."""
+
+
+def _spec_options(spec) -> dict:
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
+def is_widget(spec) -> bool:
+    """An input the frontend shows as a widget (a value), not as a socket."""
+    if _spec_options(spec).get("forceInput"):
+        return False
+    kind = spec[0]
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def _has_control_widget(name: str, spec) -> bool:
+    options = _spec_options(spec)
+    if spec[0] == "INT":
+        return bool(options.get(CONTROL_AFTER_GENERATE, name in ("seed", "noise_seed")))
+    return (isinstance(spec[0], list) or spec[0] == "COMBO") and bool(options.get(CONTROL_AFTER_GENERATE))
+
+
+def _is_upload_combo(spec) -> bool:
+    return (isinstance(spec[0], list) or spec[0] == "COMBO") and any(_spec_options(spec).get(f) for f in UPLOAD_FLAGS)
+
+
+def _ordered_inputs(node_def: dict, section: str) -> list[str]:
+    inputs = (node_def.get("input") or {}).get(section) or {}
+    order = (node_def.get("input_order") or {}).get(section)
+    return [name for name in (order if order is not None else inputs) if name in inputs]
+
+
+def widget_slots(node_def: dict) -> list[str]:
+    """The names of a node's widgets in ``widgets_values`` order; UI-only widgets are named
+    ``control_after_generate`` and ``upload``."""
+    inputs = node_def.get("input") or {}
+    slots = []
+    for section in ("required", "optional"):
+        upload = False
+        for name in _ordered_inputs(node_def, section):
+            spec = inputs[section][name]
+            if not is_widget(spec):
+                continue
+            slots.append(name)
+            if _has_control_widget(name, spec):
+                slots.append(CONTROL_AFTER_GENERATE)
+            upload = upload or (section == "required" and _is_upload_combo(spec))
+        if upload:
+            slots.append(UPLOAD)
+    return slots
+
+
+def widget_defaults(node_def: dict) -> dict:
+    """Default values of a node's widget inputs (what the frontend shows for a value a workflow lacks)."""
+    defaults = {}
+    for section in ("required", "optional"):
+        for name, spec in ((node_def.get("input") or {}).get(section) or {}).items():
+            if not is_widget(spec):
+                continue
+            options = _spec_options(spec)
+            if "default" in options:
+                defaults[name] = options["default"]
+            elif isinstance(spec[0], list) and spec[0]:
+                defaults[name] = spec[0][0]
+            elif spec[0] == "COMBO" and options.get("options"):
+                defaults[name] = options["options"][0]
+    return defaults
+
+
+def widget_values(node: dict, node_def: dict, *, strict: bool = False) -> dict:
+    """A UI node's widget values by input name (UI-only widgets left out).
+
+    As in the frontend, values are matched to widgets by position: a workflow saved before inputs were
+    appended to a node has fewer values (the rest get their defaults), and values of widgets that
+    frontend extensions add are left over (ignored). ``strict`` makes any count mismatch an error.
+    """
+    slots = widget_slots(node_def)
+    values = node.get("widgets_values")
+    if values is None:
+        values = []
+    if isinstance(values, dict):  # some frontends serialize widgets by name
+        named = dict(values)
+    else:
+        if strict and len(values) != len(slots):
+            raise ConversionError(
+                f"node {node['id']} ({node['type']}) has {len(values)} widget values for {len(slots)} widgets "
+                f"{slots}: the node's inputs changed since the workflow was saved; load it in the UI and save "
+                f"it again")
+        named = dict(zip(slots, values))
+    defaults = widget_defaults(node_def)
+    result = {}
+    for name in slots:
+        if name in (CONTROL_AFTER_GENERATE, UPLOAD):
+            continue
+        if name in named:
+            result[name] = named[name]
+        elif name in defaults:
+            result[name] = defaults[name]
+    return result
+
+
+def _links_by_id(workflow: dict) -> dict:
+    links = {}
+    for link in workflow.get("links") or []:
+        if isinstance(link, dict):
+            links[link["id"]] = (link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
+                                 link.get("type"))
+        else:
+            link_id, origin_id, origin_slot, target_id, target_slot, link_type = link[:6]
+            links[link_id] = (origin_id, origin_slot, target_id, target_slot, link_type)
+    return links
+
+
+_NO_VALUE = object()
+
+
+class _Converter:
+    def __init__(self, workflow: dict, object_info: dict, strict: bool):
+        self.object_info = object_info
+        self.strict = strict
+        self.nodes = {node["id"]: node for node in workflow.get("nodes") or []}
+        self.links = _links_by_id(workflow)
+        subgraphs = {sg.get("id") for sg in ((workflow.get("definitions") or {}).get("subgraphs") or [])}
+        for node in self.nodes.values():
+            if node["type"] in subgraphs:
+                raise ConversionError(f"node {node['id']} is a subgraph ({node['type']}): subgraphs are not supported")
+
+    def source(self, link_id, seen=()):
+        """What a link delivers: [node_id, slot], a literal value (PrimitiveNode) or _NO_VALUE."""
+        if link_id is None or link_id not in self.links:
+            return _NO_VALUE
+        if link_id in seen:
+            raise ConversionError(f"link {link_id} is part of a cycle of reroutes/bypassed nodes")
+        seen = (*seen, link_id)
+        origin_id, origin_slot, _, _, link_type = self.links[link_id]
+        origin = self.nodes.get(origin_id)
+        if origin is None:
+            raise ConversionError(f"link {link_id} comes from node {origin_id}, which is not in the workflow")
+        mode = origin.get("mode", MODE_ALWAYS)
+        if mode == MODE_NEVER:
+            return _NO_VALUE
+        if origin["type"] == "Reroute":
+            inputs = origin.get("inputs") or []
+            return self.source(inputs[0].get("link") if inputs else None, seen)
+        if origin["type"] == "PrimitiveNode":
+            values = origin.get("widgets_values") or []
+            return values[0] if values else _NO_VALUE
+        if mode == MODE_BYPASS:
+            return self.bypass(origin, origin_slot, link_type, seen)
+        return [str(origin_id), origin_slot]
+
+    def bypass(self, node, slot, link_type, seen):
+        """A bypassed node passes on its input of the output's type, the same slot first."""
+        inputs = node.get("inputs") or []
+        outputs = node.get("outputs") or []
+        out_type = outputs[slot].get("type") if slot < len(outputs) else link_type
+        order = ([slot] if slot < len(inputs) else []) + [i for i in range(len(inputs)) if i != slot]
+        for i in order:
+            if inputs[i].get("type") in (out_type, "*") and inputs[i].get("link") is not None:
+                return self.source(inputs[i]["link"], seen)
+        return _NO_VALUE
+
+    def node_inputs(self, node: dict, node_def: dict) -> dict:
+        inputs = widget_values(node, node_def, strict=self.strict)
+        known = {name for section in ("required", "optional")
+                 for name in ((node_def.get("input") or {}).get(section) or {})}
+        for slot in node.get("inputs") or []:
+            name = slot.get("name") or (slot.get("widget") or {}).get("name")
+            if slot.get("link") is None:
+                continue
+            if name not in known:
+                raise ConversionError(f"node {node['id']} ({node['type']}) has a link into {name!r}, "
+                                      f"which {node['type']} does not have")
+            value = self.source(slot["link"])
+            if value is not _NO_VALUE:  # else a widget keeps its own value, a socket stays unset
+                inputs[name] = value
+        return inputs
+
+    def convert(self) -> dict:
+        prompt = {}
+        for node_id, node in self.nodes.items():
+            if node["type"] in UI_ONLY_TYPES or node.get("mode", MODE_ALWAYS) in (MODE_NEVER, MODE_BYPASS):
+                continue
+            node_def = self.object_info.get(node["type"])
+            if node_def is None:
+                raise ConversionError(f"node {node_id}: unknown node type {node['type']!r} (not in /object_info)")
+            prompt[str(node_id)] = {
+                "inputs": self.node_inputs(node, node_def),
+                "class_type": node["type"],
+                "_meta": {"title": node.get("title") or node_def.get("display_name") or node["type"]},
+            }
+        return prompt
+
+
+def to_api(workflow: dict, object_info: dict, *, strict: bool = False) -> dict:
+    """The API-format prompt of a UI-format workflow ({node_id: {"inputs", "class_type", "_meta"}})."""
+    return _Converter(workflow, object_info, strict).convert()
+
+
+def node_types(workflow: dict) -> set[str]:
+    return {node["type"] for node in workflow.get("nodes") or []}
+
+
+def notes(workflow: dict) -> list[str]:
+    """The texts of the workflow's Note / MarkdownNote nodes."""
+    return [(node.get("widgets_values") or [""])[0] for node in workflow.get("nodes") or []
+            if node["type"] in NOTE_TYPES]
+
+
+def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: str, steps: int = 4,
+                     inversion_steps: int = 8, other_steps: int = 2, size: int = 64) -> dict:
+    """Overrides {node_id: {input: value}} that make an API prompt fast on the test models.
+
+    Model and image names become the test files, PnP DDIM Inversion gets ``steps`` and
+    ``inversion_steps`` (equal ones stay equal: the fast mode stays the fast mode), other samplers
+    ``other_steps``, and image/latent sizes ``size``. Linked inputs and everything else stay as shipped.
+    """
+    names = {"CheckpointLoaderSimple": {"ckpt_name": checkpoint}, "ControlNetLoader": {"control_net_name": controlnet},
+             "LoadImage": {"image": image}}
+    overrides = {}
+    for node_id, node in prompt.items():
+        inputs, kind = node["inputs"], node["class_type"]
+        change = dict(names.get(kind, {}))
+        if kind == "PnPInversion":
+            fast = inputs.get("inversion_steps") == inputs.get("steps")
+            change.update(steps=steps, inversion_steps=steps if fast else inversion_steps)
+        elif isinstance(inputs.get("steps"), int):
+            change["steps"] = min(inputs["steps"], other_steps)
+        for key in ("width", "height"):
+            if isinstance(inputs.get(key), int) and inputs[key] > size:
+                change[key] = size
+        change = {k: v for k, v in change.items() if k in inputs and not isinstance(inputs[k], list)}
+        if change:
+            overrides[node_id] = change
+    return overrides
+
+
+def apply_overrides(prompt: dict, overrides: dict) -> dict:
+    """A copy of the prompt with {node_id: {input: value}} applied."""
+    prompt = copy.deepcopy(prompt)
+    for node_id, change in overrides.items():
+        prompt[node_id]["inputs"].update(change)
+    return prompt
