@@ -11,7 +11,7 @@ ATTENTION_TIP = ("Fraction of the steps with the source's self-attention queries
                  "Higher keeps the layout tighter; too high can leak the source's appearance.")
 
 
-def negative_schedule_inputs():
+def _negative_schedule_inputs():
     return [
         io.Float.Input("negative_alpha", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                        tooltip="Negative-prompt schedule of the latent-diffusion PnP code: weight of the unconditional "
@@ -73,7 +73,7 @@ class PnPSampler(io.ComfyNode):
                 *_injection_inputs(),
                 io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="ddim",
                                tooltip="ddim (deterministic, eta 0) is the paper's. Ancestral/SDE samplers add fresh noise and weaken the structure."),
-                *negative_schedule_inputs(),
+                *_negative_schedule_inputs(),
             ],
             outputs=[io.Latent.Output("latent", display_name="latent", tooltip="The translated latent: VAE Decode it.")],
         )
