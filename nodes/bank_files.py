@@ -11,25 +11,36 @@ from .types import CATEGORY, FeatureBank
 SUFFIX = ".safetensors"
 
 
-def bank_files() -> list[str]:
-    """Bank files in ComfyUI's input folder (and its subfolders), as relative names."""
-    root = folder_paths.get_input_directory()
+OUTPUT_TAG = " [output]"  # ComfyUI's way of naming a file of the output folder in a list
+
+
+def _listed(root: str, tag: str = "") -> list[str]:
     found = []
     for folder, _, files in os.walk(root, followlinks=True):
-        found += [os.path.relpath(os.path.join(folder, f), root) for f in files if f.endswith(SUFFIX)]
+        found += [os.path.relpath(os.path.join(folder, f), root) + tag for f in files if f.endswith(SUFFIX)]
     return sorted(found)
 
 
+def bank_files() -> list[str]:
+    """Banks in ComfyUI's input folder, then those saved in its output folder (tagged)."""
+    return _listed(folder_paths.get_input_directory()) + _listed(folder_paths.get_output_directory(), OUTPUT_TAG)
+
+
 def input_path(name: str) -> str:
-    """The file `name` inside the input folder; names that leave it are refused."""
-    root = os.path.realpath(folder_paths.get_input_directory())
+    """The file `name` inside the input folder (or the output folder, when tagged so); names
+    that leave their folder are refused."""
+    if name.endswith(OUTPUT_TAG):
+        name, root, where = name[: -len(OUTPUT_TAG)], folder_paths.get_output_directory(), "output"
+    else:
+        root, where = folder_paths.get_input_directory(), "input"
+    root = os.path.realpath(root)
     path = os.path.realpath(os.path.join(root, name))
     if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/") or os.path.commonpath([root, path]) != root:
-        raise PnPError(f"Bank file {name!r} is outside ComfyUI's input folder: give a name inside it, "
+        raise PnPError(f"Bank file {name!r} is outside ComfyUI's {where} folder: give a name inside it, "
                        f"without '..' or an absolute path.")
     if not os.path.isfile(path):
-        raise PnPError(f"No bank file {name!r} in ComfyUI's input folder: copy the saved bank there "
-                       f"(PnP Save Feature Bank writes to the output folder).")
+        raise PnPError(f"No bank file {name!r} in ComfyUI's {where} folder: save one with PnP Save Feature "
+                       f"Bank, or copy a bank file there.")
     return path
 
 
@@ -72,9 +83,10 @@ class PnPLoadFeatureBank(io.ComfyNode):
             node_id="PnPLoadFeatureBank",
             display_name="PnP Load Feature Bank",
             category=CATEGORY,
-            description="Loads a feature bank saved by PnP Save Feature Bank from ComfyUI's input folder.",
+            description="Loads a feature bank saved by PnP Save Feature Bank, from ComfyUI's input or output folder.",
             inputs=[io.Combo.Input("bank_file", options=bank_files(),
-                                   tooltip="A .safetensors bank in ComfyUI's input folder.")],
+                                   tooltip="A .safetensors bank in ComfyUI's input folder, or one saved in the output "
+                                           "folder (marked [output]). Refresh the page to list a bank saved since.")],
             outputs=[FeatureBank.Output("feature_bank", display_name="feature_bank", tooltip="Use like the output of PnP Capture Features.")],
         )
 

@@ -65,6 +65,17 @@ def test_a_loaded_bank_gives_bit_identical_results(captured, folders):
                        sampling.pnp_sample(model, bank, target, empty))
 
 
+def test_saved_banks_are_listed_from_the_output_folder_too(captured, folders):
+    _, _, bank = captured
+    saved, staged = save_and_stage(bank, folders, "pnp/bank")
+    listed = PnPLoadFeatureBank.GET_SCHEMA().inputs[0].options
+    assert staged.name in listed and "pnp/" + saved.name + " [output]" in listed
+    (loaded,) = PnPLoadFeatureBank.execute("pnp/" + saved.name + " [output]").result
+    assert torch.equal(loaded.residual[4], bank.residual[4].cpu())
+    with pytest.raises(PnPError, match="outside ComfyUI's output folder"):
+        PnPLoadFeatureBank.execute("../x.safetensors [output]")
+
+
 def rewrite(path, edit_tensors=None, edit_meta=None):
     with safe_open(str(path), "pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
