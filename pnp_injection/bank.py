@@ -81,8 +81,8 @@ class FeatureBank:
         want = tuple(self.start.shape[-2:])
         if tuple(shape[-2:]) != want:
             raise PnPError(
-                f"The latent is {shape[-1] * 8}x{shape[-2] * 8} px ({tuple(shape[-2:])} latent) but the "
-                f"feature bank was captured at {want[1] * 8}x{want[0] * 8} px: PnP injects into a "
+                f"The latent is {shape[-1] * 8}x{shape[-2] * 8} px but the feature bank was captured "
+                f"at {want[1] * 8}x{want[0] * 8} px: PnP injects into a "
                 f"latent of the source's size. Sample at the source size (upscale after PnP, "
                 f"with the unpatched model)."
             )
