@@ -1,5 +1,6 @@
 """Beyond the paper: layer sets as data, SDXL and SD 2.x, generated sources, the
 negative-prompt schedule, batches, and DiT/flow refusals."""
+import comfy.sample
 import comfy.samplers
 import pytest
 import torch
@@ -97,9 +98,6 @@ def test_capture_from_a_generated_source_equals_capture_from_its_latents():
         for key, tensor in getattr(a, table).items():
             assert torch.equal(tensor, getattr(b, table)[key]), (table, key)
     assert harness.rel(a.residual[4][1], a.residual[4][0]) > 0.01  # the steps differ: a real path
-
-
-import comfy.sample  # noqa: E402  (used above; kept near its use)
 
 
 # --- negative-prompt schedule ---------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""The PnP engine on real ComfyUI models (issue: core nodes, required behaviour 2-6)."""
+"""The PnP engine on real ComfyUI models: round trip, fractions 0, injected steps and rows, isolation."""
+import copy
+
 import comfy.patcher_extension as ext
 import comfy.samplers
 import pytest
@@ -152,11 +154,9 @@ def test_base_model_is_untouched_and_clones_share_the_bank(sd15):
     assert not any(m._forward_hooks for m in unet.modules())
 
     patched = patches.apply_injection(model, bank)
-    downstream = patched.clone()  # e.g. a LoRA loader after PnP Apply
-    downstream.model_options = downstream.model_options  # deep-copied by clone()
+    downstream = patched.clone()  # e.g. a LoRA loader after PnP Apply (clone deep-copies model_options)
     (injector,) = downstream.get_wrappers(ext.WrappersMP.DIFFUSION_MODEL, patches.WRAPPER_KEY)
     assert injector.bank is bank
     ptr = bank.residual[4].data_ptr()
     assert injector.bank.residual[4].data_ptr() == ptr
-    import copy
     assert copy.deepcopy(bank) is bank
