@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import schedule
+from . import passes, schedule
 from .errors import PnPError
 from .inversion import Trajectory, check_latent
 from .layers import family_of
@@ -19,13 +19,11 @@ def generate(model_patcher, latent: torch.Tensor, positive, negative, cfg: float
     """
     import comfy.sample
     import comfy.samplers
-    import comfy.utils
     import latent_preview
 
     family = family_of(model_patcher)
     check_latent(latent)
-    if sampler_name not in comfy.samplers.SAMPLER_NAMES:
-        raise PnPError(f"Unknown sampler {sampler_name!r}; choose one of {comfy.samplers.SAMPLER_NAMES}.")
+    chosen = passes.sampler(sampler_name)
     sigmas = schedule.sampling_sigmas(model_patcher.get_model_object("model_sampling"), scheduler, steps)
     recorded: dict[int, torch.Tensor] = {}
     preview = latent_preview.prepare_callback(model_patcher, len(sigmas) - 1)
@@ -37,10 +35,8 @@ def generate(model_patcher, latent: torch.Tensor, positive, negative, cfg: float
     guider = comfy.samplers.CFGGuider(model_patcher)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
-    noise = comfy.sample.prepare_noise(latent, seed)
-    with torch.no_grad():
-        samples = guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), sigmas,
-                                callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    samples = passes.sample(guider, latent, chosen, sigmas, noise=comfy.sample.prepare_noise(latent, seed),
+                            callback=callback, seed=seed)
     if sorted(recorded) != list(range(len(sigmas) - 1)):
         raise PnPError(f"The sampler {sampler_name!r} did not report every step; use ddim or euler.")
     latents = torch.stack([recorded[i] for i in range(len(sigmas) - 1)])

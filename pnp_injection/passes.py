@@ -29,10 +29,29 @@ def run_loop(model_patcher, conditioning, latent: torch.Tensor, sigmas: torch.Te
     guider = comfy.samplers.CFGGuider(model_patcher)
     guider.set_conds(conditioning, conditioning)
     guider.set_cfg(1.0)  # no guidance: the official inversion and source pass use none
-    noise = torch.zeros_like(latent)
+    return sample(guider, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas, bar=False)
+
+
+def sampler(name: str):
+    """ComfyUI's sampler of that name, or a clear error."""
+    import comfy.samplers
+
+    from .errors import PnPError
+
+    if name not in comfy.samplers.SAMPLER_NAMES:
+        raise PnPError(f"Unknown sampler {name!r}; choose one of {comfy.samplers.SAMPLER_NAMES}.")
+    return comfy.samplers.sampler_object(name)
+
+
+def sample(guider, latent: torch.Tensor, sampler, sigmas: torch.Tensor, noise: torch.Tensor | None = None,
+           callback=None, seed: int = 0, bar: bool = True) -> torch.Tensor:
+    """`guider.sample` without autograd; no noise by default (sampling starts at `latent`)."""
+    import comfy.utils
+
+    noise = torch.zeros_like(latent) if noise is None else noise
     with torch.no_grad():
-        return guider.sample(noise, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas,
-                             disable_pbar=True, seed=0)
+        return guider.sample(noise, latent, sampler, sigmas, callback=callback,
+                             disable_pbar=not (bar and comfy.utils.PROGRESS_BAR_ENABLED), seed=seed)
 
 
 class Progress:

@@ -53,6 +53,23 @@ def rows_from_source(source: torch.Tensor, rows: int, chunks: int, like: torch.T
     )
 
 
+def step_hooks(unet, layers: layer_sets.LayerSet, step: int | None, feature_steps: int, attention_steps: int,
+               hook_for: Callable[[str, object], Callable]) -> dict[torch.nn.Module, Callable]:
+    """The forward hooks of one U-Net call at sampling step `step`: ResBlocks for steps below
+    `feature_steps`, queries and keys below `attention_steps`. `hook_for(table, key)` makes
+    each hook; table is "residual", "queries" or "keys", as in the bank."""
+    if step is None or step >= max(feature_steps, attention_steps):
+        return {}
+    mods = layer_sets.modules(unet, layers)
+    hooks = {}
+    if step < feature_steps:
+        hooks.update({m: hook_for("residual", b) for b, m in mods.residual.items()})
+    if step < attention_steps:
+        hooks.update({m: hook_for("queries", k) for k, m in mods.to_q.items()})
+        hooks.update({m: hook_for("keys", k) for k, m in mods.to_k.items()})
+    return hooks
+
+
 class Recorder:
     """DIFFUSION_MODEL wrapper of the source pass: keeps each layer's output per step."""
 
@@ -64,20 +81,17 @@ class Recorder:
         self.queries: dict[tuple, dict[int, torch.Tensor]] = {k: {} for k in layers.attention}
         self.keys: dict[tuple, dict[int, torch.Tensor]] = {k: {} for k in layers.attention}
 
-    def _keep(self, table: dict, step: int):
-        def hook(module, args, output):
-            table[step] = self.store(output.detach())
-        return hook
-
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         step = step_at(self.sigmas, call_sigma(transformer_options))
-        mods = layer_sets.modules(executor.class_obj, self.layers)
-        hooks = {}
-        if step is not None and step < self.feature_steps:
-            hooks.update({m: self._keep(self.residual[b], step) for b, m in mods.residual.items()})
-        if step is not None and step < self.attention_steps:
-            hooks.update({m: self._keep(self.queries[k], step) for k, m in mods.to_q.items()})
-            hooks.update({m: self._keep(self.keys[k], step) for k, m in mods.to_k.items()})
+
+        def keep(table: str, key):
+            kept = getattr(self, table)[key]
+
+            def hook(module, args, output):
+                kept[step] = self.store(output.detach())
+            return hook
+
+        hooks = step_hooks(executor.class_obj, self.layers, step, self.feature_steps, self.attention_steps, keep)
         with forward_hooks(hooks):
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
@@ -89,24 +103,21 @@ class Injector:
     def __init__(self, bank, feature_steps: int, attention_steps: int):
         self.bank, self.feature_steps, self.attention_steps = bank, feature_steps, attention_steps
 
-    def _replace(self, source: torch.Tensor, chunks: int):
-        def hook(module, args, output):
-            return rows_from_source(source, output.shape[0], chunks, output)
-        return hook
-
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         bank = self.bank
         step = step_at(bank.sigmas, call_sigma(transformer_options))
-        hooks = {}
-        if step is not None and step < max(self.feature_steps, self.attention_steps):
+        chunks = len(transformer_options.get("cond_or_uncond", [0]))
+
+        def replace(table: str, key):
+            source = getattr(bank, table)[key][step]
+
+            def hook(module, args, output):
+                return rows_from_source(source, output.shape[0], chunks, output)
+            return hook
+
+        hooks = step_hooks(executor.class_obj, bank.layers, step, self.feature_steps, self.attention_steps, replace)
+        if hooks:
             bank.check_latent_shape(x.shape, batch=False)
-            chunks = len(transformer_options.get("cond_or_uncond", [0]))
-            mods = layer_sets.modules(executor.class_obj, bank.layers)
-            if step < self.feature_steps:
-                hooks.update({m: self._replace(bank.residual[b][step], chunks) for b, m in mods.residual.items()})
-            if step < self.attention_steps:
-                hooks.update({m: self._replace(bank.queries[k][step], chunks) for k, m in mods.to_q.items()})
-                hooks.update({m: self._replace(bank.keys[k][step], chunks) for k, m in mods.to_k.items()})
         with forward_hooks(hooks):
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 

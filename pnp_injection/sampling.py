@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import guidance
+from . import guidance, passes
 from .bank import FeatureBank
 from .errors import PnPError
 from .inversion import to_user_latent
@@ -26,11 +26,9 @@ def pnp_sample(model_patcher, bank: FeatureBank, positive, negative, cfg: float 
     unconditional prompt and `source_negative` (default: the source prompt) is blended in.
     """
     import comfy.samplers
-    import comfy.utils
     import latent_preview
 
-    if sampler_name not in comfy.samplers.SAMPLER_NAMES:
-        raise PnPError(f"Unknown sampler {sampler_name!r}; choose one of {comfy.samplers.SAMPLER_NAMES}.")
+    chosen = passes.sampler(sampler_name)
     patched = apply_injection(model_patcher, bank, feature_injection, attention_injection)
     latent = start_latent(model_patcher, bank)["samples"]
     if guidance.is_plain(negative_alpha, negative_schedule):
@@ -40,11 +38,8 @@ def pnp_sample(model_patcher, bank: FeatureBank, positive, negative, cfg: float 
         guider = guidance.NegativeScheduleGuider(patched, negative_alpha, negative_schedule)
         guider.set_conds(positive, negative, source_negative_or_prompt(bank, source_negative))
     guider.set_cfg(cfg)
-    callback = latent_preview.prepare_callback(patched, bank.steps)
-    with torch.no_grad():
-        return guider.sample(torch.zeros_like(latent), latent, comfy.samplers.sampler_object(sampler_name),
-                             bank.sigmas, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-                             seed=0)
+    return passes.sample(guider, latent, chosen, bank.sigmas,
+                         callback=latent_preview.prepare_callback(patched, bank.steps))
 
 
 def source_negative_or_prompt(bank: FeatureBank | None, source_negative):
