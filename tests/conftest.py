@@ -46,3 +46,19 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from comfy_server import comfy_server  # noqa: E402,F401  (session fixture: the real server)
+
+import folder_paths  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """Fresh ComfyUI output and input folders for the test."""
+    out, inp = tmp_path / "output", tmp_path / "input"
+    out.mkdir(), inp.mkdir()
+    old = folder_paths.get_output_directory(), folder_paths.get_input_directory()
+    folder_paths.set_output_directory(str(out))
+    folder_paths.set_input_directory(str(inp))
+    yield out, inp
+    folder_paths.set_output_directory(old[0])
+    folder_paths.set_input_directory(old[1])

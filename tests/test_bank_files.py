@@ -1,7 +1,6 @@
 """Bank files: safetensors with versioned metadata, only under ComfyUI's output/input folders."""
 import json
 
-import folder_paths
 import pytest
 import torch
 from safetensors import safe_open
@@ -10,7 +9,7 @@ from safetensors.torch import save_file
 import harness
 from comfyui_pnp.nodes import NODE_IDS, NODES
 from comfyui_pnp.nodes.bank_files import PnPLoadFeatureBank, PnPSaveFeatureBank
-from comfyui_pnp.pnp_injection import PnPError, bank_file
+from comfyui_pnp.pnp_injection import PnPError
 from comfyui_pnp.pnp_injection import bank as banks
 from comfyui_pnp.pnp_injection import inversion, sampling
 
@@ -21,18 +20,6 @@ def captured():
     empty = harness.conditioning(seed=5)
     trajectory = inversion.invert(model, harness.latent(), empty, steps=5, evaluations=5)
     return model, empty, banks.capture(model, trajectory)
-
-
-@pytest.fixture
-def folders(tmp_path):
-    out, inp = tmp_path / "output", tmp_path / "input"
-    out.mkdir(), inp.mkdir()
-    old = folder_paths.get_output_directory(), folder_paths.get_input_directory()
-    folder_paths.set_output_directory(str(out))
-    folder_paths.set_input_directory(str(inp))
-    yield out, inp
-    folder_paths.set_output_directory(old[0])
-    folder_paths.set_input_directory(old[1])
 
 
 def save_and_stage(bank, folders, prefix="pnp_bank"):

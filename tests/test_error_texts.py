@@ -8,7 +8,7 @@ from comfyui_pnp.nodes.bank_files import PnPLoadFeatureBank
 from comfyui_pnp.pnp_injection import PnPError
 from comfyui_pnp.pnp_injection import bank as banks
 from comfyui_pnp.pnp_injection import inversion, layers, patches, sampling
-from test_bank_files import folders, rewrite, save_and_stage  # noqa: F401  (fixture)
+from test_bank_files import rewrite, save_and_stage
 from test_engine import plain_sample
 
 
@@ -26,7 +26,7 @@ def message(fn) -> str:
     return str(err.value)
 
 
-def test_catalogue(setup, folders):  # noqa: F811
+def test_catalogue(setup, folders):
     model, empty, trajectory, bank = setup
     patched = patches.apply_injection(model, bank, 0.4, 0.4)
     start = sampling.start_latent(model, bank)["samples"]
