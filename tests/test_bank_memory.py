@@ -14,7 +14,7 @@ def test_half_precision_bank_halves_memory_and_barely_moves_the_output():
     (full,) = PnPCaptureFeatures.execute(model, trajectory, 0.8, 0.5, "auto").result
     (half,) = PnPCaptureFeatures.execute(model, trajectory, 0.8, 0.5, "auto", "", None, "half", "cpu").result
     assert full.residual[4].dtype == torch.float32 and half.residual[4].dtype == torch.float16
-    assert half.queries[(9, 0)].device.type == "cpu"
+    assert half.attention[(9, 0)].device.type == "cpu"
     start_bytes = full.start.numel() * full.start.element_size()
     assert half.nbytes() - start_bytes == (full.nbytes() - start_bytes) // 2
     a = sampling.pnp_sample(model, full, target, empty)
