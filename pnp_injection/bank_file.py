@@ -31,8 +31,8 @@ def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
                               "attention": [list(k) for k in bank.layers.attention]}),
         "latent_shape": json.dumps(list(bank.start.shape)),
         "steps": str(bank.steps),
-        "feature_steps": str(bank.feature_step_count),
-        "attention_steps": str(bank.attention_step_count),
+        "feature_step_count": str(bank.feature_step_count),
+        "attention_step_count": str(bank.attention_step_count),
     }
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
@@ -75,8 +75,8 @@ def load(path: str | os.PathLike) -> FeatureBank:
         consistent = (
             list(bank.start.shape) == json.loads(metadata["latent_shape"])
             and bank.steps == int(metadata["steps"])
-            and bank.feature_step_count == int(metadata["feature_steps"])
-            and bank.attention_step_count == int(metadata["attention_steps"])
+            and bank.feature_step_count == int(metadata["feature_step_count"])
+            and bank.attention_step_count == int(metadata["attention_step_count"])
             and all(t.shape[1] == bank.start.shape[0] for t in bank.tables().values())
             and bank.sigmas.ndim == 1 and bool(torch.isfinite(bank.sigmas).all())
         )

@@ -43,7 +43,7 @@ def test_a_loaded_bank_gives_bit_identical_results(captured, folders):
         meta = f.metadata()
     assert meta["format"] == "pnp-feature-bank" and meta["version"] == "2"
     assert json.loads(meta["latent_shape"]) == [1, 4, 16, 16]
-    assert meta["architecture"] == bank.architecture and meta["feature_steps"] == "4"
+    assert meta["architecture"] == bank.architecture and meta["feature_step_count"] == "4"
     assert json.loads(meta["layers"])["resblocks"] == [4]
 
     (loaded,) = PnPLoadFeatureBank.execute(staged.name).result
