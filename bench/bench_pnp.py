@@ -39,19 +39,19 @@ FULL = {
 CONTEXT = {"sd15": 768, "sdxl": 2048}
 
 
-def full_model(arch: str):
+def full_model(arch: str, dtype: torch.dtype = torch.float32):
     config_cls, model_cls, _ = harness.ARCHS[arch]
     unet = harness.unet_config(arch, 320)
-    unet.update(FULL[arch])
+    unet.update(FULL[arch], dtype=dtype)
     unet["num_classes"] = "sequential" if unet["adm_in_channels"] else None
     if unet["num_classes"] is None:
         unet.pop("num_classes")
     config = config_cls(unet)
     config.unet_config.update(FULL[arch])
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, None)
     model = model_cls(config, model_type=harness.comfy.model_base.ModelType.EPS, device="cpu")
     harness.init_weights(model.diffusion_model, 0)
-    return harness.comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
+    return harness.comfy.model_patcher.ModelPatcher(model, load_device=harness.comfy.model_management.get_torch_device(),
                                                     offload_device=torch.device("cpu"))
 
 
