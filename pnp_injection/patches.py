@@ -173,7 +173,7 @@ class Injection:
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
         self.bank.check_schedule(sigmas, max(self.feature_count, self.attention_count))
         self.bank.check_latent_shape(latent_image.shape, batch=True)
-        check_attention_chain(executor.class_obj.model_options)
+        check_attention_chain(executor.class_obj.model_options, needed=self.attention_count > 0)
         try:
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
         finally:
@@ -206,10 +206,15 @@ class Injection:
             return executor(x, timesteps, context, y, control, options, **kwargs)
 
 
-def check_attention_chain(model_options) -> None:
-    """Our attention patch must come first: a patch before it would hand it tokens that no
-    longer match the bank's (HyperTile's tiles, merged tokens)."""
+def check_attention_chain(model_options, needed: bool) -> None:
+    """Our attention patch must be there when attention is injected, and come first: a patch
+    before it would hand it tokens that no longer match the bank's (HyperTile's tiles, merged
+    tokens)."""
     chain = model_options.get("transformer_options", {}).get("patches", {}).get("attn1_patch", [])
+    if needed and attention_patch not in chain:
+        raise PnPError("PnP's attention patch is no longer on this model (a node after PnP Apply Feature "
+                       "Injection replaced the model's attention patches): apply PnP Apply Feature Injection "
+                       "after that node.")
     if attention_patch in chain and chain[0] is not attention_patch:
         before = chain[: chain.index(attention_patch)]
         names = ", ".join(getattr(p, "__qualname__", type(p).__name__) for p in before)

@@ -156,6 +156,17 @@ def test_an_attention_patch_put_before_pnps_is_refused_before_any_evaluation(pla
     assert counter.calls == 0
 
 
+def test_a_model_whose_attention_patches_were_replaced_is_refused(plain):
+    """Attention injection never silently switches off."""
+    model, empty, _, bank = plain
+    patched = patches.apply_injection(model, bank)
+    patched.model_options["transformer_options"]["patches"]["attn1_patch"] = []
+    start = sampling.start_latent(model, bank)["samples"]
+    with harness.CountCalls(model) as counter, pytest.raises(PnPError, match="attention patch is no longer on this model"):
+        plain_sample(patched, start, bank.sigmas, empty, empty, 7.5)
+    assert counter.calls == 0
+
+
 def test_a_patch_that_changes_inner_shapes_gets_an_error_naming_the_layer_and_the_patch(plain):
     """Kohya Deep Shrink halves the resolution inside the U-Net at early steps: the ResBlock the
     bank feeds no longer has the bank's shape. Never an opaque crash inside torch."""
