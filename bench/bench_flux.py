@@ -61,7 +61,7 @@ def main():
     parser.add_argument("--size", type=int, default=16, help="latent size (image = 8x)")
     parser.add_argument("--text", type=int, default=32, help="text tokens")
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,25 +75,25 @@ def main():
     latent = fh.latent(size=args.size)
     inject = args.steps  # every step injected: the worst case for overhead
 
-    flux_inversion.invert(model, latent, source_prompt, 1, 0)  # warm-up: model load, first-call costs
-    start = time.perf_counter()
-    bank = flux_inversion.invert(model, latent, source_prompt, args.steps, inject)
-    inversion_time = time.perf_counter() - start
-    ratios = []
-    for _ in range(args.rounds):
-        plain = timed(lambda: plain_sample(model, bank, target_prompt, 5.0))
-        injected = timed(lambda: flux_sampling.pnp_flux_sample(model, bank, target_prompt, 5.0, inject))
-        ratios.append(injected / plain)
-    plain_once = timed(lambda: plain_sample(model, bank, target_prompt, 5.0))
+    bank = flux_inversion.invert(model, latent, source_prompt, args.steps, inject)  # also the warm-up
+    times = {"plain": [], "injected": [], "inversion": []}
+    for _ in range(args.rounds):  # alternating, so that machine load affects all sides alike
+        times["plain"].append(timed(lambda: plain_sample(model, bank, target_prompt, 5.0)))
+        times["injected"].append(timed(lambda: flux_sampling.pnp_flux_sample(model, bank, target_prompt, 5.0, inject)))
+        times["inversion"].append(timed(lambda: flux_inversion.invert(model, latent, source_prompt, args.steps, inject)))
+
+    def ratio(a: str, b: str) -> str:
+        per_round = [x / y for x, y in zip(times[a], times[b])]
+        return (f"{min(times[a]) / min(times[b]):.3f} (fastest of each; per-round median "
+                f"{statistics.median(per_round):.3f}, rounds {', '.join(f'{r:.2f}' for r in per_round)})")
 
     measured = sum(t.numel() * t.element_size() for t in bank.tables.values())
     predicted = bank_bytes(args.size * 8, args.text, element=4, hidden=args.hidden, steps=inject)
     print(f"Flux.1 blocks 19 double / 38 single, hidden {args.hidden}, latent {args.size}x{args.size} "
           f"({(args.size // 2) ** 2} image + {args.text} text tokens), {args.steps} RF-Solver steps, inject {inject}, "
           f"{torch.get_num_threads()} threads")
-    print(f"PnP-injected sampling / plain RF-Solver sampling: {statistics.median(ratios):.3f} "
-          f"(rounds: {', '.join(f'{r:.3f}' for r in ratios)})")
-    print(f"inversion with feature keeping / plain sampling (same evaluations): {inversion_time / plain_once:.3f}")
+    print(f"PnP-injected sampling / plain RF-Solver sampling: {ratio('injected', 'plain')}")
+    print(f"inversion with feature keeping / plain sampling (same evaluations): {ratio('inversion', 'plain')}")
     print(f"bank here: {measured} bytes, from the shapes: {predicted} bytes ({'match' if measured == predicted else 'MISMATCH'})")
     for text, note in ((256, "ComfyUI pads T5 to 256 tokens"), (512, "the official code pads T5 to 512")):
         size = bank_bytes(1024, text)
