@@ -4,17 +4,17 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pnp_injection import PnPError
+from ..pnp_injection.bank_file import SUFFIX
 from ..pnp_injection.bank_file import load as load_bank
 from ..pnp_injection.bank_file import save as save_bank
 from .types import CATEGORY, FeatureBank
-
-SUFFIX = ".safetensors"
 
 
 OUTPUT_TAG = " [output]"  # ComfyUI's way of naming a file of the output folder in a list
 
 
 def _listed(root: str, tag: str = "") -> list[str]:
+    """Bank files below `root`, by their own suffix alone: no file is opened."""
     found = []
     for folder, _, files in os.walk(root, followlinks=True):
         found += [os.path.relpath(os.path.join(folder, f), root) + tag for f in files if f.endswith(SUFFIX)]
@@ -71,7 +71,7 @@ class PnPSaveFeatureBank(io.ComfyNode):
             raise PnPError(f"Cannot save under {filename_prefix!r}: the prefix must stay inside ComfyUI's "
                            f"output folder.") from None
         os.makedirs(folder, exist_ok=True)
-        file = f"{name}_{counter:05}_{SUFFIX}"
+        file = f"{name}_{counter:05}_{SUFFIX}"  # e.g. pnp_bank_00001_.pnpbank.safetensors
         save_bank(feature_bank, os.path.join(folder, file))
         return io.NodeOutput(ui={"text": [os.path.join(subfolder, file)]})
 
@@ -85,7 +85,7 @@ class PnPLoadFeatureBank(io.ComfyNode):
             category=CATEGORY,
             description="Loads a feature bank saved by PnP Save Feature Bank, from ComfyUI's input or output folder.",
             inputs=[io.Combo.Input("bank_file", options=bank_files(),
-                                   tooltip="A .safetensors bank in ComfyUI's input folder, or one saved in the output "
+                                   tooltip=f"A bank file ({SUFFIX}) in ComfyUI's input folder, or one saved in the output "
                                            "folder (marked [output]). Refresh the page to list a bank saved since.")],
             outputs=[FeatureBank.Output("feature_bank", display_name="feature_bank", tooltip="Use like the output of PnP Capture Features.")],
         )

@@ -66,11 +66,10 @@ def make_model(arch: str = "sd15", v_prediction: bool = False, seed: int = 0, ch
 
     `output_gain` scales the final conv: below 1 the noise prediction varies slowly along the
     ODE path, as a trained denoiser's does, so that inversion round trips are well posed.
-    `dtype`: the U-Net's weights and compute dtype (as ComfyUI loads a half-precision
-    checkpoint on a GPU); the weights are the float32 model's of the same seed, rounded.
+    `dtype` is the dtype the U-Net stores its weights in and computes in.
     """
     config_cls, model_cls, _ = ARCHS[arch]
-    config = config_cls(unet_config(arch, channels))
+    config = config_cls({**unet_config(arch, channels), "dtype": dtype})
     config.unet_config.update(ARCHS[arch][2])  # undo the class's own extra config (heads)
     config.set_inference_dtype(dtype, None)
     model_type = comfy.model_base.ModelType.V_PREDICTION if v_prediction else comfy.model_base.ModelType.EPS
