@@ -40,9 +40,7 @@ def pipeline(dtype: torch.dtype) -> dict:
     finally:
         for h in handles:
             h.remove()
-    tables = [*bank.residual.values(), *bank.attention.values()] if hasattr(bank, "attention") else \
-        [*bank.residual.values(), *bank.queries.values(), *bank.keys.values()]
-    return dict(computed=seen, bank_dtypes={t.dtype for t in tables}, on=on, off=off,
+    return dict(computed=seen, bank_dtypes={t.dtype for t in bank.tables().values()}, on=on, off=off,
                 trajectory=trajectory.latents)
 
 
