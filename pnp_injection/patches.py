@@ -76,6 +76,15 @@ def forward_hooks(hooks: dict[torch.nn.Module, Callable]):
             h.remove()
 
 
+@torch.compiler.disable
+def outside_compiler(hooks: dict[torch.nn.Module, Callable], executor, *args, **kwargs):
+    """One U-Net call with PnP's forward hooks, run eagerly. torch.compile (TorchCompileModel)
+    does not guard on module hooks: a U-Net compiled without them would run its graphs without
+    them, and injection or capture would be lost silently. Calls without PnP's work stay compiled."""
+    with forward_hooks(hooks):
+        return executor(*args, **kwargs)
+
+
 def call_sigma(transformer_options) -> float:
     sigmas = transformer_options.get("sigmas")
     if sigmas is None:
@@ -156,8 +165,7 @@ class Recorder:
                     self._keep(self.attention[key], step, n.detach())
                 return None
             options = {**transformer_options, CALL_KEY: handler}
-        with forward_hooks(hooks):
-            return executor(x, timesteps, context, y, control, options, **kwargs)
+        return outside_compiler(hooks, executor, x, timesteps, context, y, control, options, **kwargs)
 
 
 class Injection:
@@ -202,8 +210,7 @@ class Injection:
                     return None
                 return source("attention", key, n, attention_name(key))
             options = {**transformer_options, CALL_KEY: handler}
-        with forward_hooks(hooks):
-            return executor(x, timesteps, context, y, control, options, **kwargs)
+        return outside_compiler(hooks, executor, x, timesteps, context, y, control, options, **kwargs)
 
 
 def check_attention_chain(model_options, needed: bool) -> None:
