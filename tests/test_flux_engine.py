@@ -156,3 +156,19 @@ def test_custom_layers_equal_to_a_preset_give_the_preset(flux):
     assert torch.equal(pnp(model, custom, target), pnp(model, bank, target))
     assert flux_layers.parse_custom("double.0,1,17,18:v,k; single.6,9,34,35,37:k,v@image") == \
         flux_layers.PRESETS["stable-flow"]
+
+
+def test_another_packs_block_replace_patch_still_runs(flux):
+    """Another pack's ("single_block", 25) replace patch on an injected block runs, and our
+    injection still happens inside it: with a pass-through patch the result is PnP's own, bit
+    for bit (it would differ if the patch bypassed our hooks on block 25)."""
+    model, bank, target = flux
+    calls = []
+
+    def passthrough(args, extra):
+        calls.append(1)
+        return extra["original_block"](args)
+    other = model.clone()
+    other.set_model_patch_replace(passthrough, "dit", "single_block", 25)
+    assert torch.equal(pnp(other, bank, target), pnp(model, bank, target))
+    assert len(calls) == 2 * STEPS
