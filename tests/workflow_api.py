@@ -240,20 +240,31 @@ def notes(workflow: dict) -> list[str]:
             if node["type"] in NOTE_TYPES]
 
 
-def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: str, steps: int = 4,
+def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: str, flux_unet: str | None = None,
+                     flux_text_encoder: str | None = None, flux_vae: str | None = None, steps: int = 4,
                      inversion_steps: int = 8, other_steps: int = 2, size: int = 64) -> dict:
     """Overrides {node_id: {input: value}} that make an API prompt fast on the test models.
 
     Model and image names become the test files, PnP DDIM Inversion gets ``steps`` and
     ``inversion_steps`` (equal ones stay equal: the fast mode stays the fast mode), other samplers
     ``other_steps``, and image/latent sizes ``size``. Linked inputs and everything else stay as shipped.
+
+    Flux graphs (given the ``flux_*`` test files of tests/flux_files.py): Load Diffusion Model and Load VAE
+    get the test files, and DualCLIPLoader ``flux`` (CLIP-L + T5-XXL) becomes DualCLIPLoader ``sd3`` with
+    the test CLIP-L in both slots, which gives Flux-shaped conditioning without T5-XXL (flux_files.py says why).
     """
     names = {"CheckpointLoaderSimple": {"ckpt_name": checkpoint}, "ControlNetLoader": {"control_net_name": controlnet},
              "LoadImage": {"image": image}}
+    if flux_unet:
+        names["UNETLoader"] = {"unet_name": flux_unet}
+    if flux_vae:
+        names["VAELoader"] = {"vae_name": flux_vae}
     overrides = {}
     for node_id, node in prompt.items():
         inputs, kind = node["inputs"], node["class_type"]
         change = dict(names.get(kind, {}))
+        if kind == "DualCLIPLoader" and inputs.get("type") == "flux" and flux_text_encoder:
+            change.update(clip_name1=flux_text_encoder, clip_name2=flux_text_encoder, type="sd3")
         if kind == "PnPInversion":
             fast = inputs.get("inversion_steps") == inputs.get("steps")
             change.update(steps=steps, inversion_steps=steps if fast else inversion_steps)
