@@ -3,15 +3,18 @@ from comfy_api.latest import ComfyExtension, io
 
 from .bank_files import PnPLoadFeatureBank, PnPSaveFeatureBank
 from .capture import PnPCaptureFeatures
+from .flux import FLUX_NODES
 from .generation import PnPGenerateSource
 from .injection import PnPApplyInjection, PnPGuider, PnPSampler, PnPSigmas
 from .inversion import PnPInversion
 from .preview import PnPFeaturePreview
 
 NODES = [PnPInversion, PnPGenerateSource, PnPCaptureFeatures, PnPApplyInjection, PnPSampler, PnPSigmas,
-         PnPGuider, PnPSaveFeatureBank, PnPLoadFeatureBank, PnPFeaturePreview]
+         PnPGuider, PnPSaveFeatureBank, PnPLoadFeatureBank, PnPFeaturePreview, *FLUX_NODES]
 NODE_IDS = ["PnPInversion", "PnPGenerateSource", "PnPCaptureFeatures", "PnPApplyInjection", "PnPSampler",
-            "PnPSigmas", "PnPGuider", "PnPSaveFeatureBank", "PnPLoadFeatureBank", "PnPFeaturePreview"]
+            "PnPSigmas", "PnPGuider", "PnPSaveFeatureBank", "PnPLoadFeatureBank", "PnPFeaturePreview",
+            "PnPFluxInversion", "PnPFluxSampler", "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler",
+            "PnPFluxSaveBank", "PnPFluxLoadBank"]
 
 
 class PnPExtension(ComfyExtension):

@@ -44,6 +44,19 @@ def input_path(name: str) -> str:
     return path
 
 
+def output_path(filename_prefix: str) -> tuple[str, str]:
+    """The next free bank file for a prefix in the output folder: (path, name shown to the user)."""
+    output_dir = folder_paths.get_output_directory()
+    try:
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
+    except Exception:
+        raise PnPError(f"Cannot save under {filename_prefix!r}: the prefix must stay inside ComfyUI's "
+                       f"output folder.") from None
+    os.makedirs(folder, exist_ok=True)
+    file = f"{name}_{counter:05}_{SUFFIX}"
+    return os.path.join(folder, file), os.path.join(subfolder, file)
+
+
 class PnPSaveFeatureBank(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -64,16 +77,9 @@ class PnPSaveFeatureBank(io.ComfyNode):
 
     @classmethod
     def execute(cls, feature_bank, filename_prefix) -> io.NodeOutput:
-        output_dir = folder_paths.get_output_directory()
-        try:
-            folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
-        except Exception:
-            raise PnPError(f"Cannot save under {filename_prefix!r}: the prefix must stay inside ComfyUI's "
-                           f"output folder.") from None
-        os.makedirs(folder, exist_ok=True)
-        file = f"{name}_{counter:05}_{SUFFIX}"
-        save_bank(feature_bank, os.path.join(folder, file))
-        return io.NodeOutput(ui={"text": [os.path.join(subfolder, file)]})
+        path, shown = output_path(filename_prefix)
+        save_bank(feature_bank, path)
+        return io.NodeOutput(ui={"text": [shown]})
 
 
 class PnPLoadFeatureBank(io.ComfyNode):

@@ -17,8 +17,6 @@ VERSION = 1
 
 def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
     """Write `bank` to `path` atomically (a partial file never carries the final name)."""
-    from safetensors.torch import save_file
-
     tensors = {"sigmas": bank.sigmas, "start": bank.start}
     tensors.update({f"residual.{b}": t for b, t in bank.residual.items()})
     tensors.update({f"queries.{b}.{i}": t for (b, i), t in bank.queries.items()})
@@ -34,6 +32,13 @@ def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
         "feature_steps": str(bank.feature_steps),
         "attention_steps": str(bank.attention_steps),
     }
+    return write(tensors, metadata, path)
+
+
+def write(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | os.PathLike) -> Path:
+    """Write a safetensors file atomically (a partial file never carries the final name)."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     try:
@@ -44,18 +49,24 @@ def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
     return path
 
 
-def load(path: str | os.PathLike) -> FeatureBank:
-    """Read a bank file, checking format, version and that its tensors agree with its metadata."""
+def read(path: str | os.PathLike, what: str, saver: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, or a PnPError naming `saver` to write it again."""
     from safetensors import safe_open
 
-    name = Path(path).name
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors reports truncation and bad headers in many ways
-        raise PnPError(f"{name} is not a readable feature bank ({e}): it may be truncated or not a "
-                       f"PnP bank file. Save the bank again with PnP Save Feature Bank.") from None
+        raise PnPError(f"{Path(path).name} is not a readable {what} ({e}): it may be truncated or not a "
+                       f"PnP bank file. Save the bank again with {saver}.") from None
+    return tensors, metadata
+
+
+def load(path: str | os.PathLike) -> FeatureBank:
+    """Read a bank file, checking format, version and that its tensors agree with its metadata."""
+    name = Path(path).name
+    tensors, metadata = read(path, "feature bank", "PnP Save Feature Bank")
     if metadata.get("format") != FORMAT:
         raise PnPError(f"{name} is not a PnP feature bank file (no '{FORMAT}' metadata): choose a file "
                        f"written by PnP Save Feature Bank.")

@@ -1,0 +1,215 @@
+"""Flux.1 nodes: RF-Solver inversion with feature keeping, injected sampling, the inverted
+latent as NOISE, the RF-Solver SAMPLER, and Flux bank files. Thin shells over
+`pnp_injection.flux_*`."""
+from comfy_api.latest import io
+
+import comfy.samplers
+
+from ..pnp_injection import flux_bank_file, flux_layers, flux_patches, flux_sampling, rf_solver
+from ..pnp_injection.flux_inversion import invert
+from .bank_files import bank_files, input_path, output_path
+from .types import CATEGORY
+
+FluxFeatureBank = io.Custom("PNP_FLUX_BANK")
+
+INJECT_TIP = ("Sampling steps (from the first) whose single-block values are replaced by the source's "
+              "(official: 20 of 25). Higher keeps more of the source's structure; lower lets the prompt change more.")
+
+
+class PnPFluxInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PnPFluxInversion",
+            display_name="PnP Flux Inversion (RF-Solver)",
+            category=CATEGORY,
+            description="Inverts a Flux.1 source latent up to pure noise with RF-Solver and keeps the source's "
+                        "attention features on the way (RF-Solver-Edit): the feature bank for PnP Flux Sampler.",
+            inputs=[
+                io.Model.Input("model", tooltip="A Flux.1 dev model (ModelSamplingFlux with the image size gives the official schedule). "
+                                                "Use the same model for sampling."),
+                io.Latent.Input("latent", tooltip="The source image, VAE-encoded with the Flux VAE."),
+                io.Conditioning.Input("conditioning", tooltip="The source prompt (a description of the source image, or empty)."),
+                io.Int.Input("steps", default=25, min=1, max=1000,
+                             tooltip="Steps of the inversion and of the sampling (official: 25)."),
+                io.Int.Input("inject", default=20, min=0, max=1000,
+                             tooltip="Steps whose features are kept: the most PnP Flux Sampler's `inject` can use (official: 20)."),
+                io.Float.Input("guidance", default=1.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Flux guidance of the inversion (official: 1). It replaces any FluxGuidance on the prompt."),
+                io.Combo.Input("layers", options=flux_layers.PRESET_NAMES, default="rf-solver-edit",
+                               tooltip="rf-solver-edit: values of all tokens in single blocks 20-37 (official). stable-flow: keys and "
+                                       "values of the image tokens in double blocks 0,1,17,18 and single blocks 6,9,34,35,37 "
+                                       "(Stable Flow injects them at every step: set `inject` to `steps`)."),
+                io.Combo.Input("solver", options=list(rf_solver.SOLVERS), default="rf_solver",
+                               tooltip="rf_solver: the official second-order step (2 model evaluations per step). euler: first order, "
+                                       "1 evaluation per step; sample with euler then."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
+                               tooltip="simple is the official Flux schedule. It must start at sigma 1."),
+                io.String.Input("custom_layers", default="", optional=True,
+                                tooltip="Overrides `layers`, e.g. 'single.20-37:v' or 'double.0,1,17,18:k,v; single.6,9,34,35,37:k,v@image' "
+                                        "(blocks by number; tensors from q,k,v; '@image' keeps a single block's image tokens only)."),
+            ],
+            outputs=[FluxFeatureBank.Output("feature_bank", display_name="feature_bank",
+                                            tooltip="The inverted latent and the kept features: feed PnP Flux Sampler, "
+                                                    "PnP Flux Apply Injection or PnP Flux Noise.")],
+        )
+
+    @classmethod
+    def execute(cls, model, latent, conditioning, steps, inject, guidance, layers, solver, scheduler,
+                custom_layers="") -> io.NodeOutput:
+        return io.NodeOutput(invert(model, latent["samples"], conditioning, steps, inject, layers, custom_layers,
+                                    solver, scheduler, guidance))
+
+
+def _inject_input():
+    return io.Int.Input("inject", default=20, min=0, max=1000, tooltip=INJECT_TIP)
+
+
+class PnPFluxSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PnPFluxSampler",
+            display_name="PnP Flux Sampler",
+            category=CATEGORY,
+            description="Samples the target prompt from the inverted source with the bank's solver, replacing the "
+                        "kept features at the first `inject` steps: the source's structure, the prompt's edit.",
+            inputs=[
+                io.Model.Input("model", tooltip="The unpatched Flux model of the inversion."),
+                FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux Inversion."),
+                io.Conditioning.Input("positive", tooltip="The target prompt."),
+                io.Float.Input("guidance", default=5.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Flux guidance of the target (official: 5). It replaces any FluxGuidance on the prompt."),
+                _inject_input(),
+            ],
+            outputs=[io.Latent.Output("latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")],
+        )
+
+    @classmethod
+    def execute(cls, model, feature_bank, positive, guidance, inject) -> io.NodeOutput:
+        return io.NodeOutput({"samples": flux_sampling.pnp_flux_sample(model, feature_bank, positive, guidance, inject)})
+
+
+class PnPFluxApplyInjection(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PnPFluxApplyInjection",
+            display_name="PnP Flux Apply Injection",
+            category=CATEGORY,
+            description="A patched copy of the Flux model that injects the bank while SamplerCustomAdvanced samples it "
+                        "(with PnP Flux Noise's noise and sigmas, and the RF-Solver sampler).",
+            inputs=[
+                io.Model.Input("model", tooltip="The Flux model of the inversion. It is not modified."),
+                FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux Inversion."),
+                _inject_input(),
+            ],
+            outputs=[io.Model.Output("patched_model", display_name="model",
+                                     tooltip="A patched clone; sample it with the bank's noise and sigmas.")],
+        )
+
+    @classmethod
+    def execute(cls, model, feature_bank, inject) -> io.NodeOutput:
+        return io.NodeOutput(flux_patches.apply_injection(model, feature_bank, inject))
+
+
+class PnPFluxNoise(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PnPFluxNoise",
+            display_name="PnP Flux Noise",
+            category=CATEGORY,
+            description="The inverted source as NOISE, and the bank's schedule as SIGMAS, for SamplerCustomAdvanced. "
+                        "Flux samplers multiply the latent image by 0 at sigma 1: the inverted latent must enter as the noise.",
+            inputs=[FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux Inversion.")],
+            outputs=[
+                io.Noise.Output("noise", display_name="noise",
+                                tooltip="The inverted latent; give SamplerCustomAdvanced any latent of the source's size "
+                                        "(e.g. the source latent) as latent_image."),
+                io.Sigmas.Output("sigmas", display_name="sigmas", tooltip="The bank's schedule, 1 ... 0."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, feature_bank) -> io.NodeOutput:
+        return io.NodeOutput(flux_sampling.InvertedNoise(feature_bank), feature_bank.sigmas.clone())
+
+
+class PnPRFSolverSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PnPRFSolverSampler",
+            display_name="RF-Solver Sampler",
+            category=CATEGORY,
+            description="The second-order RF-Solver step of RF-Solver-Edit as a SAMPLER for SamplerCustomAdvanced "
+                        "(two model evaluations per step; for flow models such as Flux).",
+            inputs=[],
+            outputs=[io.Sampler.Output("sampler", display_name="sampler", tooltip="For SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(rf_solver.sampler())
+
+
+class PnPFluxSaveBank(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PnPFluxSaveBank",
+            display_name="PnP Flux Save Bank",
+            category=CATEGORY,
+            description="Saves a Flux feature bank to ComfyUI's output folder (safetensors), to edit a source again "
+                        "without inverting it.",
+            inputs=[
+                FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux Inversion."),
+                io.String.Input("filename_prefix", default="pnp_flux_bank",
+                                tooltip="File name prefix inside the output folder (subfolders allowed, '..' is not)."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, feature_bank, filename_prefix) -> io.NodeOutput:
+        path, shown = output_path(filename_prefix)
+        flux_bank_file.save(feature_bank, path)
+        return io.NodeOutput(ui={"text": [shown]})
+
+
+class PnPFluxLoadBank(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PnPFluxLoadBank",
+            display_name="PnP Flux Load Bank",
+            category=CATEGORY,
+            description="Loads a Flux feature bank saved by PnP Flux Save Bank, from ComfyUI's input or output folder.",
+            inputs=[io.Combo.Input("bank_file", options=bank_files(),
+                                   tooltip="A .safetensors Flux bank in the input folder, or one saved in the output folder "
+                                           "(marked [output]). Refresh the page to list a bank saved since.")],
+            outputs=[FluxFeatureBank.Output("feature_bank", display_name="feature_bank",
+                                            tooltip="Use like the output of PnP Flux Inversion.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, bank_file):
+        from .bank_files import PnPLoadFeatureBank
+
+        return PnPLoadFeatureBank.fingerprint_inputs(bank_file)
+
+    @classmethod
+    def validate_inputs(cls, bank_file):
+        from .bank_files import PnPLoadFeatureBank
+
+        return PnPLoadFeatureBank.validate_inputs(bank_file)
+
+    @classmethod
+    def execute(cls, bank_file) -> io.NodeOutput:
+        return io.NodeOutput(flux_bank_file.load(input_path(bank_file)))
+
+
+FLUX_NODES = [PnPFluxInversion, PnPFluxSampler, PnPFluxApplyInjection, PnPFluxNoise, PnPRFSolverSampler,
+              PnPFluxSaveBank, PnPFluxLoadBank]

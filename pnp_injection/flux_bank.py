@@ -1,0 +1,113 @@
+"""The Flux feature bank: the inverted latent and the source's projections at each kept step.
+
+Slots follow the official keys (FLUX_Image_Edit/src/flux/sampling.py line 102): the
+inversion step from sigma_{i+1} up to sigma_i stores under its upper end sigma_i; sampling
+step i (from sigma_i down) reads under its current level sigma_i. The first and second
+evaluation of a step are kept apart. Slot index = step * evaluations + evaluation, for the
+first `steps_kept` sampling steps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import flux_layers, placement
+from .errors import PnPError
+from .schedule import SIGMA_RTOL, step_at
+
+
+@dataclass(frozen=True, eq=False)
+class FluxFeatureBank:
+    """Immutable; clones of a patched model share it (see `__deepcopy__`)."""
+
+    sigmas: torch.Tensor                 # (N+1,) sampling schedule, 1 ... 0
+    noise: torch.Tensor                  # the inverted latent at sigma_0 = 1, model space [B, C, H, W]
+    tables: dict[str, torch.Tensor]      # site key -> [slots, B, tokens, hidden]
+    layers: flux_layers.FluxLayerSet
+    solver: str                          # rf_solver or euler: evaluations per step
+    steps_kept: int                      # first sampling steps whose features are held
+    text_tokens: int                     # text tokens of the source prompt
+    architecture: str                    # flux_layers.signature of the inversion model
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    @property
+    def evaluations(self) -> int:
+        from .rf_solver import EVALUATIONS
+
+        return EVALUATIONS[self.solver]
+
+    def nbytes(self) -> int:
+        return placement.nbytes([*self.tables.values(), self.noise])
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def slot_at(self, sigma: float, inject: int) -> int | None:
+        """The slot serving a model call at `sigma` while sampling, or None (not injected).
+
+        On a schedule sigma it is that step's first evaluation; strictly between sigma_{i+1}
+        and sigma_i it is step i's second evaluation (RF-Solver's midpoint). Banks of one
+        evaluation per step serve any call within step i from its only slot.
+        """
+        step = step_at(self.sigmas, sigma)
+        if step is None or step >= inject:
+            return None
+        on_schedule = math.isclose(sigma, float(self.sigmas[step]), rel_tol=SIGMA_RTOL)
+        evaluation = 0 if on_schedule or self.evaluations == 1 else 1
+        return step * self.evaluations + evaluation
+
+    def check_inject(self, model_patcher, inject: int) -> None:
+        """`inject` steps can be served on this model, or a clear error."""
+        flux_layers.check_flux(model_patcher)
+        here = flux_layers.signature(model_patcher)
+        if here != self.architecture:
+            raise PnPError(f"This Flux feature bank was made on another architecture ({self.architecture}), not on "
+                           f"this model ({here}). Invert the source again with this model.")
+        if not 0 <= inject <= self.steps:
+            raise PnPError(f"`inject` is {inject}; the schedule has {self.steps} steps: give 0 to {self.steps}.")
+        if inject > self.steps_kept:
+            raise PnPError(f"`inject` {inject} needs the source's features at {inject} steps but the bank holds "
+                           f"{self.steps_kept}: raise `inject` in PnP Flux Inversion to at least {inject}.")
+
+    def check_schedule(self, sigmas: torch.Tensor, inject: int) -> None:
+        """The sampler's sigmas must start with the bank's over the injected steps."""
+        given = sigmas.detach().float().cpu()
+        points = max(inject + 1, 1)  # sigma_0 too: the inverted latent is the noise at sigma_0
+        ok = len(given) >= points and torch.allclose(given[:points], self.sigmas[:points].float(),
+                                                     rtol=SIGMA_RTOL, atol=1e-6)
+        if not ok:
+            shown = ", ".join(f"{float(s):.4f}" for s in given[:4])
+            want = ", ".join(f"{float(s):.4f}" for s in self.sigmas[:4])
+            raise PnPError(f"The sampler's sigmas ({shown}, ...) are not the Flux feature bank's ({want}, ...): "
+                           f"sample with the same model (and ModelSamplingFlux), steps and scheduler as PnP Flux "
+                           f"Inversion at denoise 1.0, or feed the sigmas of PnP Flux Noise to SamplerCustomAdvanced.")
+
+    def check_latent(self, shape, what: str = "latent") -> None:
+        """Size and batch of a latent the bank can serve: the source's size, 1 row or the bank's rows."""
+        want = tuple(self.noise.shape[-2:])
+        if tuple(shape[-2:]) != want:
+            raise PnPError(f"The {what} is {shape[-1] * 8}x{shape[-2] * 8} px but the Flux feature bank was made at "
+                           f"{want[1] * 8}x{want[0] * 8} px: sample at the source's size (upscale afterwards, "
+                           f"with the unpatched model).")
+        rows = self.noise.shape[0]
+        if rows not in (1, shape[0]):
+            raise PnPError(f"The Flux feature bank holds {rows} source row(s) but the {what} batch is {shape[0]}: "
+                           f"use a bank of 1 source image, or one source image per target row.")
+
+    def check_text(self, tokens: int) -> None:
+        """All-token layers carry the source's text tokens: the target must have as many."""
+        if self.layers.needs_same_text_length and tokens != self.text_tokens:
+            raise PnPError(f"The target prompt encodes to {tokens} text tokens but the source prompt to "
+                           f"{self.text_tokens}; the layers {self.layers.describe()!r} replace all tokens, text "
+                           f"included. Keep both prompts under 256 T5 tokens (ComfyUI pads them to 256), or use "
+                           f"image-token layers ('@image').")
+
+    def noise_for(self, batch: int) -> torch.Tensor:
+        """The inverted latent for a target batch (a single source broadcasts)."""
+        self.check_latent((batch, *self.noise.shape[1:]), "noise")
+        return self.noise.expand(batch, *self.noise.shape[1:]).clone() if self.noise.shape[0] != batch else self.noise.clone()

@@ -1,0 +1,92 @@
+"""Inversion of a Flux source with RF-Solver, keeping the source's features on the way.
+
+As the official code (FLUX_Image_Edit/src/edit.py line 157, src/flux/sampling.py lines
+90-134): the encoded source sits at sigma 0; the schedule is walked upwards to sigma 1 with
+the source prompt at Flux guidance 1, one RF-Solver step per sampling step. The features are
+kept during the inversion itself (no separate source pass): at the inversion steps whose
+upper end is one of the first `inject` sampling sigmas, both evaluations of the step, stored
+under that upper end (see flux_bank). The result at sigma 1 is the noise the target is
+sampled from.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import flux_layers, placement, rf_solver, schedule
+from .errors import PnPError
+from .flux_bank import FluxFeatureBank
+from .flux_patches import FeatureRecorder
+from .inversion import check_latent
+from .passes import Progress, run_loop
+
+RECORDER_KEY = "pnp_flux_inversion"
+
+
+def with_guidance(conditioning, guidance: float):
+    """A copy of a CONDITIONING with Flux guidance set (what FluxGuidance does)."""
+    return [[c, {**extras, "guidance": guidance}] for c, extras in conditioning]
+
+
+def check_schedule(sigmas: torch.Tensor) -> None:
+    if not (abs(float(sigmas[0]) - 1.0) < 1e-6 and float(sigmas[-1]) == 0.0):
+        raise PnPError(f"The schedule runs from {float(sigmas[0]):.4f} to {float(sigmas[-1]):.4f}; the Flux inversion "
+                       f"goes from the source (sigma 0) up to pure noise (sigma 1): choose a scheduler that starts at "
+                       f"sigma 1 (simple, the official schedule, or beta, normal).")
+
+
+def check_source(model_patcher, latent: torch.Tensor) -> None:
+    check_latent(latent)
+    channels = model_patcher.model.latent_format.latent_channels
+    if latent.shape[1] != channels:
+        raise PnPError(f"The source latent has {latent.shape[1]} channels but this Flux model's latents have "
+                       f"{channels}: encode the source with the Flux VAE (VAE Encode with the Flux ae).")
+
+
+def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, inject: int = 20,
+           preset: str = "rf-solver-edit", custom_layers: str = "", solver: str = "rf_solver",
+           scheduler: str = "simple", guidance: float = 1.0) -> FluxFeatureBank:
+    """Invert `latent` (user latent space) and keep the layers' features for `inject` steps."""
+    import comfy.patcher_extension as ext
+
+    layers = flux_layers.resolve(model_patcher, preset, custom_layers)  # other families stop here
+    rf_solver.check_solver(solver)
+    check_source(model_patcher, latent)
+    sigmas = schedule.sampling_sigmas(model_patcher.get_model_object("model_sampling"), scheduler, steps)
+    check_schedule(sigmas)
+    if not 0 <= inject <= steps:
+        raise PnPError(f"`inject` is {inject}; it counts sampling steps with the source's features: give 0 to {steps}.")
+
+    evaluations = rf_solver.EVALUATIONS[solver]
+    recorder = FeatureRecorder(layers)
+    patched = model_patcher.clone()
+    patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, RECORDER_KEY, recorder)
+    progress = Progress(steps)
+    result = {}
+
+    def loop(model, x, ascending):
+        ones = x.new_ones(x.shape[0])
+        for k in range(steps):
+            upper = steps - 1 - k  # the sampling step at this inversion step's upper end
+
+            def velocity(x_, sigma, evaluation):
+                recorder.slot = upper * evaluations + evaluation if upper < inject else None
+                model(x_, sigma * ones)
+                return recorder.velocity
+            x = rf_solver.step(solver, velocity, x, float(ascending[k]), float(ascending[k + 1]))
+            progress.step()
+        result["noise"] = x
+        return torch.zeros_like(x)  # ComfyUI divides the result by 1 - sigma_last = 0: not used
+
+    run_loop(patched, with_guidance(conditioning, guidance), latent, sigmas.flip(0), loop)
+
+    def table(key: str) -> torch.Tensor:
+        kept = recorder.kept[key]
+        if len(kept) != inject * evaluations:
+            raise PnPError(f"The inversion did not reach layer {key}: this model does not run it; choose other layers.")
+        return placement.stack([kept[s] for s in range(inject * evaluations)]) if inject else torch.empty(0)
+
+    return FluxFeatureBank(
+        sigmas=sigmas, noise=placement.keep(result["noise"].float()),
+        tables={key: table(key) for key in layers.keys()}, layers=layers, solver=solver, steps_kept=inject,
+        text_tokens=int(recorder.text_tokens), architecture=flux_layers.signature(model_patcher),
+    )

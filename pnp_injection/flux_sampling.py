@@ -1,0 +1,62 @@
+"""Sampling the Flux target from the inverted latent, with injection (PnP Flux Sampler), and
+the inverted latent as ComfyUI NOISE (for SamplerCustomAdvanced).
+
+ComfyUI's flow samplers start from sigma_0 * noise + (1 - sigma_0) * latent_image; at
+sigma_0 = 1 the latent image is multiplied by 0, so the inverted latent must enter as the
+noise, never as the latent.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import passes, rf_solver
+from .flux_bank import FluxFeatureBank
+from .flux_inversion import with_guidance
+from .flux_patches import apply_injection
+
+
+class InvertedNoise:
+    """A ComfyUI NOISE whose noise is the bank's inverted latent (model space, as noise is)."""
+
+    def __init__(self, bank: FluxFeatureBank):
+        self.bank = bank
+        self.seed = 0
+
+    def generate_noise(self, input_latent) -> torch.Tensor:
+        samples = input_latent["samples"]
+        self.bank.check_latent(samples.shape)
+        return self.bank.noise_for(samples.shape[0]).to(device="cpu", dtype=torch.float32)
+
+
+def check_prompt(bank: FluxFeatureBank, conditioning) -> None:
+    for context, _ in conditioning:
+        bank.check_text(context.shape[1])
+
+
+def pnp_flux_sample(model_patcher, bank: FluxFeatureBank, positive, guidance: float = 5.0,
+                    inject: int = 20, batch: int | None = None) -> torch.Tensor:
+    """Sample the target prompt from the bank's inverted latent on the bank's schedule with
+    the bank's solver, Flux guidance `guidance` (no classifier-free guidance, as the official
+    code), injecting the first `inject` steps. Returns a LATENT's samples."""
+    import comfy.model_management
+    import comfy.samplers
+    import latent_preview
+
+    patched = apply_injection(model_patcher, bank, inject)
+    if inject:
+        check_prompt(bank, positive)
+    batch = batch or bank.noise.shape[0]
+    noise = bank.noise_for(batch)
+    conditioning = with_guidance(positive, guidance)
+    guider = comfy.samplers.CFGGuider(patched)
+    guider.set_conds(conditioning, conditioning)
+    guider.set_cfg(1.0)
+    preview = latent_preview.prepare_callback(patched, bank.steps)
+
+    def callback(step, x0, x, total):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        preview(step, x0, x, total)
+
+    latent = torch.zeros_like(noise)  # multiplied by 1 - sigma_0 = 0
+    return passes.sample(guider, latent, rf_solver.sampler_for(bank.solver), bank.sigmas, noise=noise,
+                         callback=callback)

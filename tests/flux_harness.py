@@ -1,0 +1,77 @@
+"""A shrunk real ComfyUI Flux.1 for tests: comfy.model_base.Flux with the sm.Flux config,
+Flux.1's block counts (19 double, 38 single) and a hidden width of 64, random weights scaled
+like a real init so that the injected features change the output.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+import comfy.model_base
+import comfy.model_patcher
+import comfy.supported_models as sm
+
+HIDDEN, HEADS, AXES = 64, 2, [8, 12, 12]     # head dim 32 = sum of the rope axes
+CONTEXT, POOLED = 32, 32                      # text width (T5 in Flux.1) and pooled width (CLIP-L)
+DOUBLE, SINGLE = 19, 38
+
+
+def flux_config(hidden: int = HIDDEN, heads: int = HEADS, axes=AXES, double: int = DOUBLE, single: int = SINGLE) -> dict:
+    return {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": POOLED,
+            "context_in_dim": CONTEXT, "hidden_size": hidden, "mlp_ratio": 4.0, "num_heads": heads, "depth": double,
+            "depth_single_blocks": single, "axes_dim": list(axes), "theta": 10000, "qkv_bias": True,
+            "guidance_embed": True, "patch_size": 2}
+
+
+def init_flux_weights(net: torch.nn.Module, seed: int) -> None:
+    """Real-init-like weights: RMSNorm scales 1, fan-in scaled linears, small biases."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(".scale"):
+                p.fill_(1.0)
+            elif p.ndim == 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[1]))
+
+
+def make_flux(seed: int = 0, **config):
+    """A ModelPatcher around a real comfy.model_base.Flux with random weights, fp32 on the CPU."""
+    model_config = sm.Flux(flux_config(**config))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = comfy.model_base.Flux(model_config, device="cpu")
+    init_flux_weights(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def conditioning(seed: int = 1, tokens: int = 8, batch: int = 1):
+    """Flux CONDITIONING: T5-like context and a CLIP-like pooled vector."""
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, tokens, CONTEXT, generator=gen), {"pooled_output": torch.randn(batch, POOLED, generator=gen)}]]
+
+
+def latent(seed: int = 2, size: int = 16, batch: int = 1) -> torch.Tensor:
+    """A Flux source latent in user space (what VAE Encode gives), image-like (smooth plus detail)."""
+    gen = torch.Generator().manual_seed(seed)
+    smooth = torch.nn.functional.interpolate(torch.randn(batch, 16, size // 4, size // 4, generator=gen),
+                                             size=(size, size), mode="bilinear", align_corners=False)
+    return 2.0 * smooth + 0.3 * torch.randn(batch, 16, size, size, generator=gen)
+
+
+def with_shift(model_patcher, width: int, height: int):
+    """The official schedule's shift for an image size, as ComfyUI's ModelSamplingFlux node sets it
+    (linear in the token count from (256, 0.5) to (4096, 1.15))."""
+    import comfy.model_sampling
+
+    tokens = width * height / (8 * 8 * 2 * 2)
+    mu = 0.5 + (1.15 - 0.5) / (4096 - 256) * (tokens - 256)
+
+    class Sampling(comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.CONST):
+        pass
+    sampling = Sampling(model_patcher.model.model_config)
+    sampling.set_parameters(shift=mu)
+    patched = model_patcher.clone()
+    patched.add_object_patch("model_sampling", sampling)
+    return patched
