@@ -5,7 +5,7 @@ The graphs are the ones a Flux user builds (ComfyUI's Flux dev examples): Load D
 CLIP Text Encode, FluxGuidance, Empty SD3 Latent Image, KSampler at cfg 1 or SamplerCustomAdvanced with
 BasicGuider and ModelSamplingFlux, VAE Decode, Save Image. ``shrink_for_tests`` swaps what
 tests/workflow_api.py documents (file names, the text encoders, steps and size), nothing else: the
-same swap the shipped Flux workflow gets in test_workflows.py and test_frontend.py.
+same swap the shipped Flux workflow gets in test_workflows.py and test_frontend.py (``overrides_for_tests``).
 
 They fail when ComfyUI does not detect the files as Flux (the loaders raise, or the log lacks
 ``model_type FLUX``), when a core Flux node does not accept what the loaders give, and when the prompt
@@ -14,11 +14,10 @@ or the Flux guidance does not reach the model (the image does not change).
 import numpy as np
 from PIL import Image
 
-from comfy_server import (CHECKPOINT_NAME, CONTROLNET_NAME, FLUX_CLIP_NAME, FLUX_UNET_NAME, FLUX_VAE_NAME,
-                          INPUT_IMAGE_NAME)
-from workflow_api import apply_overrides, shrink_for_tests
+from comfy_server import FLUX_CLIP_NAME, FLUX_UNET_NAME, FLUX_VAE_NAME
+from test_workflows import overrides_for_tests, shrunk
 
-SIZE = 64
+SIZE = 64  # shrink_for_tests' size
 PROMPT = "a red fox sitting in the snow, photograph"
 
 
@@ -72,12 +71,6 @@ def custom_sampler_graph() -> dict:
     }
 
 
-def shrunk(prompt: dict) -> dict:
-    return apply_overrides(prompt, shrink_for_tests(
-        prompt, checkpoint=CHECKPOINT_NAME, controlnet=CONTROLNET_NAME, image=INPUT_IMAGE_NAME,
-        flux_unet=FLUX_UNET_NAME, flux_text_encoder=FLUX_CLIP_NAME, flux_vae=FLUX_VAE_NAME, size=SIZE))
-
-
 def run_image(comfy_server, prompt: dict) -> np.ndarray:
     """Run the prompt; its one saved image as floats in [0, 1], [H, W, 3]."""
     outputs = comfy_server.run(prompt, timeout=300)
@@ -87,11 +80,7 @@ def run_image(comfy_server, prompt: dict) -> np.ndarray:
 
 
 def test_the_swap_touches_only_file_names_text_encoders_steps_and_size():
-    prompt = ksampler_graph()
-    overrides = shrink_for_tests(prompt, checkpoint=CHECKPOINT_NAME, controlnet=CONTROLNET_NAME,
-                                 image=INPUT_IMAGE_NAME, flux_unet=FLUX_UNET_NAME, flux_text_encoder=FLUX_CLIP_NAME,
-                                 flux_vae=FLUX_VAE_NAME, size=SIZE)
-    assert overrides == {
+    assert overrides_for_tests(ksampler_graph()) == {
         "1": {"unet_name": FLUX_UNET_NAME},
         "2": {"clip_name1": FLUX_CLIP_NAME, "clip_name2": FLUX_CLIP_NAME, "type": "sd3"},
         "3": {"vae_name": FLUX_VAE_NAME},
