@@ -1,0 +1,158 @@
+"""Flux path properties on the shrunk real ComfyUI Flux: injection off is plain sampling,
+the SamplerCustomAdvanced route (NOISE, SIGMAS, SAMPLER, patched MODEL) is the one-node
+route, Euler matches ComfyUI's euler, batches map row to row, keys follow the official rule,
+and the base model is left as it was."""
+import copy
+
+import comfy.patcher_extension as ext
+import pytest
+import torch
+from comfy_extras.nodes_custom_sampler import BasicGuider, KSamplerSelect, SamplerCustomAdvanced
+from comfy_extras.nodes_flux import FluxGuidance
+
+import flux_harness as fh
+import harness
+from comfyui_pnp.nodes.flux import (PnPFluxApplyInjection, PnPFluxInversion, PnPFluxNoise, PnPFluxSampler,
+                                    PnPRFSolverSampler)
+from comfyui_pnp.pnp_injection import flux_layers, flux_patches
+
+STEPS, INJECT = 6, 5
+
+
+def invert(model, source=None, prompt=None, solver="rf_solver", layers="rf-solver-edit", steps=STEPS, inject=INJECT,
+           custom=""):
+    source = fh.latent() if source is None else source
+    prompt = prompt or fh.conditioning(seed=5)
+    (bank,) = PnPFluxInversion.execute(model, {"samples": source}, prompt, steps, inject, 1.0, layers, solver,
+                                       "simple", custom).result
+    return bank
+
+
+def pnp(model, bank, prompt, inject=INJECT, guidance=5.0):
+    (out,) = PnPFluxSampler.execute(model, bank, prompt, guidance, inject).result
+    return out["samples"]
+
+
+def custom_advanced(model, bank, prompt, sampler_name=None, latent=None, guidance=5.0):
+    """SamplerCustomAdvanced with FluxGuidance, BasicGuider, our NOISE and SIGMAS, and the
+    RF-Solver SAMPLER (or a ComfyUI sampler by name)."""
+    noise, sigmas = PnPFluxNoise.execute(bank).result
+    (conditioning,) = FluxGuidance.execute(prompt, guidance).result
+    (guider,) = BasicGuider.execute(model, conditioning).result
+    if sampler_name is None:
+        (sampler,) = PnPRFSolverSampler.execute().result
+    else:
+        (sampler,) = KSamplerSelect.execute(sampler_name).result
+    latent = fh.latent(seed=9) if latent is None else latent  # any latent of the source's size: it is multiplied by 0
+    out, _ = SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, {"samples": latent}).result
+    return out["samples"]
+
+
+@pytest.fixture(scope="module")
+def flux():
+    model = fh.with_shift(fh.make_flux(seed=3), 128, 128)
+    return model, invert(model), fh.conditioning(seed=1)
+
+
+def assert_clean(model):
+    """No PnP wrapper on the model and no hook left on any of its modules."""
+    for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL):
+        assert model.get_wrappers(kind, flux_patches.WRAPPER_KEY) == []
+    assert not any(m._forward_hooks for m in model.model.diffusion_model.modules())
+
+
+def test_inject_zero_is_plain_rf_solver_sampling_of_the_inverted_latent(flux):
+    """PnP Flux Sampler with inject 0 == SamplerCustomAdvanced with the RF-Solver sampler on
+    the unpatched model from the inverted latent as NOISE, bit for bit. Fails if the inverted
+    latent entered as the latent (scaled by 0) or anything stays patched."""
+    model, bank, target = flux
+    plain = custom_advanced(model, bank, target)
+    assert torch.equal(pnp(model, bank, target, inject=0), plain)
+    assert harness.rel(pnp(model, bank, target), plain) > 0.05  # and injection changes it
+
+
+def test_custom_advanced_route_equals_the_sampler_node(flux):
+    """PnP Flux Apply Injection + PnP Flux Noise + RF-Solver Sampler in SamplerCustomAdvanced
+    is PnP Flux Sampler, bit for bit."""
+    model, bank, target = flux
+    (patched,) = PnPFluxApplyInjection.execute(model, bank, INJECT).result
+    assert torch.equal(custom_advanced(patched, bank, target), pnp(model, bank, target))
+
+
+def test_euler_path_matches_comfyui_euler(flux):
+    """An Euler bank: PnP Flux Sampler at inject 0 is ComfyUI's own euler from the inverted
+    latent, bit for bit; with injection, the SamplerCustomAdvanced route (ComfyUI's euler on
+    the patched model) is the sampler node."""
+    model, _, target = flux
+    bank = invert(model, solver="euler")
+    assert all(t.shape[0] == INJECT for t in bank.tables.values())  # one evaluation per step
+    assert torch.equal(pnp(model, bank, target, inject=0), custom_advanced(model, bank, target, "euler"))
+    (patched,) = PnPFluxApplyInjection.execute(model, bank, INJECT).result
+    injected = pnp(model, bank, target)
+    assert torch.equal(custom_advanced(patched, bank, target, "euler"), injected)
+    assert harness.rel(injected, pnp(model, bank, target, inject=0)) > 0.05
+
+
+def test_slots_follow_the_official_keys(flux):
+    """Sampling step i reads slot 2i at sigma_i and 2i+1 at its midpoint; steps at or past
+    `inject` read nothing."""
+    _, bank, _ = flux
+    s = [float(x) for x in bank.sigmas]
+    assert [bank.slot_at(s[i], INJECT) for i in range(STEPS)] == [0, 2, 4, 6, 8, None]
+    assert [bank.slot_at((s[i] + s[i + 1]) / 2, INJECT) for i in range(STEPS)] == [1, 3, 5, 7, 9, None]
+    assert bank.slot_at(s[2], 2) is None
+
+
+def test_batches_map_row_to_row_and_a_single_source_broadcasts(flux):
+    """Two sources invert to a two-row bank and sample as two independent edits; a one-row
+    bank serves every row of a larger latent batch."""
+    model, bank, target = flux
+    sources = torch.cat([fh.latent(seed=2), fh.latent(seed=7)])
+    batch_bank = invert(model, sources)
+    both = pnp(model, batch_bank, target)
+    for row in range(2):
+        single = pnp(model, invert(model, sources[row:row + 1]), target)
+        assert harness.rel(both[row:row + 1], single) < 1e-5
+    (patched,) = PnPFluxApplyInjection.execute(model, bank, INJECT).result
+    broadcast = custom_advanced(patched, bank, target, latent=torch.cat([fh.latent(seed=9)] * 2))
+    one = pnp(model, bank, target)
+    assert harness.rel(broadcast[0:1], one) < 1e-5 and harness.rel(broadcast[1:2], one) < 1e-5
+
+
+def test_base_model_untouched_and_bank_shared_by_clones(flux):
+    """A plain run before and after PnP gives the same latent; no wrapper or hook stays on the
+    model; a patched model's clones share the bank instead of copying it."""
+    model, bank, target = flux
+    before = custom_advanced(model, bank, target)
+    pnp(model, bank, target)
+    (patched,) = PnPFluxApplyInjection.execute(model, bank, INJECT).result
+    custom_advanced(patched, bank, target)
+    assert torch.equal(custom_advanced(model, bank, target), before)
+    assert_clean(model)
+    assert copy.deepcopy(bank) is bank
+    clone = patched.clone()
+    wrapper = clone.get_wrappers(ext.WrappersMP.DIFFUSION_MODEL, flux_patches.WRAPPER_KEY)[0]
+    assert wrapper.__self__.bank is bank
+
+
+def test_stable_flow_preset_injects_image_tokens_of_double_and_single_blocks(flux):
+    """stable-flow keeps k and v of image tokens only (64 of 72 tokens here), so a target
+    prompt of another length works with it; rf-solver-edit (all tokens) refuses that."""
+    model, _, _ = flux
+    bank = invert(model, layers="stable-flow")
+    assert sorted(bank.tables) == sorted(f"{s}.{b}.{t}" for s, blocks in (("double", (0, 1, 17, 18)),
+                                                                         ("single", (6, 9, 34, 35, 37)))
+                                         for b in blocks for t in "kv")
+    assert all(t.shape[2] == 64 for t in bank.tables.values())
+    longer = fh.conditioning(seed=1, tokens=12)
+    injected = pnp(model, bank, longer)
+    assert harness.rel(injected, pnp(model, bank, longer, inject=0)) > 0.05
+
+
+def test_custom_layers_equal_to_a_preset_give_the_preset(flux):
+    model, bank, target = flux
+    custom = invert(model, custom="single.20-37:v")
+    assert custom.layers == flux_layers.PRESETS["rf-solver-edit"]
+    assert torch.equal(pnp(model, custom, target), pnp(model, bank, target))
+    assert flux_layers.parse_custom("double.0,1,17,18:v,k; single.6,9,34,35,37:k,v@image") == \
+        flux_layers.PRESETS["stable-flow"]
