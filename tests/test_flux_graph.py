@@ -12,10 +12,9 @@ They fail when ComfyUI does not detect the files as Flux (the loaders raise, or 
 or the Flux guidance does not reach the model (the image does not change).
 """
 import numpy as np
-from PIL import Image
 
 from comfy_server import FLUX_CLIP_NAME, FLUX_UNET_NAME, FLUX_VAE_NAME
-from test_workflows import overrides_for_tests, shrunk
+from test_workflows import overrides_for_tests, run_image, shrunk
 
 SIZE = 64  # shrink_for_tests' size
 PROMPT = "a red fox sitting in the snow, photograph"
@@ -69,14 +68,6 @@ def custom_sampler_graph() -> dict:
         "14": {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["3", 0]}},
         "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": "flux_custom"}},
     }
-
-
-def run_image(comfy_server, prompt: dict) -> np.ndarray:
-    """Run the prompt; its one saved image as floats in [0, 1], [H, W, 3]."""
-    outputs = comfy_server.run(prompt, timeout=300)
-    (path,) = comfy_server.output_files(outputs)
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
 def test_the_swap_touches_only_file_names_text_encoders_steps_and_size():
