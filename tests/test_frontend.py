@@ -2,8 +2,9 @@
 
 For each workflows/*.json: load it into the page as a user would (``app.loadGraphData``), check that no
 missing-node dialog opens and no node shows an error, check that the frontend's own API conversion is
-the one tests/workflow_api.py makes, shrink steps/sizes/file names in the widgets (as
-test_workflows.py does), queue it from the page and wait for its image in the page and in /history.
+the one tests/workflow_api.py makes, shrink steps/sizes/file names (and Flux's text-encoder type) in the
+widgets (``overrides_for_tests``, as test_workflows.py does), queue it from the page and wait for its
+image in the page and in /history.
 
 ``PNP_SCREENSHOTS=1`` also writes docs/screenshots/<workflow>.png (the graph as shipped) and the
 template browser's card picture workflows/<workflow>.jpg. ``PNP_RESAVE_WORKFLOWS=1`` writes each
