@@ -3,9 +3,6 @@
 Nodes load lazily so that importing the package (tests, tools) needs no ComfyUI runtime.
 """
 
-WEB_DIRECTORY = None
-
-
 async def comfy_entrypoint():
     from .nodes import PnPExtension
 

@@ -18,11 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import conftest  # noqa: E402,F401  (ComfyUI host on sys.path, CPU mode, the pack as comfyui_pnp)
+import comfy.patcher_extension as ext  # noqa: E402
 import torch  # noqa: E402
 
 import harness  # noqa: E402
 from comfyui_pnp.pnp_injection import bank as banks  # noqa: E402
-from comfyui_pnp.pnp_injection import inversion, passes, sampling  # noqa: E402
+from comfyui_pnp.pnp_injection import inversion, passes, patches, sampling  # noqa: E402
 from test_engine import plain_sample  # noqa: E402
 
 FULL = {
@@ -38,19 +39,19 @@ FULL = {
 CONTEXT = {"sd15": 768, "sdxl": 2048}
 
 
-def full_model(arch: str):
+def full_model(arch: str, dtype: torch.dtype = torch.float32):
     config_cls, model_cls, _ = harness.ARCHS[arch]
     unet = harness.unet_config(arch, 320)
-    unet.update(FULL[arch])
+    unet.update(FULL[arch], dtype=dtype)
     unet["num_classes"] = "sequential" if unet["adm_in_channels"] else None
     if unet["num_classes"] is None:
         unet.pop("num_classes")
     config = config_cls(unet)
     config.unet_config.update(FULL[arch])
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, None)
     model = model_cls(config, model_type=harness.comfy.model_base.ModelType.EPS, device="cpu")
     harness.init_weights(model.diffusion_model, 0)
-    return harness.comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
+    return harness.comfy.model_patcher.ModelPatcher(model, load_device=harness.comfy.model_management.get_torch_device(),
                                                     offload_device=torch.device("cpu"))
 
 
@@ -68,15 +69,17 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def bank_bytes(arch: str, image: int, steps: int = 50, feature=0.8, attention=0.5, element=2) -> int:
+def bank_bytes(arch: str, image: int, steps: int = 50, feature=0.8, attention=0.5, element=2,
+               unet: dict | None = None) -> int:
     """Exact bank size from the layer shapes: output block b of a U-Net with L levels and R
-    res blocks per level sits at level L-1-b//(R+1), downsampled by 2**level."""
+    res blocks per level sits at level L-1-b//(R+1), downsampled by 2**level. Each attention
+    layer keeps one tensor (its input) per step; `unet` overrides the full-size config."""
     from comfyui_pnp.pnp_injection.layers import PAPER_SD, SDXL_STRUCTURE
 
-    cfg = FULL[arch]
+    cfg = unet or FULL[arch]
     levels, per = len(cfg["channel_mult"]), cfg["num_res_blocks"][0] + 1
     depth_out = cfg["transformer_depth_output"][::-1]  # listed from output block N-1 down to 0
-    layers = PAPER_SD if arch == "sd15" else SDXL_STRUCTURE
+    layers = SDXL_STRUCTURE if arch == "sdxl" else PAPER_SD
     latent = image // 8
 
     def block(b):
@@ -88,7 +91,7 @@ def bank_bytes(arch: str, image: int, steps: int = 50, feature=0.8, attention=0.
     for b, i in layers.attention:
         c, hw = block(b)
         attn += c * hw * (depth_out[b] if i == -1 else 1)
-    return (int(steps * feature) * res + int(steps * attention) * 2 * attn + 4 * latent * latent) * element
+    return (int(steps * feature) * res + int(steps * attention) * attn + 4 * latent * latent) * element
 
 
 def run(arch: str, size: int, steps: int, rounds: int) -> None:
@@ -126,10 +129,18 @@ def run(arch: str, size: int, steps: int, rounds: int) -> None:
         pnp_times.append(t)
 
     ratio = statistics.median(pnp_times) / statistics.median(plain_times)
+    patched = patches.apply_injection(model, bank)
+    plain_sample(patched, start, bank.sigmas, target, empty, 7.5)
+    (injection,) = patched.get_wrappers(ext.WrappersMP.DIFFUSION_MODEL, patches.WRAPPER_KEY)
+    moved = injection.__self__.feed.bytes_moved
+    step_slice = sum(t[0].numel() * t[0].element_size() for t in bank.tables().values())
     inv_ratio = statistics.median(inv_times) / statistics.median(eval_times)
     print(f"PnP sampling / plain sampling:                  {ratio:.3f}  (goal <= 1.05)")
     print(f"inversion step / plain evaluation:              {inv_ratio:.3f}  (goal <= 1.05)")
-    exact = bank_bytes(arch, size, steps, element=4) - 0
+    print(f"bank placement (default 'offload'): {bank.residual[bank.layers.resblocks[0]].device}; one step's "
+          f"slice {step_slice / 2**20:.2f} MiB is what moves to a GPU per injected step; moved in this run: "
+          f"{moved} B{' (the U-Net runs in system memory too)' if moved == 0 else ''}")
+    exact = bank_bytes(arch, size, steps, element=4)
     print(f"bank at this size (fp32): measured {bank.nbytes()} B, from shapes {exact} B")
     for image in ({"sd15": 512, "sdxl": 1024}[arch],):
         print(f"bank at {image}x{image}, 50 steps, 0.8/0.5: {bank_bytes(arch, image) / 2**20:.0f} MiB fp16, "

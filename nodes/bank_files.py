@@ -4,26 +4,27 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pnp_injection import PnPError
+from ..pnp_injection.bank_file import SUFFIX
 from ..pnp_injection.bank_file import load as load_bank
 from ..pnp_injection.bank_file import save as save_bank
 from .types import CATEGORY, FeatureBank
-
-SUFFIX = ".safetensors"
 
 
 OUTPUT_TAG = " [output]"  # ComfyUI's way of naming a file of the output folder in a list
 
 
-def _listed(root: str, tag: str = "") -> list[str]:
+def _listed(root: str, tag: str = "", suffix: str = SUFFIX) -> list[str]:
+    """Bank files below `root`, by their own suffix alone: no file is opened."""
     found = []
     for folder, _, files in os.walk(root, followlinks=True):
-        found += [os.path.relpath(os.path.join(folder, f), root) + tag for f in files if f.endswith(SUFFIX)]
+        found += [os.path.relpath(os.path.join(folder, f), root) + tag for f in files if f.endswith(suffix)]
     return sorted(found)
 
 
-def bank_files() -> list[str]:
+def bank_files(suffix: str = SUFFIX) -> list[str]:
     """Banks in ComfyUI's input folder, then those saved in its output folder (tagged)."""
-    return _listed(folder_paths.get_input_directory()) + _listed(folder_paths.get_output_directory(), OUTPUT_TAG)
+    return (_listed(folder_paths.get_input_directory(), "", suffix)
+            + _listed(folder_paths.get_output_directory(), OUTPUT_TAG, suffix))
 
 
 def input_path(name: str) -> str:
@@ -44,7 +45,7 @@ def input_path(name: str) -> str:
     return path
 
 
-def output_path(filename_prefix: str) -> tuple[str, str]:
+def output_path(filename_prefix: str, suffix: str = SUFFIX) -> tuple[str, str]:
     """The next free bank file for a prefix in the output folder: (path, name shown to the user)."""
     output_dir = folder_paths.get_output_directory()
     try:
@@ -53,7 +54,7 @@ def output_path(filename_prefix: str) -> tuple[str, str]:
         raise PnPError(f"Cannot save under {filename_prefix!r}: the prefix must stay inside ComfyUI's "
                        f"output folder.") from None
     os.makedirs(folder, exist_ok=True)
-    file = f"{name}_{counter:05}_{SUFFIX}"
+    file = f"{name}_{counter:05}_{suffix}"  # e.g. pnp_bank_00001_.pnpbank.safetensors
     return os.path.join(folder, file), os.path.join(subfolder, file)
 
 
@@ -91,7 +92,7 @@ class PnPLoadFeatureBank(io.ComfyNode):
             category=CATEGORY,
             description="Loads a feature bank saved by PnP Save Feature Bank, from ComfyUI's input or output folder.",
             inputs=[io.Combo.Input("bank_file", options=bank_files(),
-                                   tooltip="A .safetensors bank in ComfyUI's input folder, or one saved in the output "
+                                   tooltip=f"A bank file ({SUFFIX}) in ComfyUI's input folder, or one saved in the output "
                                            "folder (marked [output]). Refresh the page to list a bank saved since.")],
             outputs=[FeatureBank.Output("feature_bank", display_name="feature_bank", tooltip="Use like the output of PnP Capture Features.")],
         )

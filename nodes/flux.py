@@ -174,7 +174,7 @@ class PnPFluxSaveBank(io.ComfyNode):
 
     @classmethod
     def execute(cls, feature_bank, filename_prefix) -> io.NodeOutput:
-        path, shown = output_path(filename_prefix)
+        path, shown = output_path(filename_prefix, flux_bank_file.SUFFIX)
         flux_bank_file.save(feature_bank, path)
         return io.NodeOutput(ui={"text": [shown]})
 
@@ -187,9 +187,9 @@ class PnPFluxLoadBank(io.ComfyNode):
             display_name="PnP Flux Load Bank",
             category=CATEGORY,
             description="Loads a Flux feature bank saved by PnP Flux Save Bank, from ComfyUI's input or output folder.",
-            inputs=[io.Combo.Input("bank_file", options=bank_files(),
-                                   tooltip="A .safetensors Flux bank in the input folder, or one saved in the output folder "
-                                           "(marked [output]). Refresh the page to list a bank saved since.")],
+            inputs=[io.Combo.Input("bank_file", options=bank_files(flux_bank_file.SUFFIX),
+                                   tooltip=f"A Flux bank file ({flux_bank_file.SUFFIX}) in the input folder, or one saved in "
+                                           "the output folder (marked [output]). Refresh the page to list a bank saved since.")],
             outputs=[FluxFeatureBank.Output("feature_bank", display_name="feature_bank",
                                             tooltip="Use like the output of PnP Flux Inversion.")],
         )

@@ -16,12 +16,13 @@ class PnPFeaturePreview(io.ComfyNode):
             inputs=[
                 FeatureBank.Input("feature_bank", tooltip="From PnP Capture Features or PnP Load Feature Bank."),
                 io.Int.Input("step", default=0, min=0, max=1000, tooltip="Sampling step (0 = the noisiest)."),
-                io.Combo.Input("features", options=["resblock", "attention queries"], default="resblock",
-                               tooltip="The injected ResBlock features, or the self-attention queries of one layer."),
+                io.Combo.Input("features", options=["resblock", "attention input"], default="resblock",
+                               tooltip="The injected ResBlock features, or the input of one self-attention layer "
+                                       "(its queries and keys are projected from it)."),
                 io.Int.Input("block", default=-1, min=-1, max=100,
                              tooltip="Output block number; -1: the bank's first layer of that kind."),
                 io.Int.Input("transformer_index", default=0, min=0, max=100,
-                             tooltip="For attention queries: the transformer within the block."),
+                             tooltip="For attention input: the transformer within the block."),
             ],
             outputs=[io.Image.Output("image", display_name="image", tooltip="At the latent's size; one picture per source row.")],
         )

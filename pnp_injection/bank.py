@@ -6,22 +6,26 @@ from dataclasses import dataclass
 import torch
 
 from . import layers as layer_sets
+from . import placement
 from .errors import PnPError
 from .inversion import Trajectory
 from .passes import Progress, run_loop
-from .patches import Recorder
+from .patches import WRAPPER_KEY, Recorder, source_rows, with_attention_patch_first, without_pnp
 from .schedule import check_same_schedule, injected_steps
 
 
 @dataclass(frozen=True, eq=False)
 class FeatureBank:
-    """Immutable; clones of a patched model share it (see `__deepcopy__`)."""
+    """Immutable; clones of a patched model share it (see `__deepcopy__`).
+
+    Self-attention is kept as its input, the normed hidden state, from which the injected
+    queries and keys are computed by the layer's own projections (one tensor per layer
+    instead of two)."""
 
     sigmas: torch.Tensor                                  # (N+1,) sampling schedule
     start: torch.Tensor                                   # x(sigma_0), model latent space [B, C, H, W]
     residual: dict[int, torch.Tensor]                     # block -> [feature steps, B, C, h, w]
-    queries: dict[tuple[int, int], torch.Tensor]          # (block, index) -> [attention steps, B, T, C]
-    keys: dict[tuple[int, int], torch.Tensor]
+    attention: dict[tuple[int, int], torch.Tensor]        # (block, index) -> [attention steps, B, T, C]
     layers: layer_sets.LayerSet
     architecture: str                                     # layers.signature of the capture model
     source_prompt: list | None = None                     # the source pass's conditioning (not saved to files)
@@ -31,21 +35,25 @@ class FeatureBank:
         return len(self.sigmas) - 1
 
     @property
-    def feature_steps(self) -> int:
+    def feature_step_count(self) -> int:
         return min((t.shape[0] for t in self.residual.values()), default=0)
 
     @property
-    def attention_steps(self) -> int:
-        return min((t.shape[0] for t in self.queries.values()), default=0)
+    def attention_step_count(self) -> int:
+        return min((t.shape[0] for t in self.attention.values()), default=0)
+
+    def tables(self) -> dict[tuple[str, object], torch.Tensor]:
+        """Every per-step table, keyed as the injection asks for them."""
+        return {**{("residual", b): t for b, t in self.residual.items()},
+                **{("attention", k): t for k, t in self.attention.items()}}
 
     def nbytes(self) -> int:
-        tensors = [*self.residual.values(), *self.queries.values(), *self.keys.values(), self.start]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return placement.nbytes([*self.tables().values(), self.start])
 
     def __deepcopy__(self, memo):
         return self
 
-    def steps_for(self, model_patcher, feature_injection: float, attention_injection: float) -> tuple[int, int]:
+    def injected_counts(self, model_patcher, feature_injection: float, attention_injection: float) -> tuple[int, int]:
         """Injected step counts for these fractions, or a clear error if the bank cannot serve them."""
         feature = injected_steps(self.steps, feature_injection, "feature_injection")
         attention = injected_steps(self.steps, attention_injection, "attention_injection")
@@ -59,16 +67,16 @@ class FeatureBank:
             raise PnPError("This bank's layer set has no ResBlock: set `feature_injection` to 0 or capture with ResBlock layers.")
         if attention and not self.layers.attention:
             raise PnPError("This bank's layer set has no attention layer: set `attention_injection` to 0 or capture with attention layers.")
-        if feature > self.feature_steps:
+        if feature > self.feature_step_count:
             raise PnPError(
                 f"`feature_injection` {feature_injection} needs {feature} steps of ResBlock features "
-                f"but the bank holds {self.feature_steps}: raise `feature_steps` in PnP Capture "
+                f"but the bank holds {self.feature_step_count}: raise `feature_steps` in PnP Capture "
                 f"Features to at least {feature_injection}."
             )
-        if attention > self.attention_steps:
+        if attention > self.attention_step_count:
             raise PnPError(
                 f"`attention_injection` {attention_injection} needs {attention} steps of attention "
-                f"but the bank holds {self.attention_steps}: raise `attention_steps` in PnP Capture "
+                f"but the bank holds {self.attention_step_count}: raise `attention_steps` in PnP Capture "
                 f"Features to at least {attention_injection}."
             )
         return feature, attention
@@ -86,24 +94,20 @@ class FeatureBank:
                 f"latent of the source's size. Sample at the source size (upscale after PnP, "
                 f"with the unpatched model)."
             )
-        rows = self.start.shape[0]
-        if batch and rows not in (1, shape[0]):
-            raise PnPError(
-                f"The feature bank holds {rows} source row(s) but the latent batch is {shape[0]}: "
-                f"use a bank of 1 source image, or one source frame per target row."
-            )
+        if batch:
+            source_rows(self.start.shape[0], shape[0], "latent batch")
 
 
 def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, attention_steps: float = 0.5,
             preset: str = "auto", custom_layers: str = "", conditioning=None,
-            dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> FeatureBank:
-    """Run the source pass at the first steps and keep the layers' outputs (spec section 3).
+            dtype: torch.dtype | None = None, device: str = "offload") -> FeatureBank:
+    """Run the source pass at the first steps and keep the layers' tensors (spec section 3).
 
-    At step i the U-Net sees the trajectory latent x(sigma_i) with the source prompt, nothing
-    injected. ResBlock outputs are kept for i < int(N * feature_steps), queries and keys for
-    i < int(N * attention_steps). By default they are stored losslessly, in the dtype and on
-    the device the U-Net computes in; `dtype` (e.g. float16 for an fp32 model) and `device`
-    (e.g. "cpu": each step's tensors then travel to the U-Net just in time) trade that for memory.
+    At step i the U-Net sees the trajectory latent x(sigma_i) with the source prompt, unguided,
+    nothing injected. ResBlock outputs are kept for i < int(N * feature_steps), attention inputs
+    for i < int(N * attention_steps) (both fractions). They keep the U-Net's compute dtype unless
+    `dtype` is given (e.g. float16 for an fp32 model), and live where `device` says
+    (`placement.DEVICES`: by default in system memory, streamed to the U-Net step by step).
     """
     import comfy.patcher_extension as ext
 
@@ -114,19 +118,19 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
             f"The trajectory was inverted with a {trajectory.family} model but this model is "
             f"{family}: invert and capture with the same model."
         )
-    n_feature = injected_steps(trajectory.steps, feature_steps, "feature_steps")
-    n_attention = injected_steps(trajectory.steps, attention_steps, "attention_steps")
-    passes = max(n_feature, n_attention)
-    def store(t: torch.Tensor) -> torch.Tensor:
-        kept = t.to(device=device or t.device, dtype=dtype or t.dtype)
-        return kept.clone() if kept.data_ptr() == t.data_ptr() else kept
-
-    recorder = Recorder(trajectory.sigmas, layers, n_feature, n_attention, store=store)
+    feature_count = injected_steps(trajectory.steps, feature_steps, "feature_steps")
+    attention_count = injected_steps(trajectory.steps, attention_steps, "attention_steps")
+    passes = max(feature_count, attention_count)
+    rows = trajectory.latents.shape[1]
+    recorder = Recorder(trajectory.sigmas, layers, feature_count, attention_count, rows,
+                        store=lambda t: placement.keep(t, dtype, placement.bank_device(device, t)))
 
     conditioning = conditioning or trajectory.conditioning
     if passes:
-        patched = model_patcher.clone()
-        patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "pnp_capture", recorder)
+        patched = without_pnp(model_patcher)
+        patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, recorder)
+        if attention_count:
+            with_attention_patch_first(patched)
         progress = Progress(passes)
 
         def loop(model, x, sigmas):
@@ -137,22 +141,20 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
             return x
 
         latent = torch.zeros_like(trajectory.latents[0])  # unused: the loop reads the trajectory
-        run_loop(patched, conditioning, latent,
-                 trajectory.sigmas[: passes + 1], loop)
+        run_loop(patched, conditioning, latent, trajectory.sigmas[: passes + 1], loop)
 
     def stacked(table: dict[int, torch.Tensor], count: int, name) -> torch.Tensor:
         missing = [i for i in range(count) if i not in table]
         if missing:
             raise PnPError(f"The source pass did not reach layer {name} at steps {missing}: "
                            f"this model does not run that layer; choose other layers.")
-        return torch.stack([table[i] for i in range(count)]) if count else torch.empty(0)
+        return placement.stack([table[i] for i in range(count)]) if count else torch.empty(0)
 
     return FeatureBank(
         sigmas=trajectory.sigmas,
         start=trajectory.latents[0],
-        residual={b: stacked(t, n_feature, b) for b, t in recorder.residual.items()},
-        queries={k: stacked(t, n_attention, k) for k, t in recorder.queries.items()},
-        keys={k: stacked(t, n_attention, k) for k, t in recorder.keys.items()},
+        residual={b: stacked(t, feature_count, b) for b, t in recorder.residual.items()},
+        attention={k: stacked(t, attention_count, k) for k, t in recorder.attention.items()},
         layers=layers,
         architecture=layer_sets.signature(model_patcher, layers),
         source_prompt=conditioning,

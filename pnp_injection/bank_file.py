@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -12,15 +13,15 @@ from .errors import PnPError
 from .layers import LayerSet
 
 FORMAT = "pnp-feature-bank"
-VERSION = 1
+VERSION = 2          # 2: self-attention kept as its input (1 held queries and keys)
+SUFFIX = ".pnpbank.safetensors"  # banks are listed by this suffix: no checkpoint is ever offered as one
 
 
 def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
     """Write `bank` to `path` atomically (a partial file never carries the final name)."""
     tensors = {"sigmas": bank.sigmas, "start": bank.start}
     tensors.update({f"residual.{b}": t for b, t in bank.residual.items()})
-    tensors.update({f"queries.{b}.{i}": t for (b, i), t in bank.queries.items()})
-    tensors.update({f"keys.{b}.{i}": t for (b, i), t in bank.keys.items()})
+    tensors.update({f"attention.{b}.{i}": t for (b, i), t in bank.attention.items()})
     metadata = {
         "format": FORMAT,
         "version": str(VERSION),
@@ -29,8 +30,8 @@ def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
                               "attention": [list(k) for k in bank.layers.attention]}),
         "latent_shape": json.dumps(list(bank.start.shape)),
         "steps": str(bank.steps),
-        "feature_steps": str(bank.feature_steps),
-        "attention_steps": str(bank.attention_steps),
+        "feature_step_count": str(bank.feature_step_count),
+        "attention_step_count": str(bank.attention_step_count),
     }
     return write(tensors, metadata, path)
 
@@ -49,30 +50,31 @@ def write(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str 
     return path
 
 
-def read(path: str | os.PathLike, what: str, saver: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file, or a PnPError naming `saver` to write it again."""
+def read(path: str | os.PathLike, check: Callable[[str, dict], None], what: str,
+         saver: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a bank file, its header passed through `check` first; a file
+    safetensors cannot read is a PnPError naming `saver`."""
     from safetensors import safe_open
 
+    name = Path(path).name
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+            check(name, f.metadata() or {})
+            metadata = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except PnPError:
+        raise
     except Exception as e:  # safetensors reports truncation and bad headers in many ways
-        raise PnPError(f"{Path(path).name} is not a readable {what} ({e}): it may be truncated or not a "
+        raise PnPError(f"{name} is not a readable {what} ({e}): it may be truncated or not a "
                        f"PnP bank file. Save the bank again with {saver}.") from None
     return tensors, metadata
 
 
 def load(path: str | os.PathLike) -> FeatureBank:
-    """Read a bank file, checking format, version and that its tensors agree with its metadata."""
+    """Read a bank file: format and version from the header first, then its tensors, checked
+    against the metadata."""
     name = Path(path).name
-    tensors, metadata = read(path, "feature bank", "PnP Save Feature Bank")
-    if metadata.get("format") != FORMAT:
-        raise PnPError(f"{name} is not a PnP feature bank file (no '{FORMAT}' metadata): choose a file "
-                       f"written by PnP Save Feature Bank.")
-    if metadata.get("version") != str(VERSION):
-        raise PnPError(f"{name} is a feature bank of version {metadata.get('version')!r}; this pack reads "
-                       f"version {VERSION}. Capture and save it again with this version of the pack.")
+    tensors, metadata = read(path, check_header, "feature bank", "PnP Save Feature Bank")
     try:
         layer_spec = json.loads(metadata["layers"])
         layers = LayerSet(tuple(int(b) for b in layer_spec["resblocks"]),
@@ -81,18 +83,16 @@ def load(path: str | os.PathLike) -> FeatureBank:
             sigmas=tensors["sigmas"],
             start=tensors["start"],
             residual={b: tensors[f"residual.{b}"] for b in layers.resblocks},
-            queries={k: tensors[f"queries.{k[0]}.{k[1]}"] for k in layers.attention},
-            keys={k: tensors[f"keys.{k[0]}.{k[1]}"] for k in layers.attention},
+            attention={k: tensors[f"attention.{k[0]}.{k[1]}"] for k in layers.attention},
             layers=layers,
             architecture=metadata["architecture"],
         )
         consistent = (
             list(bank.start.shape) == json.loads(metadata["latent_shape"])
             and bank.steps == int(metadata["steps"])
-            and bank.feature_steps == int(metadata["feature_steps"])
-            and bank.attention_steps == int(metadata["attention_steps"])
-            and all(t.shape[1] == bank.start.shape[0] for t in [*bank.residual.values(), *bank.queries.values()])
-            and all(bank.keys[k].shape == bank.queries[k].shape for k in layers.attention)
+            and bank.feature_step_count == int(metadata["feature_step_count"])
+            and bank.attention_step_count == int(metadata["attention_step_count"])
+            and all(t.shape[1] == bank.start.shape[0] for t in bank.tables().values())
             and bank.sigmas.ndim == 1 and bool(torch.isfinite(bank.sigmas).all())
         )
     except (KeyError, ValueError, TypeError, IndexError):
@@ -101,3 +101,12 @@ def load(path: str | os.PathLike) -> FeatureBank:
         raise PnPError(f"{name} is damaged: its tensors do not match its metadata. Save the bank again "
                        f"with PnP Save Feature Bank.")
     return bank
+
+
+def check_header(name: str, metadata: dict) -> None:
+    if metadata.get("format") != FORMAT:
+        raise PnPError(f"{name} is not a PnP feature bank file (no '{FORMAT}' metadata): choose a file "
+                       f"written by PnP Save Feature Bank.")
+    if metadata.get("version") != str(VERSION):
+        raise PnPError(f"{name} is a feature bank of version {metadata.get('version')!r}; this pack reads "
+                       f"version {VERSION}. Capture and save it again with this version of the pack.")

@@ -18,6 +18,7 @@ from .flux_bank import FluxFeatureBank
 
 FORMAT = "pnp-flux-feature-bank"
 VERSION = 1
+SUFFIX = ".pnpfluxbank.safetensors"  # Flux banks are listed by this suffix, apart from U-Net banks
 
 
 def save(bank: FluxFeatureBank, path: str | os.PathLike) -> Path:
@@ -35,13 +36,7 @@ def save(bank: FluxFeatureBank, path: str | os.PathLike) -> Path:
 def load(path: str | os.PathLike) -> FluxFeatureBank:
     """Read a Flux bank file, checking format, version and that its tensors agree with its metadata."""
     name = Path(path).name
-    tensors, metadata = read(path, "Flux feature bank", "PnP Flux Save Bank")
-    if metadata.get("format") != FORMAT:
-        other = " (it is a U-Net bank: load it with PnP Load Feature Bank)" if metadata.get("format") else ""
-        raise PnPError(f"{name} is not a PnP Flux feature bank file{other}: choose a file written by PnP Flux Save Bank.")
-    if metadata.get("version") != str(VERSION):
-        raise PnPError(f"{name} is a Flux feature bank of version {metadata.get('version')!r}; this pack reads "
-                       f"version {VERSION}. Invert and save it again with this version of the pack.")
+    tensors, metadata = read(path, check_header, "Flux feature bank", "PnP Flux Save Bank")
     try:
         layers = flux_layers.parse_custom(metadata["layers"])
         bank = FluxFeatureBank(
@@ -65,3 +60,12 @@ def load(path: str | os.PathLike) -> FluxFeatureBank:
         raise PnPError(f"{name} is damaged: its tensors do not match its metadata. Save the bank again with "
                        f"PnP Flux Save Bank.")
     return bank
+
+
+def check_header(name: str, metadata: dict) -> None:
+    if metadata.get("format") != FORMAT:
+        other = " (it is a U-Net bank: load it with PnP Load Feature Bank)" if metadata.get("format") else ""
+        raise PnPError(f"{name} is not a PnP Flux feature bank file{other}: choose a file written by PnP Flux Save Bank.")
+    if metadata.get("version") != str(VERSION):
+        raise PnPError(f"{name} is a Flux feature bank of version {metadata.get('version')!r}; this pack reads "
+                       f"version {VERSION}. Invert and save it again with this version of the pack.")

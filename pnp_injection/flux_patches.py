@@ -117,7 +117,7 @@ class FluxInjection:
 
         def replace(key, view):
             source = feed.get(slot, key, view)
-            view.copy_(rows_from_source(source, view.shape[0], chunks, view))
+            view.copy_(rows_from_source(source, view.shape[0], chunks))
         hooks = site_hooks(executor.class_obj, self.bank.layers, context.shape[1], replace)
         with forward_hooks(hooks):
             return executor(*args, **kwargs)

@@ -40,6 +40,5 @@ def generate(model_patcher, latent: torch.Tensor, positive, negative, cfg: float
     if sorted(recorded) != list(range(len(sigmas) - 1)):
         raise PnPError(f"The sampler {sampler_name!r} did not report every step; use ddim or euler.")
     latents = torch.stack([recorded[i] for i in range(len(sigmas) - 1)])
-    trajectory = Trajectory(sigmas=sigmas, latents=latents, conditioning=positive, family=family,
-                            evaluations=0)
+    trajectory = Trajectory(sigmas=sigmas, latents=latents, conditioning=positive, family=family)
     return trajectory, samples

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import layers, schedule
+from . import layers, placement, schedule
 from .errors import PnPError
 from .passes import Progress, run_loop
+from .patches import without_pnp
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,7 +20,6 @@ class Trajectory:
     latents: torch.Tensor         # (N, B, C, H, W): x(sigma_i), i = 0..N-1
     conditioning: list            # the inversion prompt, reused for the source pass
     family: str                   # layer-table family of the model it was made with
-    evaluations: int              # model evaluations the inversion made
 
     @property
     def steps(self) -> int:
@@ -51,9 +51,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
     check_latent(latent)
     model_sampling = model_patcher.get_model_object("model_sampling")
     sigmas = schedule.sampling_sigmas(model_sampling, scheduler, steps)
-    if evaluations < steps:
-        raise PnPError(f"`inversion_steps` ({evaluations}) is below `steps` ({steps}): the inversion must "
-                       f"visit every sampling step. Raise `inversion_steps` to at least {steps}.")
+    schedule.check_inversion_steps(evaluations, steps)
     # Some schedulers return more points than asked (ddim_uniform when 1000 % steps != 0).
     fine, record = schedule.inversion_sigmas(model_sampling, sigmas, max(evaluations, len(sigmas) - 1))
     sigma_data = float(model_sampling.sigma_data)
@@ -79,10 +77,9 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
             progress.step()
         return x
 
-    run_loop(model_patcher, conditioning, latent, fine, loop)
-    latents = torch.stack(recorded[::-1]).cpu()  # sampling order: sigma_0 first
-    return Trajectory(sigmas=sigmas, latents=latents, conditioning=conditioning, family=family,
-                      evaluations=len(fine) - 1)
+    run_loop(without_pnp(model_patcher), conditioning, latent, fine, loop)
+    latents = torch.stack(recorded[::-1]).to(placement.storage_device())  # sampling order: sigma_0 first
+    return Trajectory(sigmas=sigmas, latents=latents, conditioning=conditioning, family=family)
 
 
 def to_user_latent(model_patcher, x: torch.Tensor) -> torch.Tensor:

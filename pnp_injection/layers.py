@@ -19,11 +19,6 @@ class LayerSet:
     resblocks: tuple[int, ...]
     attention: tuple[tuple[int, int], ...]
 
-    def describe(self) -> str:
-        res = ",".join(str(b) for b in self.resblocks) or "-"
-        attn = ",".join(f"{b}@{i}" for b, i in self.attention) or "-"
-        return f"res:output.{res}; attn:output.{attn}"
-
 
 # The paper's layers: ResBlock of decoder layer 4, self-attention of decoder layers 4..11.
 PAPER_SD = LayerSet(resblocks=(4,), attention=tuple((b, 0) for b in range(4, 12)))
@@ -135,7 +130,7 @@ def expand_all_indices(unet, layers: LayerSet) -> LayerSet:
         count = len(_transformer(unet, block).transformer_blocks)
         attn.extend((block, i) for i in range(count)) if index == -1 else attn.append((block, index))
     layers = LayerSet(layers.resblocks, tuple(attn))
-    modules(unet, layers)  # raises if a layer does not exist
+    check_exist(unet, layers)
     return layers
 
 
@@ -163,32 +158,33 @@ def _transformer(unet, block: int):
     raise PnPError(f"Output block {block} has no attention: remove it from the `attn:` layers.")
 
 
-@dataclass(frozen=True)
-class LayerModules:
-    """The torch modules whose outputs PnP records and overwrites."""
-    residual: dict[int, torch.nn.Module]                    # block -> last conv of out_layers
-    to_q: dict[tuple[int, int], torch.nn.Module]
-    to_k: dict[tuple[int, int], torch.nn.Module]
+def residual_module(unet, block: int) -> torch.nn.Module:
+    """The last conv of the ResBlock's residual branch (`out_layers`): its output is F."""
+    return _resblock(unet, block).out_layers[-1]
 
 
-def modules(unet, layers: LayerSet) -> LayerModules:
-    residual = {b: _resblock(unet, b).out_layers[-1] for b in layers.resblocks}
-    to_q, to_k = {}, {}
-    for block, index in layers.attention:
-        blocks = _transformer(unet, block).transformer_blocks
-        if not 0 <= index < len(blocks):
-            raise PnPError(
-                f"Output block {block} has transformers 0..{len(blocks) - 1}; index {index} does not exist."
-            )
-        to_q[(block, index)] = blocks[index].attn1.to_q
-        to_k[(block, index)] = blocks[index].attn1.to_k
-    return LayerModules(residual, to_q, to_k)
+def attention_module(unet, key: tuple[int, int]) -> torch.nn.Module:
+    """The self-attention (attn1) of transformer `index` in output block `block`."""
+    block, index = key
+    blocks = _transformer(unet, block).transformer_blocks
+    if not 0 <= index < len(blocks):
+        raise PnPError(
+            f"Output block {block} has transformers 0..{len(blocks) - 1}; index {index} does not exist."
+        )
+    return blocks[index].attn1
+
+
+def check_exist(unet, layers: LayerSet) -> None:
+    for b in layers.resblocks:
+        residual_module(unet, b)
+    for key in layers.attention:
+        attention_module(unet, key)
 
 
 def signature(model_patcher, layers: LayerSet) -> str:
     """Identifies the architecture a bank was captured on: family plus the shapes it touches."""
     family = family_of(model_patcher)
-    mods = modules(model_patcher.model.diffusion_model, layers)
-    shapes = [tuple(mods.residual[b].weight.shape) for b in layers.resblocks]
-    shapes += [tuple(mods.to_q[key].weight.shape) for key in layers.attention]
+    unet = model_patcher.model.diffusion_model
+    shapes = [tuple(residual_module(unet, b).weight.shape) for b in layers.resblocks]
+    shapes += [tuple(attention_module(unet, key).to_q.weight.shape) for key in layers.attention]
     return f"{family}:{type(model_patcher.model.model_config).__name__}:{shapes}"

@@ -12,10 +12,25 @@ import torch
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma batch) -> denoised
 
+# Sampler-level guidance hooks (PAG, SAG, RescaleCFG and packs built the same way): they act on
+# guided sampling, and run extra U-Net passes at the same sigma. Inversion and the source pass
+# are unguided evaluations of the network, so they never run.
+GUIDANCE_HOOKS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function",
+                  "disable_cfg1_optimization")
+
+
+def unguided(model_patcher):
+    """A clone without sampler-level guidance hooks. Everything that changes the network
+    function (weights such as LoRA, block patches such as FreeU, wrappers) stays."""
+    clone = model_patcher.clone()
+    for key in GUIDANCE_HOOKS:
+        clone.model_options.pop(key, None)
+    return clone
+
 
 def run_loop(model_patcher, conditioning, latent: torch.Tensor, sigmas: torch.Tensor,
              loop: Callable[[ModelFn, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Evaluate `loop(model, x, sigmas)` with `conditioning` at cfg 1 (one cond chunk).
+    """Evaluate `loop(model, x, sigmas)` with `conditioning` at cfg 1 (one cond chunk), unguided.
 
     `latent` is in the user's latent space (as VAE Encode gives it); `loop` gets it in the
     model's internal space and returns a latent in that space, which comes back converted.
@@ -26,7 +41,7 @@ def run_loop(model_patcher, conditioning, latent: torch.Tensor, sigmas: torch.Te
         extra_args = extra_args or {}
         return loop(lambda x_, s: model(x_, s, **extra_args), x, sigmas)
 
-    guider = comfy.samplers.CFGGuider(model_patcher)
+    guider = comfy.samplers.CFGGuider(unguided(model_patcher))
     guider.set_conds(conditioning, conditioning)
     guider.set_cfg(1.0)  # no guidance: the official inversion and source pass use none
     return sample(guider, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas, bar=False)
@@ -45,13 +60,16 @@ def sampler(name: str):
 
 def sample(guider, latent: torch.Tensor, sampler, sigmas: torch.Tensor, noise: torch.Tensor | None = None,
            callback=None, seed: int = 0, bar: bool = True) -> torch.Tensor:
-    """`guider.sample` without autograd; no noise by default (sampling starts at `latent`)."""
+    """`guider.sample` without autograd; no noise by default (sampling starts at `latent`).
+    The result sits where ComfyUI's core samplers put theirs (the intermediate device)."""
+    import comfy.model_management
     import comfy.utils
 
     noise = torch.zeros_like(latent) if noise is None else noise
     with torch.no_grad():
-        return guider.sample(noise, latent, sampler, sigmas, callback=callback,
-                             disable_pbar=not (bar and comfy.utils.PROGRESS_BAR_ENABLED), seed=seed)
+        out = guider.sample(noise, latent, sampler, sigmas, callback=callback,
+                            disable_pbar=not (bar and comfy.utils.PROGRESS_BAR_ENABLED), seed=seed)
+    return out.to(comfy.model_management.intermediate_device())
 
 
 class Progress:

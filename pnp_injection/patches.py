@@ -1,10 +1,18 @@
-"""The U-Net patches: record source features, or overwrite them while sampling (spec 3, 4).
+"""The U-Net patches: record the source's features, or inject them while sampling (spec 3, 4).
 
-Both are forward hooks on the layers' own modules (the ResBlock's last residual conv, and
-attn1's `to_q` / `to_k`), registered by a DIFFUSION_MODEL wrapper for the one U-Net call
-that needs them and removed in `finally`. Nothing else of the model is touched: the hooks
-never outlive a call, another pack's attn1 replace patch on the same layer still runs (it
-receives our queries and keys), and LoRA keys stay intact.
+ResBlocks: there is no patch point for a ResBlock's residual branch, so a forward hook on its
+last conv is registered by a DIFFUSION_MODEL wrapper for the one U-Net call that needs it and
+removed in `finally`.
+
+Self-attention: an `attn1_patch` placed first in the model's chain. Recording keeps attn1's
+input, the normed hidden state; injecting sets attention's query and key inputs to the
+source's and leaves the value input the target's own, so q = to_q(source), k = to_k(source),
+v = to_v(target): the paper's "queries and keys from the source" exactly. Patches after it
+(HyperTile, token merging, attn1 replace patches of PAG or other packs) see consistent
+inputs, and the bank holds one tensor per attention layer instead of two.
+
+What a U-Net call records or injects is put into that call's transformer_options by the
+wrapper (`CALL_KEY`), so the attention patch holds no state and every clone may share it.
 """
 from __future__ import annotations
 
@@ -15,9 +23,47 @@ import torch
 
 from . import layers as layer_sets
 from .errors import PnPError
+from .placement import StepFeed
 from .schedule import step_at
 
-WRAPPER_KEY = "pnp_injection"
+WRAPPER_KEY = "pnp_injection"        # our wrappers, on every model we patch
+CALL_KEY = "pnp_injection"           # transformer_options entry of one U-Net call: its attention handler
+
+AttentionHandler = Callable[[tuple[int, int], torch.Tensor], "torch.Tensor | None"]
+
+
+def attention_patch(n, context, value, extra_options):
+    """attn1_patch: hands this layer's input to the call's handler; a tensor it returns
+    becomes attention's query and key input, the value input stays the target's."""
+    handler = extra_options.get(CALL_KEY)
+    block = extra_options.get("block")
+    if handler is None or block is None or block[0] != "output":
+        return n, context, value
+    source = handler((block[1], extra_options.get("block_index", 0)), n)
+    if source is None:
+        return n, context, value
+    return source, source, value
+
+
+def with_attention_patch_first(model_patcher) -> None:
+    """Put `attention_patch` first in the (cloned) model's attn1_patch chain, exactly once."""
+    options = model_patcher.model_options.setdefault("transformer_options", {})
+    chain = options.setdefault("patches", {}).get("attn1_patch", [])
+    options["patches"]["attn1_patch"] = [attention_patch] + [p for p in chain if p is not attention_patch]
+
+
+def without_pnp(model_patcher):
+    """A clone with the pack's own wrappers and attention patch removed (inversion and capture
+    of a model that already went through PnP Apply Feature Injection)."""
+    import comfy.patcher_extension as ext
+
+    clean = model_patcher.clone()
+    for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL):
+        clean.remove_wrappers_with_key(kind, WRAPPER_KEY)
+    patches = clean.model_options.get("transformer_options", {}).get("patches", {})
+    if "attn1_patch" in patches:
+        patches["attn1_patch"] = [p for p in patches["attn1_patch"] if p is not attention_patch]
+    return clean
 
 
 @contextmanager
@@ -38,113 +84,155 @@ def call_sigma(transformer_options) -> float:
     return float(sigmas.reshape(-1)[0])
 
 
-def rows_from_source(source: torch.Tensor, rows: int, chunks: int, like: torch.Tensor) -> torch.Tensor:
+def source_rows(bank_rows: int, target_rows: int, what: str = "target batch") -> None:
+    """A bank of 1 broadcasts; a bank of B serves a target batch of B, row by row."""
+    if bank_rows not in (1, target_rows):
+        raise PnPError(
+            f"The feature bank holds {bank_rows} source row(s) but the {what} is {target_rows}: "
+            f"use a bank of 1 source image, or one source frame per target row."
+        )
+
+
+def rows_from_source(source: torch.Tensor, rows: int, chunks: int) -> torch.Tensor:
     """Source rows for every row of every cond/uncond chunk: a source of 1 broadcasts,
     a source of B feeds row r of each chunk from source row r."""
     per_chunk = rows // max(chunks, 1)
-    source = source.to(device=like.device, dtype=like.dtype)
+    source_rows(source.shape[0], per_chunk)
     if source.shape[0] == 1:
         return source.expand(rows, *source.shape[1:])
-    if source.shape[0] == per_chunk and per_chunk * chunks == rows:
-        return source.repeat(chunks, *([1] * (source.ndim - 1)))
+    return source.repeat(rows // source.shape[0], *([1] * (source.ndim - 1)))
+
+
+def checked(replacement: torch.Tensor, replaced: torch.Tensor, layer: str, transformer_options) -> torch.Tensor:
+    """The replacement, if it has the shape of what it replaces; else a PnPError naming the
+    layer and the model's other patches (one of them changed the U-Net's inner shapes)."""
+    if replacement.shape == replaced.shape:
+        return replacement
+    others = [f"{kind} {getattr(p, '__qualname__', type(p).__name__)}"
+              for kind, chain in transformer_options.get("patches", {}).items()
+              for p in chain if p is not attention_patch]
     raise PnPError(
-        f"The feature bank holds {source.shape[0]} source row(s) but the target batch is "
-        f"{per_chunk}: use a bank of 1 source image, or one source frame per target row."
+        f"PnP cannot inject {layer}: the bank holds a tensor of shape {tuple(replacement.shape)} but this "
+        f"U-Net call has {tuple(replaced.shape)} there. A patch on the model changes the U-Net's inner "
+        f"shapes at PnP's injected steps ({', '.join(others) or 'none found'}): remove it from the model "
+        f"that PnP samples, or apply it after PnP's injected steps."
     )
 
 
-def step_hooks(unet, layers: layer_sets.LayerSet, step: int | None, feature_steps: int, attention_steps: int,
-               hook_for: Callable[[str, object], Callable]) -> dict[torch.nn.Module, Callable]:
-    """The forward hooks of one U-Net call at sampling step `step`: ResBlocks for steps below
-    `feature_steps`, queries and keys below `attention_steps`. `hook_for(table, key)` makes
-    each hook; table is "residual", "queries" or "keys", as in the bank."""
-    if step is None or step >= max(feature_steps, attention_steps):
-        return {}
-    mods = layer_sets.modules(unet, layers)
-    hooks = {}
-    if step < feature_steps:
-        hooks.update({m: hook_for("residual", b) for b, m in mods.residual.items()})
-    if step < attention_steps:
-        hooks.update({m: hook_for("queries", k) for k, m in mods.to_q.items()})
-        hooks.update({m: hook_for("keys", k) for k, m in mods.to_k.items()})
-    return hooks
+def resblock_name(block: int) -> str:
+    return f"the ResBlock of output block {block}"
+
+
+def attention_name(key: tuple[int, int]) -> str:
+    return f"the self-attention of output block {key[0]} @ {key[1]}"
 
 
 class Recorder:
-    """DIFFUSION_MODEL wrapper of the source pass: keeps each layer's output per step."""
+    """DIFFUSION_MODEL wrapper of the source pass: keeps, per step, each ResBlock's residual
+    branch and each attention layer's input. The first evaluation at a step is the one kept:
+    an extra evaluation at the same sigma can neither overwrite nor multiply the bank."""
 
-    def __init__(self, sigmas: torch.Tensor, layers: layer_sets.LayerSet, feature_steps: int,
-                 attention_steps: int, store: Callable[[torch.Tensor], torch.Tensor]):
-        self.sigmas, self.layers, self.store = sigmas, layers, store
-        self.feature_steps, self.attention_steps = feature_steps, attention_steps
+    def __init__(self, sigmas: torch.Tensor, layers: layer_sets.LayerSet, feature_count: int,
+                 attention_count: int, rows: int, store: Callable[[torch.Tensor], torch.Tensor]):
+        self.sigmas, self.layers, self.rows, self.store = sigmas, layers, rows, store
+        self.feature_count, self.attention_count = feature_count, attention_count
         self.residual: dict[int, dict[int, torch.Tensor]] = {b: {} for b in layers.resblocks}
-        self.queries: dict[tuple, dict[int, torch.Tensor]] = {k: {} for k in layers.attention}
-        self.keys: dict[tuple, dict[int, torch.Tensor]] = {k: {} for k in layers.attention}
+        self.attention: dict[tuple, dict[int, torch.Tensor]] = {k: {} for k in layers.attention}
+
+    def _keep(self, table: dict[int, torch.Tensor], step: int, t: torch.Tensor) -> None:
+        if step not in table:
+            table[step] = self.store(t[: self.rows])
 
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         step = step_at(self.sigmas, call_sigma(transformer_options))
-
-        def keep(table: str, key):
-            kept = getattr(self, table)[key]
-
-            def hook(module, args, output):
-                kept[step] = self.store(output.detach())
-            return hook
-
-        hooks = step_hooks(executor.class_obj, self.layers, step, self.feature_steps, self.attention_steps, keep)
+        hooks, options = {}, transformer_options
+        if step is not None and step < self.feature_count:
+            unet = executor.class_obj
+            hooks = {layer_sets.residual_module(unet, b): (lambda b: lambda m, a, out: self._keep(
+                self.residual[b], step, out.detach()))(b) for b in self.layers.resblocks}
+        if step is not None and step < self.attention_count:
+            def handler(key, n):
+                if key in self.attention:
+                    self._keep(self.attention[key], step, n.detach())
+                return None
+            options = {**transformer_options, CALL_KEY: handler}
         with forward_hooks(hooks):
+            return executor(x, timesteps, context, y, control, options, **kwargs)
+
+
+class Injection:
+    """Target sampling: overwrites the layers with the bank's tensors of the current step, in
+    every row of every chunk. `outer_sample` (OUTER_SAMPLE wrapper) refuses a schedule, latent
+    or attention chain the bank cannot serve before any U-Net evaluation and frees the streamed
+    tensors when sampling ends; `diffusion_model` (DIFFUSION_MODEL wrapper) injects per call."""
+
+    def __init__(self, bank, feature_count: int, attention_count: int):
+        self.bank, self.feature_count, self.attention_count = bank, feature_count, attention_count
+        self.feed = StepFeed(bank.tables())
+
+    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        self.bank.check_schedule(sigmas, max(self.feature_count, self.attention_count))
+        self.bank.check_latent_shape(latent_image.shape, batch=True)
+        check_attention_chain(executor.class_obj.model_options, needed=self.attention_count > 0)
+        try:
+            return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        finally:
+            self.feed.release()
+
+    def diffusion_model(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        step = step_at(self.bank.sigmas, call_sigma(transformer_options))
+        if step is None or step >= max(self.feature_count, self.attention_count):
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
-
-
-class Injector:
-    """DIFFUSION_MODEL wrapper of target sampling: overwrites the layers with the bank's
-    tensors of the current step, in every row of every chunk."""
-
-    def __init__(self, bank, feature_steps: int, attention_steps: int):
-        self.bank, self.feature_steps, self.attention_steps = bank, feature_steps, attention_steps
-
-    def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-        bank = self.bank
-        step = step_at(bank.sigmas, call_sigma(transformer_options))
+        self.bank.check_latent_shape(x.shape, batch=False)
         chunks = len(transformer_options.get("cond_or_uncond", [0]))
 
-        def replace(table: str, key):
-            source = getattr(bank, table)[key][step]
+        def source(kind: str, key, replaced: torch.Tensor, name: str) -> torch.Tensor:
+            step_tensor = self.feed.get(step, (kind, key), replaced)
+            return checked(rows_from_source(step_tensor, replaced.shape[0], chunks), replaced, name,
+                           transformer_options)
 
-            def hook(module, args, output):
-                return rows_from_source(source, output.shape[0], chunks, output)
-            return hook
-
-        hooks = step_hooks(executor.class_obj, bank.layers, step, self.feature_steps, self.attention_steps, replace)
-        if hooks:
-            bank.check_latent_shape(x.shape, batch=False)
+        hooks, options = {}, transformer_options
+        if step < self.feature_count:
+            unet = executor.class_obj
+            hooks = {layer_sets.residual_module(unet, b): (lambda b: lambda m, a, out: source(
+                "residual", b, out, resblock_name(b)))(b) for b in self.bank.layers.resblocks}
+        if step < self.attention_count:
+            def handler(key, n):
+                if key not in self.bank.attention:
+                    return None
+                return source("attention", key, n, attention_name(key))
+            options = {**transformer_options, CALL_KEY: handler}
         with forward_hooks(hooks):
-            return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+            return executor(x, timesteps, context, y, control, options, **kwargs)
 
 
-class SamplingCheck:
-    """OUTER_SAMPLE wrapper: refuses a schedule or latent the bank cannot serve, before any
-    U-Net evaluation."""
-
-    def __init__(self, bank, injected_steps: int):
-        self.bank, self.injected_steps = bank, injected_steps
-
-    def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-        self.bank.check_schedule(sigmas, self.injected_steps)
-        self.bank.check_latent_shape(latent_image.shape, batch=True)
-        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+def check_attention_chain(model_options, needed: bool) -> None:
+    """Our attention patch must be there when attention is injected, and come first: a patch
+    before it would hand it tokens that no longer match the bank's (HyperTile's tiles, merged
+    tokens)."""
+    chain = model_options.get("transformer_options", {}).get("patches", {}).get("attn1_patch", [])
+    if needed and attention_patch not in chain:
+        raise PnPError("PnP's attention patch is no longer on this model (a node after PnP Apply Feature "
+                       "Injection replaced the model's attention patches): apply PnP Apply Feature Injection "
+                       "after that node.")
+    if attention_patch in chain and chain[0] is not attention_patch:
+        before = chain[: chain.index(attention_patch)]
+        names = ", ".join(getattr(p, "__qualname__", type(p).__name__) for p in before)
+        raise PnPError(
+            f"Another attention patch ({names}) was put before PnP's in the model's attn1 chain, so PnP "
+            f"would see its changed tokens: apply PnP Apply Feature Injection after that node, or drop it."
+        )
 
 
 def apply_injection(model_patcher, bank, feature_injection: float = 0.8, attention_injection: float = 0.5):
     """A clone of `model_patcher` that injects `bank` while sampling; the input is untouched."""
     import comfy.patcher_extension as ext
 
-    feature_steps, attention_steps = bank.steps_for(model_patcher, feature_injection, attention_injection)
-    patched = model_patcher.clone()
-    for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL):
-        patched.remove_wrappers_with_key(kind, WRAPPER_KEY)  # re-applying replaces, never stacks
-    patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
-                                 SamplingCheck(bank, max(feature_steps, attention_steps)))
-    patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                 Injector(bank, feature_steps, attention_steps))
+    feature_count, attention_count = bank.injected_counts(model_patcher, feature_injection, attention_injection)
+    patched = without_pnp(model_patcher)  # re-applying replaces, never stacks
+    injection = Injection(bank, feature_count, attention_count)
+    patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, injection.outer_sample)
+    patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, injection.diffusion_model)
+    if attention_count:
+        with_attention_patch_first(patched)
     return patched

@@ -13,6 +13,8 @@ from typing import Hashable, Mapping
 
 import torch
 
+from .errors import PnPError
+
 
 def storage_device() -> torch.device:
     """Where banks live by default: ComfyUI's intermediate device (where core samplers put latents)."""
@@ -21,21 +23,36 @@ def storage_device() -> torch.device:
     return comfy.model_management.intermediate_device()
 
 
+# Where a bank can live (PnP Capture Features' `bank_device`).
+DEVICES = {
+    "offload": "ComfyUI's intermediate device (system memory unless --gpu-only); streamed to the U-Net step by step",
+    "model": "where the U-Net computes (the GPU): no transfers, but it holds GPU memory between runs",
+    "cpu": "system memory, always",
+}
+
+
+def bank_device(choice: str, t: torch.Tensor) -> torch.device:
+    if choice == "offload":
+        return storage_device()
+    if choice == "model":
+        return t.device
+    if choice == "cpu":
+        return torch.device("cpu")
+    raise PnPError(f"Unknown bank device {choice!r}; choose one of {list(DEVICES)}.")
+
+
 def keep(t: torch.Tensor, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-    """A private copy of `t` for a bank: `dtype` (default: its own) on `device` (default: the
-    storage device), in page-locked memory when it is the CPU and CUDA is present (so that
-    copies to the GPU can overlap compute)."""
+    """A private copy of `t` for a bank, as `dtype` (default: its own) on `device` (default:
+    the storage device)."""
     device = torch.device(device) if device is not None else storage_device()
-    kept = t.detach().to(device=device, dtype=dtype or t.dtype, copy=True)
-    if kept.device.type == "cpu" and torch.cuda.is_available():
-        kept = kept.pin_memory()
-    return kept
+    return t.detach().to(device=device, dtype=dtype or t.dtype, copy=True)
 
 
 def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """`torch.stack` that keeps page-locked memory page-locked (a bank's per-step tensors)."""
+    """A bank table from per-step tensors, page-locked when it is in system memory and CUDA is
+    present, so that copies to the GPU can overlap compute."""
     out = torch.stack(tensors)
-    if out.device.type == "cpu" and torch.cuda.is_available() and not out.is_pinned():
+    if out.device.type == "cpu" and torch.cuda.is_available():
         out = out.pin_memory()
     return out
 

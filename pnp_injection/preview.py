@@ -31,7 +31,8 @@ def principal_components_rgb(features: torch.Tensor, grid: tuple[int, int], size
 
 def preview(bank: FeatureBank, step: int, kind: str = "resblock", block: int | None = None,
             index: int = 0) -> torch.Tensor:
-    """PCA picture of the bank's ResBlock features, or of one attention layer's queries, at `step`."""
+    """PCA picture of the bank's ResBlock features, or of one self-attention layer's input (the
+    normed hidden state its queries and keys are projected from), at `step`."""
     size = tuple(bank.start.shape[-2:])
     if kind == "resblock":
         block = bank.layers.resblocks[0] if block is None and bank.layers.resblocks else block
@@ -45,10 +46,10 @@ def preview(bank: FeatureBank, step: int, kind: str = "resblock", block: int | N
         f = held[step]
         return principal_components_rgb(f.flatten(2).transpose(1, 2), tuple(f.shape[-2:]), size)
     key = (block if block is not None else bank.layers.attention[0][0], index)
-    if key not in bank.queries:
-        raise PnPError(f"The bank holds no attention queries of output block {key[0]} @ {key[1]}; it holds "
-                       f"{', '.join(f'{b}@{i}' for b, i in sorted(bank.queries)) or 'none'}.")
-    held = bank.queries[key]
+    if key not in bank.attention:
+        raise PnPError(f"The bank holds no self-attention of output block {key[0]} @ {key[1]}; it holds "
+                       f"{', '.join(f'{b}@{i}' for b, i in sorted(bank.attention)) or 'none'}.")
+    held = bank.attention[key]
     if not 0 <= step < held.shape[0]:
         raise PnPError(f"The bank holds attention for steps 0..{held.shape[0] - 1}; step {step} is not among them.")
     q = held[step]

@@ -33,6 +33,12 @@ def injected_steps(steps: int, fraction: float, name: str) -> int:
     return int(steps * fraction)
 
 
+def check_inversion_steps(evaluations: int, steps: int) -> None:
+    if evaluations < steps:
+        raise PnPError(f"`inversion_steps` ({evaluations}) is below `steps` ({steps}): the inversion must "
+                       f"visit every sampling step. Raise `inversion_steps` to at least {steps}.")
+
+
 def inversion_sigmas(model_sampling, sigmas: torch.Tensor, evaluations: int) -> tuple[torch.Tensor, list[int]]:
     """The ascending fine schedule of DDIM inversion, and where each sampling sigma sits in it.
 
@@ -47,12 +53,7 @@ def inversion_sigmas(model_sampling, sigmas: torch.Tensor, evaluations: int) -> 
     Returns (fine sigmas, index into them of sigma_{N-1}, ..., sigma_0 in sampling order reversed).
     """
     targets = [float(s) for s in sigmas[:-1].flip(0)]  # ascending sampling sigmas
-    steps = len(targets)
-    if evaluations < steps:
-        raise PnPError(
-            f"`inversion_steps` ({evaluations}) is below the {steps} sampling steps of the schedule: "
-            f"the inversion must visit every sampling step. Raise `inversion_steps` to at least {steps}."
-        )
+    check_inversion_steps(evaluations, len(targets))
     discrete = [float(s) for s in model_sampling.sigmas.float().cpu()]
     start = float(model_sampling.sigma_min)
     if targets[0] < start * (1 - SIGMA_RTOL):

@@ -61,16 +61,17 @@ def init_weights(module: torch.nn.Module, seed: int) -> None:
 
 
 def make_model(arch: str = "sd15", v_prediction: bool = False, seed: int = 0, channels: int = 32,
-               output_gain: float = 1.0):
+               output_gain: float = 1.0, dtype: torch.dtype = torch.float32):
     """A ModelPatcher around a real comfy.model_base model of `arch` with random weights.
 
     `output_gain` scales the final conv: below 1 the noise prediction varies slowly along the
     ODE path, as a trained denoiser's does, so that inversion round trips are well posed.
+    `dtype` is the dtype the U-Net stores its weights in and computes in.
     """
     config_cls, model_cls, _ = ARCHS[arch]
-    config = config_cls(unet_config(arch, channels))
+    config = config_cls({**unet_config(arch, channels), "dtype": dtype})
     config.unet_config.update(ARCHS[arch][2])  # undo the class's own extra config (heads)
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, None)
     model_type = comfy.model_base.ModelType.V_PREDICTION if v_prediction else comfy.model_base.ModelType.EPS
     model = model_cls(config, model_type=model_type, device="cpu")
     init_weights(model.diffusion_model, seed)

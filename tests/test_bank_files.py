@@ -38,12 +38,12 @@ def test_node_ids_list_matches_the_registered_nodes():
 def test_a_loaded_bank_gives_bit_identical_results(captured, folders):
     model, empty, bank = captured
     saved, staged = save_and_stage(bank, folders)
-    assert saved.parent == folders[0] and saved.name.endswith("_.safetensors")
+    assert saved.parent == folders[0] and saved.name.endswith("_.pnpbank.safetensors")
     with safe_open(str(saved), "pt") as f:
         meta = f.metadata()
-    assert meta["format"] == "pnp-feature-bank" and meta["version"] == "1"
+    assert meta["format"] == "pnp-feature-bank" and meta["version"] == "2"
     assert json.loads(meta["latent_shape"]) == [1, 4, 16, 16]
-    assert meta["architecture"] == bank.architecture and meta["feature_steps"] == "4"
+    assert meta["architecture"] == bank.architecture and meta["feature_step_count"] == "4"
     assert json.loads(meta["layers"])["resblocks"] == [4]
 
     (loaded,) = PnPLoadFeatureBank.execute(staged.name).result
@@ -63,6 +63,63 @@ def test_saved_banks_are_listed_from_the_output_folder_too(captured, folders):
         PnPLoadFeatureBank.execute("../x.safetensors [output]")
 
 
+def test_only_bank_files_are_listed_and_listing_opens_no_file(captured, folders, monkeypatch):
+    """Checkpoints and other safetensors in the input and output folders are never offered as
+    banks, and listing reads names only: it fails if a file is opened or a non-bank is listed."""
+    _, inp = folders
+    _, _, bank = captured
+    save_and_stage(bank, folders)
+    (inp / "models").mkdir()
+    for i in range(500):
+        (inp / "models" / f"checkpoint_{i}.safetensors").write_bytes(b"x")
+    (inp / "image.png").write_bytes(b"x")
+    import builtins
+    import io as stdio
+    opened = []
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: opened.append(a) or stdio.BytesIO())
+    listed = PnPLoadFeatureBank.GET_SCHEMA().inputs[0].options
+    monkeypatch.undo()
+    assert opened == []
+    assert listed and all(name.split(" [")[0].endswith(".pnpbank.safetensors") for name in listed), listed
+
+
+def test_the_header_is_checked_before_any_tensor_is_read(captured, folders, monkeypatch):
+    """A file of another format or version is refused from its header alone."""
+    from safetensors import safe_open as real_open
+
+    import comfyui_pnp.pnp_injection.bank_file as bank_file
+    _, _, bank = captured
+    _, staged = save_and_stage(bank, folders)
+    rewrite(staged, edit_meta=lambda m: m.update(version="1"))
+    reads = []
+
+    class Counting:
+        def __init__(self, *args, **kwargs):
+            self.inner = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.f = self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def metadata(self):
+            return self.f.metadata()
+
+        def keys(self):
+            return self.f.keys()
+
+        def get_tensor(self, key):
+            reads.append(key)
+            return self.f.get_tensor(key)
+
+    monkeypatch.setattr("safetensors.safe_open", Counting)
+    with pytest.raises(PnPError, match="version '1'"):
+        bank_file.load(staged)
+    assert reads == []
+
+
 def rewrite(path, edit_tensors=None, edit_meta=None):
     with safe_open(str(path), "pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
@@ -76,10 +133,10 @@ def rewrite(path, edit_tensors=None, edit_meta=None):
 @pytest.mark.parametrize("damage, message", [
     (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "may be truncated"),
     (lambda p: p.write_bytes(b"not a bank at all"), "may be truncated"),
-    (lambda p: rewrite(p, edit_meta=lambda m: m.update(version="7")), "version '7'; this pack reads version 1"),
+    (lambda p: rewrite(p, edit_meta=lambda m: m.update(version="7")), "version '7'; this pack reads version 2"),
     (lambda p: rewrite(p, edit_meta=lambda m: m.pop("format")), "is not a PnP feature bank file"),
     (lambda p: rewrite(p, edit_tensors=lambda t: t.update({"residual.4": t["residual.4"][:2]})), "is damaged"),
-    (lambda p: rewrite(p, edit_tensors=lambda t: t.pop("keys.5.0")), "is damaged"),
+    (lambda p: rewrite(p, edit_tensors=lambda t: t.pop("attention.5.0")), "is damaged"),
 ], ids=["truncated", "garbage", "unknown-version", "not-a-bank", "tampered-shape", "missing-tensor"])
 def test_bad_bank_files_get_a_clear_error(captured, folders, damage, message):
     _, _, bank = captured

@@ -92,9 +92,9 @@ def test_capture_from_a_generated_source_equals_capture_from_its_latents():
     assert torch.equal(samples, expected)
     assert len(by_hand) == trajectory.steps
     manual = Trajectory(sigmas=trajectory.sigmas, latents=torch.stack(by_hand), conditioning=prompt,
-                        family=trajectory.family, evaluations=0)
+                        family=trajectory.family)
     a, b = banks.capture(model, trajectory), banks.capture(model, manual)
-    for table in ("residual", "queries", "keys"):
+    for table in ("residual", "attention"):
         for key, tensor in getattr(a, table).items():
             assert torch.equal(tensor, getattr(b, table)[key]), (table, key)
     assert harness.rel(a.residual[4][1], a.residual[4][0]) > 0.01  # the steps differ: a real path

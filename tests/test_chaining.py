@@ -7,7 +7,7 @@ import torch
 
 import harness
 from comfyui_pnp.pnp_injection import bank as banks
-from comfyui_pnp.pnp_injection import inversion, patches, sampling
+from comfyui_pnp.pnp_injection import inversion, layers, patches, sampling
 from test_engine import Probe, injected_steps, plain_sample
 
 
@@ -82,8 +82,13 @@ def test_another_packs_attn1_patch_on_our_layer_keeps_running(setup):
     run(pnp, bank, target, empty)
     assert len(seen) == bank.steps  # it ran at every step
     step_of = {round(float(s), 5): i for i, s in enumerate(bank.sigmas[:-1])}
+    attn = layers.attention_module(model.model.diffusion_model, (4, 0))
+
+    def source_queries(step, rows):
+        return attn.to_q(patches.rows_from_source(bank.attention[(4, 0)][step], rows, 2))
+
     got = {step_of[round(s, 5)] for s, q, k in seen
-           if step_of[round(s, 5)] < 4 and torch.equal(q, patches.rows_from_source(bank.queries[(4, 0)][step_of[round(s, 5)]], q.shape[0], 2, q))}
+           if step_of[round(s, 5)] < 4 and torch.equal(q, source_queries(step_of[round(s, 5)], q.shape[0]))}
     assert got == set(range(4))  # and it received PnP's queries at the injected steps
 
 

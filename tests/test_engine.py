@@ -78,20 +78,25 @@ def test_injection_changes_the_output_meaningfully(sd15):
 
 
 class Probe:
-    """An inner DIFFUSION_MODEL wrapper: its hooks run after ours, so they see injected outputs."""
+    """An inner DIFFUSION_MODEL wrapper: its hooks run after ours, so they see what the
+    injected layers compute with: the ResBlock's residual output, and the inputs of attn1's
+    query, key and value projections."""
 
     def __init__(self, bank):
         self.bank, self.calls = bank, []
 
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         seen = {}
-        mods = layers.modules(executor.class_obj, self.bank.layers)
-        hooks = {m: (lambda key: lambda mod, a, out: seen.__setitem__(key, out.detach().clone()))(("res", b))
-                 for b, m in mods.residual.items()}
-        hooks.update({m: (lambda key: lambda mod, a, out: seen.__setitem__(key, out.detach().clone()))(("q", k))
-                      for k, m in mods.to_q.items()})
-        hooks.update({m: (lambda key: lambda mod, a, out: seen.__setitem__(key, out.detach().clone()))(("k", k))
-                      for k, m in mods.to_k.items()})
+
+        def keep(key, of_input):
+            return lambda mod, args, out: seen.__setitem__(key, (args[0] if of_input else out).detach().clone())
+
+        unet = executor.class_obj
+        hooks = {layers.residual_module(unet, b): keep(("res", b), False) for b in self.bank.layers.resblocks}
+        for k in self.bank.layers.attention:
+            attn = layers.attention_module(unet, k)
+            hooks.update({attn.to_q: keep(("q", k), True), attn.to_k: keep(("k", k), True),
+                          attn.to_v: keep(("v", k), True)})
         with patches.forward_hooks(hooks):
             out = executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         sigma = float(transformer_options["sigmas"][0])
@@ -100,17 +105,19 @@ class Probe:
 
 
 def injected_steps(bank, probe, source_rows):
-    """Per kind, the steps at which every row of the call held the bank's tensors."""
-    found = {"res": set(), "q": set(), "k": set()}
+    """Per kind, the steps at which every row of the call held the bank's tensors: the ResBlock
+    output, and the source's attention input fed to the query ("q") and key ("k") projections.
+    "v" collects steps where the value projection got the source too (it never should)."""
+    found = {"res": set(), "q": set(), "k": set(), "v": set()}
     step_of = {round(float(s), 5): i for i, s in enumerate(bank.sigmas[:-1])}
     for sigma, chunks, seen in probe.calls:
         step = step_of[round(sigma, 5)]
-        for (kind, key), out in seen.items():
-            table = {"res": bank.residual, "q": bank.queries, "k": bank.keys}[kind]
+        for (kind, key), got in seen.items():
+            table = bank.residual if kind == "res" else bank.attention
             if step >= table[key].shape[0]:
                 continue
-            expected = patches.rows_from_source(table[key][step], out.shape[0], chunks, out)
-            if torch.equal(out, expected):
+            expected = patches.rows_from_source(table[key][step].to(got), got.shape[0], chunks)
+            if torch.equal(got, expected):
                 found[kind].add(step)
     return found
 
@@ -140,6 +147,7 @@ def test_injection_happens_at_exactly_the_spec_steps_in_every_row(cfg, batch, ba
     found = injected_steps(bank, probe, bank_batch)
     assert found["res"] == set(range(6))
     assert found["q"] == found["k"] == set(range(3))
+    assert found["v"] == set()  # values stay the target's own
 
 
 def test_base_model_is_untouched_and_clones_share_the_bank(sd15):
@@ -152,11 +160,12 @@ def test_base_model_is_untouched_and_clones_share_the_bank(sd15):
     assert model.get_all_wrappers(ext.WrappersMP.DIFFUSION_MODEL) == []
     unet = model.model.diffusion_model
     assert not any(m._forward_hooks for m in unet.modules())
+    assert "patches" not in model.model_options.get("transformer_options", {})  # no attn1 patch left
 
     patched = patches.apply_injection(model, bank)
     downstream = patched.clone()  # e.g. a LoRA loader after PnP Apply (clone deep-copies model_options)
     (injector,) = downstream.get_wrappers(ext.WrappersMP.DIFFUSION_MODEL, patches.WRAPPER_KEY)
-    assert injector.bank is bank
+    assert injector.__self__.bank is bank
     ptr = bank.residual[4].data_ptr()
-    assert injector.bank.residual[4].data_ptr() == ptr
+    assert injector.__self__.bank.residual[4].data_ptr() == ptr
     assert copy.deepcopy(bank) is bank

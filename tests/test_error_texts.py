@@ -77,7 +77,7 @@ def test_catalogue(setup, folders):
             "without '..' or an absolute path."),
         "bank version": (
             lambda: PnPLoadFeatureBank.execute(staged.name),
-            f"{staged.name} is a feature bank of version '7'; this pack reads version 1. Capture and save it "
+            f"{staged.name} is a feature bank of version '7'; this pack reads version 2. Capture and save it "
             f"again with this version of the pack."),
     }
     for case, (fn, expected) in catalogue.items():

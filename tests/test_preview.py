@@ -17,7 +17,7 @@ def bank():
     return banks.capture(model, trajectory)
 
 
-@pytest.mark.parametrize("features, block", [("resblock", -1), ("attention queries", 9), ("attention queries", 4)])
+@pytest.mark.parametrize("features, block", [("resblock", -1), ("attention input", 9), ("attention input", 4)])
 def test_preview_is_an_image_of_the_features(bank, features, block):
     (image,) = PnPFeaturePreview.execute(bank, 1, features, block, 0).result
     assert image.shape == (2, 16, 16, 3)  # one per source row, at the latent size
