@@ -88,7 +88,8 @@ def test_plain_flux_graph_runs_on_the_detected_flux_model(comfy_server):
 
 
 def test_prompt_and_flux_guidance_reach_the_model(comfy_server):
-    """Same seed; another prompt, and FluxGuidance 5 instead of 3.5, each change the image visibly."""
+    """Same seed; another prompt, and FluxGuidance 5 instead of 3.5, each change the image visibly
+    (measured: 0.09 and 0.09 of the pixel range on average; another seed 0.22)."""
     base = run_image(comfy_server, shrunk(ksampler_graph()))
     other_prompt = run_image(comfy_server, shrunk(ksampler_graph(text="a blue teapot on a wooden table")))
     other_guidance = run_image(comfy_server, shrunk(ksampler_graph(guidance=5.0)))
