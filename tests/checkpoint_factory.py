@@ -89,8 +89,9 @@ def _init_tensor(key: str, module: torch.nn.Module, shape: torch.Size, seed: int
     """Scaled like a fresh init: norms 1/0, biases 0, weights N(0, 1/fan_in), embeddings N(0, 1)."""
     name = key.rsplit(".", 1)[-1]
     if len(shape) == 1 or name == "bias":
-        value = 1.0 if name == "weight" and isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)) else 0.0
-        return torch.full(shape, value, dtype=torch.float16)
+        # "scale": the RMSNorm gain of transformer families (Flux's query/key norms).
+        norm_gain = name == "scale" or (name == "weight" and isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)))
+        return torch.full(shape, 1.0 if norm_gain else 0.0, dtype=torch.float16)
     # One generator per key: deterministic, and independent of the other keys.
     gen = torch.Generator().manual_seed(seed ^ zlib.crc32(key.encode()))
     std = 1.0 if isinstance(module, torch.nn.Embedding) else shape[1:].numel() ** -0.5
@@ -117,7 +118,7 @@ def gradient_image(size: int = 64) -> torch.Tensor:
     return torch.stack([xs, ys, (xs + ys) / 2], dim=-1)[None]
 
 
-def _calibrate_taesd(comfy, weights: dict[str, torch.Tensor], seed: int) -> None:
+def _calibrate_taesd(comfy, weights: dict[str, torch.Tensor], seed: int, latent_channels: int = 4) -> None:
     """Rescale the last encoder and decoder convs in place.
 
     Through ~30 random ReLU convs the output scale drifts by an order of
@@ -126,25 +127,25 @@ def _calibrate_taesd(comfy, weights: dict[str, torch.Tensor], seed: int) -> None
     of std 1 (TAESD space, like scaled SD latents) and decoding N(0, 1)
     latents gives pixels of mean 0.5 and std 0.25 per channel.
     """
-    taesd = comfy.taesd.taesd.TAESD()
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=latent_channels)
     taesd.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
     enc_last = f"taesd_encoder.{len(taesd.taesd_encoder) - 1}"
     dec_last = f"taesd_decoder.{len(taesd.taesd_decoder) - 1}"
     with torch.no_grad():
         z = taesd.taesd_encoder(gradient_image().movedim(-1, 1))
         weights[enc_last + ".weight"] = (weights[enc_last + ".weight"].float() / z.std()).half()
-        latent = torch.randn((4, 4, 8, 8), generator=torch.Generator().manual_seed(seed))
+        latent = torch.randn((4, latent_channels, 8, 8), generator=torch.Generator().manual_seed(seed))
         out = taesd.taesd_decoder(latent)
         gain = 0.25 / out.std(dim=(0, 2, 3))
         weights[dec_last + ".weight"] = (weights[dec_last + ".weight"].float() * gain[:, None, None, None]).half()
         weights[dec_last + ".bias"] = (0.5 - out.mean(dim=(0, 2, 3)) * gain).half()
 
 
-def _save(weights: dict[str, torch.Tensor], path) -> None:
+def _save(weights: dict[str, torch.Tensor], path, version: int = FACTORY_VERSION) -> None:
     from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(path), metadata={"pnp_test_factory_version": str(FACTORY_VERSION)})
+    save_file(weights, str(path), metadata={"pnp_test_factory_version": str(version)})
 
 
 def make_sd15_checkpoint(path, seed: int = 0) -> Path:
@@ -227,9 +228,14 @@ MODELS = {
 
 def cached_checkpoint(name: str = "sd15") -> Path:
     """Path of the cached model NAME (see MODELS), generated and verified on first use."""
-    if name not in MODELS:
-        raise KeyError(f"unknown test model {name!r}; known: {sorted(MODELS)}")
-    path = CACHE_DIR / f"pnp-test-{name}.v{FACTORY_VERSION}.safetensors"
+    return cached_model(name, MODELS, __file__, FACTORY_VERSION)
+
+
+def cached_model(name: str, models: dict, script, version: int) -> Path:
+    """Path of the cached file NAME of `models`, made and verified on first use by ``python SCRIPT NAME PATH``."""
+    if name not in models:
+        raise KeyError(f"unknown test model {name!r}; known: {sorted(models)}")
+    path = CACHE_DIR / f"pnp-test-{name}.v{version}.safetensors"
     if path.is_file():
         return path
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -241,7 +247,7 @@ def cached_checkpoint(name: str = "sd15") -> Path:
     # A child process keeps ComfyUI's global state (device, loaded models) out of the caller.
     # Single-threaded: as fast when idle, and several times faster when other test runs share the cores.
     env = {"OMP_NUM_THREADS": "1", **os.environ}
-    proc = subprocess.run([sys.executable, __file__, name, str(tmp)], cwd=REPO_ROOT, env=env,
+    proc = subprocess.run([sys.executable, str(script), name, str(tmp)], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
@@ -250,10 +256,10 @@ def cached_checkpoint(name: str = "sd15") -> Path:
     return path
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) != 2 or argv[0] not in MODELS:
-        sys.exit(f"usage: python tests/checkpoint_factory.py {{{','.join(MODELS)}}} PATH")
-    make, verify = MODELS[argv[0]]
+def main(argv: list[str], models: dict = MODELS, script: str = "tests/checkpoint_factory.py") -> None:
+    if len(argv) != 2 or argv[0] not in models:
+        sys.exit(f"usage: python {script} {{{','.join(models)}}} PATH")
+    make, verify = models[argv[0]]
     start = time.perf_counter()
     make(argv[1])
     made = time.perf_counter()

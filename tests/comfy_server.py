@@ -5,6 +5,8 @@ conftest.py exposes its session fixture ``comfy_server``; ``start_server`` and
 
 The server gets a fresh base directory holding the random-weight SD1.5
 checkpoint (``CHECKPOINT_NAME``), a ControlNet for it (``CONTROLNET_NAME``),
+the random-weight Flux files of tests/flux_files.py (``FLUX_UNET_NAME`` in
+diffusion_models/, ``FLUX_CLIP_NAME`` in text_encoders/, ``FLUX_VAE_NAME`` in vae/),
 a 64x64 test image in input/ (``INPUT_IMAGE_NAME``), and this checkout linked
 as ``custom_nodes/comfyui-pnp-diffusion``.
 """
@@ -22,12 +24,16 @@ import pytest
 import requests
 
 from checkpoint_factory import REPO_ROOT, cached_checkpoint, comfy_path
+from flux_files import cached_flux_file
 
 PACK_NAME = "comfyui-pnp-diffusion"
 PACK_DIR = REPO_ROOT
 PACK_PYTHON_MODULE = f"custom_nodes.{PACK_NAME}"
 CHECKPOINT_NAME = "pnp-test-sd15.safetensors"
 CONTROLNET_NAME = "pnp-test-sd15-controlnet.safetensors"
+FLUX_UNET_NAME = "pnp-test-flux.safetensors"
+FLUX_CLIP_NAME = "pnp-test-clip-l.safetensors"
+FLUX_VAE_NAME = "pnp-test-flux-ae.safetensors"
 INPUT_IMAGE_NAME = "pnp-test-input.png"
 STARTUP_TIMEOUT = 120.0
 
@@ -61,11 +67,15 @@ def write_test_png(path, size: int = 64) -> Path:
 
 def prepare_base_dir(base_dir) -> Path:
     base = Path(base_dir)
-    for sub in ("models/checkpoints", "models/controlnet", "input", "output", "custom_nodes"):
+    for sub in ("models/checkpoints", "models/controlnet", "models/diffusion_models", "models/text_encoders",
+                "models/vae", "input", "output", "custom_nodes"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     # Links, not copies: the models are hundreds of MB and ComfyUI follows links.
     (base / "models/checkpoints" / CHECKPOINT_NAME).symlink_to(cached_checkpoint("sd15"))
     (base / "models/controlnet" / CONTROLNET_NAME).symlink_to(cached_checkpoint("sd15-controlnet"))
+    (base / "models/diffusion_models" / FLUX_UNET_NAME).symlink_to(cached_flux_file("flux"))
+    (base / "models/text_encoders" / FLUX_CLIP_NAME).symlink_to(cached_flux_file("clip-l"))
+    (base / "models/vae" / FLUX_VAE_NAME).symlink_to(cached_flux_file("flux-ae"))
     # --base-directory also moves custom_nodes/, so the pack is linked in here.
     (base / "custom_nodes" / PACK_NAME).symlink_to(PACK_DIR, target_is_directory=True)
     write_test_png(base / "input" / INPUT_IMAGE_NAME)

@@ -2,8 +2,9 @@
 
 For each workflows/*.json: load it into the page as a user would (``app.loadGraphData``), check that no
 missing-node dialog opens and no node shows an error, check that the frontend's own API conversion is
-the one tests/workflow_api.py makes, shrink steps/sizes/file names in the widgets (as
-test_workflows.py does), queue it from the page and wait for its image in the page and in /history.
+the one tests/workflow_api.py makes, shrink steps/sizes/file names (and Flux's text-encoder type) in the
+widgets (``overrides_for_tests``, as test_workflows.py does), queue it from the page and wait for its
+image in the page and in /history.
 
 ``PNP_SCREENSHOTS=1`` also writes docs/screenshots/<workflow>.png (the graph as shipped) and the
 template browser's card picture workflows/<workflow>.jpg. ``PNP_RESAVE_WORKFLOWS=1`` writes each
@@ -24,9 +25,10 @@ import requests
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from comfy_server import CHECKPOINT_NAME, CONTROLNET_NAME, INPUT_IMAGE_NAME
-from test_workflows import BANK_WORKFLOW, EXPECTED, RUN_1_GROUP, RUN_2_GROUP, load, run_2_of_the_bank_workflow
-from workflow_api import apply_overrides, shrink_for_tests, to_api
+from comfy_server import INPUT_IMAGE_NAME
+from test_workflows import (BANK_WORKFLOW, EXPECTED, RUN_1_GROUP, RUN_2_GROUP, load, overrides_for_tests,
+                            run_2_of_the_bank_workflow)
+from workflow_api import apply_overrides, to_api
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -163,10 +165,6 @@ def wait_for_images_in_page(page, node_ids: list[str]):
         arg=node_ids, timeout=30_000)
 
 
-def shrink(prompt: dict) -> dict:
-    return shrink_for_tests(prompt, checkpoint=CHECKPOINT_NAME, controlnet=CONTROLNET_NAME, image=INPUT_IMAGE_NAME)
-
-
 def screenshot(page, name: str, width: int = 2000, margin: int = 20):
     """The whole graph, as large as fits `width`, without the side bars: docs/screenshots/<name>.png."""
     x0, y0, w, h = page.evaluate("""() => {
@@ -247,7 +245,7 @@ def test_workflow_in_the_frontend(name, page, comfy_server):
     if SCREENSHOTS:
         screenshot(page, name)
 
-    overrides = shrink(prompt)
+    overrides = overrides_for_tests(prompt)
     page.evaluate(SET_WIDGETS_JS, overrides)
     assert frontend_prompt(page) == apply_overrides(prompt, overrides)
 
@@ -258,7 +256,7 @@ def test_workflow_in_the_frontend(name, page, comfy_server):
         shutil.copy(comfy_server.output_dir / bank, comfy_server.input_dir / bank_file)
         page.evaluate(BANK_RUN_2_JS, [RUN_1_GROUP, RUN_2_GROUP, bank_file])
         run_2 = to_api(run_2_of_the_bank_workflow(workflow, bank_file), comfy_server.object_info())
-        assert frontend_prompt(page) == apply_overrides(run_2, shrink(run_2))
+        assert frontend_prompt(page) == apply_overrides(run_2, overrides_for_tests(run_2))
         prompt_id, outputs = queue_and_wait(page, comfy_server)
         prompt = run_2
     saves = [node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"]

@@ -2,25 +2,38 @@
 
 Each file is converted to API format with the server's own node definitions and run on the generated
 test models; only file names, steps and the image size are shrunk (``shrink_for_tests``), everything
-else is what a user gets.
+else is what a user gets. The Flux workflow also gets the text-encoder swap and the layers that
+tests/flux_files.py explains (no T5-XXL on a test machine; the test model has 2 of Flux.1's 38 single blocks).
 """
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from comfy_server import CHECKPOINT_NAME, CONTROLNET_NAME, INPUT_IMAGE_NAME, PACK_PYTHON_MODULE
+from comfy_server import (CHECKPOINT_NAME, CONTROLNET_NAME, FLUX_CLIP_NAME, FLUX_UNET_NAME, FLUX_VAE_NAME,
+                          INPUT_IMAGE_NAME, PACK_PYTHON_MODULE)
+from flux_files import FLUX_TEST_LAYERS
 from workflow_api import (NOTE_TYPES, UI_ONLY_TYPES, ConversionError, apply_overrides, notes, shrink_for_tests,
                           to_api, widget_values)
 
 WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
-EXPECTED = ["pnp-basic", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-hires", "pnp-multi-prompt",
+EXPECTED = ["pnp-basic", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-flux", "pnp-hires", "pnp-multi-prompt",
             "pnp-save-load-bank"]
 NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 SHIPPED_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SHIPPED_IMAGE = "example.png"
 BANK_WORKFLOW = "pnp-save-load-bank"
+FLUX_WORKFLOW = "pnp-flux"
+# What a Flux.1 [dev] user loads (ComfyUI's Flux examples), and RF-Solver-Edit's defaults (its edit.py:
+# 25 steps, inject 20, guidance 5 for the target and 1 for the inversion).
+SHIPPED_FLUX_FILES = {"UNETLoader": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"},
+                      "DualCLIPLoader": {"clip_name1": "t5xxl_fp16.safetensors", "clip_name2": "clip_l.safetensors",
+                                         "type": "flux"},
+                      "VAELoader": {"vae_name": "ae.safetensors"}}
+FLUX_SIZE = 1024
 RUN_1_GROUP = "Run 1"  # group titles of the save/load workflow, as its note explains them
 RUN_2_GROUP = "Run 2"
 
@@ -29,13 +42,27 @@ def load(name: str) -> dict:
     return json.loads((WORKFLOW_DIR / f"{name}.json").read_text())
 
 
+def overrides_for_tests(prompt: dict) -> dict:
+    """What the tests change in a shipped prompt: the test files, steps and sizes (``shrink_for_tests``)."""
+    return shrink_for_tests(prompt, checkpoint=CHECKPOINT_NAME, controlnet=CONTROLNET_NAME, image=INPUT_IMAGE_NAME,
+                            flux_unet=FLUX_UNET_NAME, flux_text_encoder=FLUX_CLIP_NAME, flux_vae=FLUX_VAE_NAME,
+                            flux_layers=FLUX_TEST_LAYERS)
+
+
 def shrunk(prompt: dict) -> dict:
-    return apply_overrides(prompt, shrink_for_tests(prompt, checkpoint=CHECKPOINT_NAME, controlnet=CONTROLNET_NAME,
-                                                    image=INPUT_IMAGE_NAME))
+    return apply_overrides(prompt, overrides_for_tests(prompt))
 
 
 def image_outputs(outputs: dict) -> list:
     return [item for node_out in outputs.values() for item in node_out.get("images", [])]
+
+
+def run_image(comfy_server, prompt: dict) -> np.ndarray:
+    """Run the prompt; its one saved image as floats in [0, 1], [H, W, 3]."""
+    outputs = comfy_server.run(prompt, timeout=300)
+    (path,) = comfy_server.output_files(outputs)
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
 def test_the_shipped_set_is_complete():
@@ -60,12 +87,15 @@ def test_only_core_nodes_and_ours(name, comfy_server):
             f"node {node['id']}: {node['type']} comes from another pack ({module})"
 
 
+KNOBS = {FLUX_WORKFLOW: ("inject", "guidance", "steps", "rf-solver-edit", "rf_solver", "ModelSamplingFlux", "t5xxl")}
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_each_has_a_note_explaining_the_knobs(name):
     texts = notes(load(name))
     assert texts, "no Note node"
     text = "\n".join(texts)
-    for knob in ("feature_injection", "attention_injection", "cfg", "inversion_steps"):
+    for knob in KNOBS.get(name, ("feature_injection", "attention_injection", "cfg", "inversion_steps")):
         assert knob in text
 
 
@@ -106,7 +136,18 @@ def test_shipped_values_are_the_papers(name, comfy_server):
         if node["type"] == "PnPCaptureFeatures":
             assert (values["feature_steps"], values["attention_steps"], values["layers"]) == (0.8, 0.5, "auto")
         if node["type"] == "ImageScale":
-            assert (values["width"], values["height"]) == (512, 512)
+            size = FLUX_SIZE if name == FLUX_WORKFLOW else 512
+            assert (values["width"], values["height"]) == (size, size)
+        if node["type"] in SHIPPED_FLUX_FILES:
+            assert values == {**values, **SHIPPED_FLUX_FILES[node["type"]]}
+        if node["type"] == "ModelSamplingFlux":  # Flux.1 dev's shift, for the image size
+            assert (values["max_shift"], values["base_shift"], values["width"], values["height"]) == \
+                (1.15, 0.5, FLUX_SIZE, FLUX_SIZE)
+        if node["type"] == "PnPFluxInversion":
+            assert (values["steps"], values["inject"], values["guidance"], values["layers"], values["solver"],
+                    values["scheduler"], values["custom_layers"]) == (25, 20, 1.0, "rf-solver-edit", "rf_solver", "simple", "")
+        if node["type"] == "PnPFluxSampler":
+            assert (values["guidance"], values["inject"]) == (5.0, 20)
     for node in prompt.values():
         if node["class_type"] == "PnPInversion":
             assert prompt_text(prompt, node["inputs"]["conditioning"]) == "", "the inversion prompt is the empty prompt"
@@ -133,6 +174,20 @@ def test_the_expert_workflow_samples_from_the_inverted_latent_without_noise(comf
     assert kind(prompt[custom["inputs"]["guider"][0]]["inputs"]["model"]) == "PnPApplyInjection"
 
 
+def test_the_flux_workflow_inverts_and_samples_on_one_schedule(comfy_server):
+    """Inversion and sampler take the model through one ModelSamplingFlux set to the image's size."""
+    prompt = to_api(load(FLUX_WORKFLOW), comfy_server.object_info())
+    kind = lambda ref: prompt[ref[0]]["class_type"]  # noqa: E731
+    (inversion,) = [n for n in prompt.values() if n["class_type"] == "PnPFluxInversion"]
+    (sampler,) = [n for n in prompt.values() if n["class_type"] == "PnPFluxSampler"]
+    assert inversion["inputs"]["model"] == sampler["inputs"]["model"] and kind(sampler["inputs"]["model"]) == "ModelSamplingFlux"
+    assert kind(sampler["inputs"]["feature_bank"]) == "PnPFluxInversion"
+    assert kind(inversion["inputs"]["latent"]) == "VAEEncode"
+    (resize,) = [n for n in prompt.values() if n["class_type"] == "ImageScale"]
+    schedule = prompt[sampler["inputs"]["model"][0]]["inputs"]
+    assert (schedule["width"], schedule["height"]) == (resize["inputs"]["width"], resize["inputs"]["height"])
+
+
 def test_the_hires_pass_uses_the_unpatched_model(comfy_server):
     prompt = to_api(load("pnp-hires"), comfy_server.object_info())
     (ksampler,) = [n for n in prompt.values() if n["class_type"] == "KSampler"]
@@ -141,13 +196,29 @@ def test_the_hires_pass_uses_the_unpatched_model(comfy_server):
     assert 0.3 <= ksampler["inputs"]["denoise"] <= 0.6
 
 
-@pytest.mark.parametrize("name", [n for n in EXPECTED if n != BANK_WORKFLOW])
+@pytest.mark.parametrize("name", [n for n in EXPECTED if n not in (BANK_WORKFLOW, FLUX_WORKFLOW)])
 def test_workflow_runs(name, comfy_server):
     prompt = shrunk(to_api(load(name), comfy_server.object_info()))
     outputs = comfy_server.run(prompt, timeout=300)
     saves = [node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"]
     assert saves and all(len(outputs.get(s, {}).get("images", [])) == 1 for s in saves)
     assert all(f.is_file() for f in comfy_server.output_files(outputs))
+
+
+def test_flux_workflow_runs_and_injects(comfy_server):
+    """The Flux workflow runs; then PnP Flux Sampler at inject 0 (plain RF-Solver sampling of the inverted source,
+    the inversion cached) gives another image. Fails if the workflow does not run or injects nothing."""
+    prompt = shrunk(to_api(load(FLUX_WORKFLOW), comfy_server.object_info()))
+    (sampler,) = [n for n in prompt.values() if n["class_type"] == "PnPFluxSampler"]
+    (inversion,) = [n for n in prompt.values() if n["class_type"] == "PnPFluxInversion"]
+    assert 0 < sampler["inputs"]["inject"] < inversion["inputs"]["steps"], "the test run has injected and plain steps"
+    injected = run_image(comfy_server, prompt)
+    sampler["inputs"]["inject"] = 0
+    plain = run_image(comfy_server, prompt)
+    assert injected.shape == plain.shape == (64, 64, 3)
+    # Measured: 0.019 (1 of the test model's 2 single blocks, 3 of 4 steps).
+    change = np.abs(injected - plain).mean()
+    assert change > 0.005, f"injection moved pixels by only {change:.4f} on average"
 
 
 def group_members(workflow: dict, title_prefix: str) -> set:

@@ -240,21 +240,47 @@ def notes(workflow: dict) -> list[str]:
             if node["type"] in NOTE_TYPES]
 
 
-def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: str, steps: int = 4,
-                     inversion_steps: int = 8, other_steps: int = 2, size: int = 64) -> dict:
+def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: str, flux_unet: str | None = None,
+                     flux_text_encoder: str | None = None, flux_vae: str | None = None, flux_layers: str | None = None,
+                     steps: int = 4, inversion_steps: int = 8, other_steps: int = 2, size: int = 64) -> dict:
     """Overrides {node_id: {input: value}} that make an API prompt fast on the test models.
 
     Model and image names become the test files, PnP DDIM Inversion gets ``steps`` and
     ``inversion_steps`` (equal ones stay equal: the fast mode stays the fast mode), other samplers
     ``other_steps``, and image/latent sizes ``size``. Linked inputs and everything else stay as shipped.
+
+    Flux graphs (given the ``flux_*`` test files of tests/flux_files.py): Load Diffusion Model and Load VAE
+    get the test files, and DualCLIPLoader ``flux`` (CLIP-L + T5-XXL) becomes DualCLIPLoader ``sd3`` with
+    the test CLIP-L in both slots, which gives Flux-shaped conditioning without T5-XXL (flux_files.py says why).
+    PnP Flux Inversion gets ``steps`` and ``inject`` in the shipped proportion (20 of 25 -> 3 of 4), and
+    ``flux_layers`` as its custom layers (the test model has fewer blocks than the presets name); a node
+    linked to its bank scales its own ``inject`` by the same proportion.
     """
     names = {"CheckpointLoaderSimple": {"ckpt_name": checkpoint}, "ControlNetLoader": {"control_net_name": controlnet},
              "LoadImage": {"image": image}}
+    if flux_unet:
+        names["UNETLoader"] = {"unet_name": flux_unet}
+    if flux_vae:
+        names["VAELoader"] = {"vae_name": flux_vae}
     overrides = {}
+
+    def flux_inject(inject: int, shipped_steps: int) -> int:  # the same fraction of the steps; 0 stays 0
+        return min(steps, max(1, round(inject * steps / shipped_steps))) if inject else 0
+
     for node_id, node in prompt.items():
         inputs, kind = node["inputs"], node["class_type"]
         change = dict(names.get(kind, {}))
-        if kind == "PnPInversion":
+        if kind == "DualCLIPLoader" and inputs.get("type") == "flux" and flux_text_encoder:
+            change.update(clip_name1=flux_text_encoder, clip_name2=flux_text_encoder, type="sd3")
+        bank = inputs.get("feature_bank")
+        if kind == "PnPFluxInversion":
+            change.update(steps=steps, inject=flux_inject(inputs["inject"], inputs["steps"]))
+            if flux_layers:
+                change["custom_layers"] = flux_layers
+        elif isinstance(inputs.get("inject"), int) and isinstance(bank, list) and \
+                prompt[bank[0]]["class_type"] == "PnPFluxInversion":
+            change["inject"] = flux_inject(inputs["inject"], prompt[bank[0]]["inputs"]["steps"])
+        elif kind == "PnPInversion":
             fast = inputs.get("inversion_steps") == inputs.get("steps")
             change.update(steps=steps, inversion_steps=steps if fast else inversion_steps)
         elif isinstance(inputs.get("steps"), int):
