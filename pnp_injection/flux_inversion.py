@@ -15,6 +15,7 @@ import torch
 from . import flux_layers, placement, rf_solver, schedule
 from .errors import PnPError
 from .flux_bank import FluxFeatureBank
+from .flux_patches import WRAPPER_KEY as INJECTION_KEY
 from .flux_patches import FeatureRecorder
 from .inversion import check_latent
 from .passes import Progress, run_loop
@@ -59,6 +60,8 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, i
     evaluations = rf_solver.EVALUATIONS[solver]
     recorder = FeatureRecorder(layers)
     patched = model_patcher.clone()
+    for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL):
+        patched.remove_wrappers_with_key(kind, INJECTION_KEY)  # invert the plain network, never an injected one
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, RECORDER_KEY, recorder)
     progress = Progress(steps)
     result = {}

@@ -16,7 +16,7 @@ import torch
 
 from . import flux_layers, placement
 from .flux_bank import FluxFeatureBank
-from .patches import call_sigma, forward_hooks, rows_from_source
+from .patches import call_sigma, outside_compiler, rows_from_source
 
 WRAPPER_KEY = "pnp_flux_injection"
 
@@ -69,11 +69,10 @@ class FeatureRecorder:
         if self.slot is not None:
             slot = self.slot
 
-            def keep(key, view):
-                self.kept[key][slot] = placement.keep(view)
+            def keep(key, view):  # the first evaluation at a slot is the source's; extra ones never overwrite it
+                self.kept[key].setdefault(slot, placement.keep(view))
             hooks = site_hooks(executor.class_obj, self.layers, context.shape[1], keep)
-        with forward_hooks(hooks):
-            out = executor(*args, **kwargs)
+        out = outside_compiler(hooks, executor, *args, **kwargs)
         self.velocity = out.float()
         return out
 
@@ -119,8 +118,7 @@ class FluxInjection:
             source = feed.get(slot, key, view)
             view.copy_(rows_from_source(source, view.shape[0], chunks))
         hooks = site_hooks(executor.class_obj, self.bank.layers, context.shape[1], replace)
-        with forward_hooks(hooks):
-            return executor(*args, **kwargs)
+        return outside_compiler(hooks, executor, *args, **kwargs)
 
 
 def apply_injection(model_patcher, bank: FluxFeatureBank, inject: int = 20):

@@ -47,7 +47,7 @@ def family_of(model_patcher) -> str:
         raise PnPError(
             f"PnP needs a U-Net with decoder ResBlocks (SD 1.x, SD 2.x, SDXL); this model is "
             f"{name}, a transformer (DiT/flow) model with no ResBlocks. Load an SD 1.x, 2.x or "
-            f"SDXL checkpoint."
+            f"SDXL checkpoint, or for Flux.1 use the PnP Flux nodes (PnP Flux Inversion, PnP Flux Sampler)."
         )
     if isinstance(config, sm.SDXL):
         return "sdxl"

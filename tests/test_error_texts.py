@@ -67,7 +67,8 @@ def test_catalogue(setup, folders):
         "no resblocks": (
             lambda: inversion.invert(flux, torch.zeros(1, 16, 8, 8), empty, 4, 4),
             "PnP needs a U-Net with decoder ResBlocks (SD 1.x, SD 2.x, SDXL); this model is Flux, a transformer "
-            "(DiT/flow) model with no ResBlocks. Load an SD 1.x, 2.x or SDXL checkpoint."),
+            "(DiT/flow) model with no ResBlocks. Load an SD 1.x, 2.x or SDXL checkpoint, or for Flux.1 use "
+            "the PnP Flux nodes (PnP Flux Inversion, PnP Flux Sampler)."),
         "nan latent": (
             lambda: inversion.invert(model, torch.full((1, 4, 16, 16), float("nan")), empty, 5, 5),
             "The source latent contains NaN or infinite values: re-encode the source image."),
