@@ -53,7 +53,10 @@ def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     present, so that copies to the GPU can overlap compute."""
     out = torch.stack(tensors)
     if out.device.type == "cpu" and torch.cuda.is_available():
-        out = out.pin_memory()
+        try:
+            out = out.pin_memory()
+        except RuntimeError:  # page-locked memory exhausted: pageable memory still works, copies just block
+            pass
     return out
 
 
