@@ -1,7 +1,11 @@
 """Test set-up: the ComfyUI host on sys.path (CPU), and this pack importable as `comfyui_pnp`."""
 from __future__ import annotations
 
-import host
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers import by plain name
+import host  # noqa: E402
 
 COMFY = host.setup(cpu=True)  # before comfy.model_management probes for CUDA
 
