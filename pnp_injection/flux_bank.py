@@ -15,7 +15,7 @@ import torch
 
 from . import flux_layers, placement
 from .errors import PnPError
-from .schedule import SIGMA_RTOL, step_at
+from .schedule import SIGMA_RTOL, check_same_schedule, step_at
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,17 +75,11 @@ class FluxFeatureBank:
                            f"{self.steps_kept}: raise `inject` in PnP Flux Inversion to at least {inject}.")
 
     def check_schedule(self, sigmas: torch.Tensor, inject: int) -> None:
-        """The sampler's sigmas must start with the bank's over the injected steps."""
-        given = sigmas.detach().float().cpu()
-        points = max(inject + 1, 1)  # sigma_0 too: the inverted latent is the noise at sigma_0
-        ok = len(given) >= points and torch.allclose(given[:points], self.sigmas[:points].float(),
-                                                     rtol=SIGMA_RTOL, atol=1e-6)
-        if not ok:
-            shown = ", ".join(f"{float(s):.4f}" for s in given[:4])
-            want = ", ".join(f"{float(s):.4f}" for s in self.sigmas[:4])
-            raise PnPError(f"The sampler's sigmas ({shown}, ...) are not the Flux feature bank's ({want}, ...): "
-                           f"sample with the same model (and ModelSamplingFlux), steps and scheduler as PnP Flux "
-                           f"Inversion at denoise 1.0, or feed the sigmas of PnP Flux Noise to SamplerCustomAdvanced.")
+        """The sampler's sigmas must start with the bank's over the injected steps, sigma_0
+        included: the inverted latent is the noise at sigma_0."""
+        check_same_schedule(self.sigmas, sigmas, inject + 1, "Flux feature bank",
+                            fix="Sample with the same model (and ModelSamplingFlux), steps and scheduler as PnP Flux "
+                                "Inversion at denoise 1.0, or feed the sigmas of PnP Flux Noise to SamplerCustomAdvanced.")
 
     def check_latent(self, shape, what: str = "latent") -> None:
         """Size and batch of a latent the bank can serve: the source's size, 1 row or the bank's rows."""

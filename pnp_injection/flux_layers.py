@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import PnPError
+from .layers import numbers
 
 TENSORS = ("q", "k", "v")
 SUPPORTED = ("PnP supports SD 1.x, SD 2.x and SDXL U-Nets (PnP DDIM Inversion and the nodes after it) "
@@ -97,14 +98,6 @@ def check_flux(model_patcher) -> None:
 _CLAUSE = re.compile(r"^\s*(double|single)\s*\.\s*([0-9,\-\s]+?)\s*:\s*([qkv,\s]+?)\s*(?:@\s*(all|image))?\s*$")
 
 
-def _numbers(text: str) -> list[int]:
-    out: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        lo, _, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
 def parse_custom(text: str) -> FluxLayerSet:
     """Read `single.20-37:v` or `double.0,1,17,18:k,v; single.6,9,34,35,37:k,v@image`."""
     sites: list[Site] = []
@@ -120,7 +113,7 @@ def parse_custom(text: str) -> FluxLayerSet:
             if stream == "double" and tokens == "all":
                 raise ValueError(clause)
             ordered = ",".join(t for t in TENSORS if t in named)
-            sites.extend(_sites(stream, _numbers(blocks), ordered, tokens or "all"))
+            sites.extend(_sites(stream, numbers(blocks), ordered, tokens or "all"))
     except ValueError:
         raise PnPError(
             f"Cannot read the Flux layer set {text!r}. Write clauses separated by ';', each "

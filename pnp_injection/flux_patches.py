@@ -70,7 +70,8 @@ class FeatureRecorder:
             slot = self.slot
 
             def keep(key, view):  # the first evaluation at a slot is the source's; extra ones never overwrite it
-                self.kept[key].setdefault(slot, placement.keep(view))
+                if slot not in self.kept[key]:
+                    self.kept[key][slot] = placement.keep(view)
             hooks = site_hooks(executor.class_obj, self.layers, context.shape[1], keep)
         out = outside_compiler(hooks, executor, *args, **kwargs)
         self.velocity = out.float()

@@ -61,7 +61,8 @@ def family_of(model_patcher) -> str:
 _CUSTOM = re.compile(r"^\s*(res|attn)\s*:\s*output\.(.+?)\s*$")
 
 
-def _numbers(text: str) -> list[int]:
+def numbers(text: str) -> list[int]:
+    """'4, 6-8' -> [4, 6, 7, 8]."""
     out: list[int] = []
     for part in text.split(","):
         part = part.strip()
@@ -84,12 +85,12 @@ def parse_custom(text: str) -> LayerSet:
                 raise ValueError(clause)
             kind, spec = m.groups()
             if kind == "res":
-                res.extend(_numbers(spec))
+                res.extend(numbers(spec))
             else:
                 blocks, _, index = spec.partition("@")
                 idx = index.strip() or "0"
-                indices = [-1] if idx == "*" else _numbers(idx)
-                attn.extend((b, i) for b in _numbers(blocks) for i in indices)
+                indices = [-1] if idx == "*" else numbers(idx)
+                attn.extend((b, i) for b in numbers(blocks) for i in indices)
     except ValueError:
         raise PnPError(
             f"Cannot read the custom layer set {text!r}. Write it as "

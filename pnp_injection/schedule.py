@@ -109,7 +109,12 @@ def step_at(sigmas: torch.Tensor, sigma: float) -> int | None:
     return int(at_or_above[-1]) if len(at_or_above) else None
 
 
-def check_same_schedule(expected: torch.Tensor, given: torch.Tensor, points: int, what: str) -> None:
+UNET_SCHEDULE_FIX = ("Sample with the same steps and scheduler as PnP DDIM Inversion, denoise 1.0 (or feed "
+                     "PnP Sigmas to SamplerCustomAdvanced).")
+
+
+def check_same_schedule(expected: torch.Tensor, given: torch.Tensor, points: int, what: str,
+                        fix: str = UNET_SCHEDULE_FIX) -> None:
     """The sampler's first `points` sigmas must be the bank's: injection is keyed by them."""
     given = given.detach().float().cpu()
     expected = expected.float().cpu()
@@ -119,6 +124,5 @@ def check_same_schedule(expected: torch.Tensor, given: torch.Tensor, points: int
         want = ", ".join(f"{float(s):.4f}" for s in expected[: min(points, 4)])
         raise PnPError(
             f"The sampler's sigmas ({shown}, ...) are not the {what}'s ({want}, ...) within the "
-            f"injection window. Sample with the same steps and scheduler as PnP DDIM Inversion, "
-            f"denoise 1.0 (or feed PnP Sigmas to SamplerCustomAdvanced)."
+            f"injection window. {fix}"
         )
