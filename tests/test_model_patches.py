@@ -64,7 +64,7 @@ def test_guidance_hooks_never_run_in_inversion_or_capture(plain, name):
     start = sampling.start_latent(model, bank)["samples"]
     target = harness.conditioning(seed=1)
     assert harness.rel(plain_sample(guided, start, bank.sigmas, target, empty, 7.5),
-                       plain_sample(model, start, bank.sigmas, target, empty, 7.5)) > 1e-3
+                       plain_sample(model, start, bank.sigmas, target, empty, 7.5)) > 5e-3  # PAG 0.014, SAG 0.08, RescaleCFG 0.72
 
 
 def test_network_patches_apply_in_inversion_and_capture(plain):
@@ -132,7 +132,7 @@ def test_token_changing_patches_compose_before_or_after_pnp(plain, name):
     assert torch.equal(before, after)
     alone = seeded_run(token_patch(model), bank, target, empty)
     assert harness.rel(before, alone) > 0.10  # injection still acts
-    assert harness.rel(before, seeded_run(patches.apply_injection(model, bank), bank, target, empty)) > 1e-4  # and so does the patch
+    assert harness.rel(before, seeded_run(patches.apply_injection(model, bank), bank, target, empty)) > 0.05  # and so does the patch (HyperTile 0.80, ToMe 0.27)
 
     probe = Probe(bank)
     probed = token_patch(patches.apply_injection(model, bank))
