@@ -112,6 +112,7 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
     import comfy.patcher_extension as ext
 
     layers = layer_sets.resolve(model_patcher, preset, custom_layers)
+    placement.check_device(device)  # before any U-Net work, not inside the recording hooks
     family = layer_sets.family_of(model_patcher)
     if family != trajectory.family:
         raise PnPError(

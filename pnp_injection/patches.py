@@ -29,9 +29,6 @@ from .schedule import step_at
 WRAPPER_KEY = "pnp_injection"        # our wrappers, on every model we patch
 CALL_KEY = "pnp_injection"           # transformer_options entry of one U-Net call: its attention handler
 
-AttentionHandler = Callable[[tuple[int, int], torch.Tensor], "torch.Tensor | None"]
-
-
 def attention_patch(n, context, value, extra_options):
     """attn1_patch: hands this layer's input to the call's handler; a tensor it returns
     becomes attention's query and key input, the value input stays the target's."""

@@ -31,14 +31,18 @@ DEVICES = {
 }
 
 
+def check_device(choice: str) -> None:
+    if choice not in DEVICES:
+        raise PnPError(f"Unknown bank device {choice!r}; choose one of {list(DEVICES)}.")
+
+
 def bank_device(choice: str, t: torch.Tensor) -> torch.device:
+    check_device(choice)
     if choice == "offload":
         return storage_device()
     if choice == "model":
         return t.device
-    if choice == "cpu":
-        return torch.device("cpu")
-    raise PnPError(f"Unknown bank device {choice!r}; choose one of {list(DEVICES)}.")
+    return torch.device("cpu")
 
 
 def keep(t: torch.Tensor, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:

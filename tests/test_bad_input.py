@@ -90,6 +90,11 @@ def test_inversion_steps_below_steps(sd15):
             lambda: inversion.invert(model, harness.latent(), empty, steps=10, evaluations=5))
 
 
+def test_unknown_bank_device_before_any_evaluation(sd15):
+    model, _, trajectory, _ = sd15
+    refuses(model, "Unknown bank device 'gpu0'", lambda: banks.capture(model, trajectory, device="gpu0"))
+
+
 def test_models_without_resblocks():
     flux = harness.make_flux()
     empty = [[torch.zeros(1, 4, 32), {}]]
