@@ -64,7 +64,17 @@ else
 fi
 
 # 2. The pinned torch in the virtual environment.
+#    A CUDA build of torch takes about 6 GB: say so up front rather than let pip stop halfway
+#    with "No space left on device".
+NEED_MB=7000
 if ! stamp_ok torch "$(cat scripts/constraints.txt)"; then
+  free_mb="$(df -Pm "$VENV" | awk 'NR==2 {print $4}')"
+  if [ -n "$free_mb" ] && [ "$free_mb" -lt "$NEED_MB" ]; then
+    echo "Only ${free_mb} MB free on the disk of $VENV; installing torch and ComfyUI's" \
+         "requirements needs about ${NEED_MB} MB. Free some space (or put the checkout on a" \
+         "larger disk) and run this again." >&2
+    exit 1
+  fi
   log "installing torch (from the local wheel store when present)"
   $PIP install -c scripts/constraints.txt torch torchvision
   stamp_set torch "$(cat scripts/constraints.txt)"

@@ -1,0 +1,66 @@
+"""ComfyUI's TorchCompileModel on a Flux model, before PnP Flux Inversion and under PnP Flux
+Sampler: the bank and the result must be the uncompiled ones (within 1e-4 relative),
+injection must act, and a second run must compile nothing.
+
+As on the U-Net (tests/test_compile.py), calls that record or inject run outside the
+compiler, since torch.compile does not guard on the forward hooks that carry PnP's work;
+the other calls (here the last step, past the injected ones) run compiled. Dynamo's "eager"
+backend keeps this in the default suite: the same capture, guards and recompiles, without
+inductor's minutes of code generation.
+"""
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+import flux_harness as fh
+import harness
+from comfyui_pnp.nodes.flux import PnPFluxInversion, PnPFluxSampler
+from test_compile import compile_unavailable
+
+STEPS, INJECT = 3, 2
+
+
+def invert(model):
+    (bank,) = PnPFluxInversion.execute(model, {"samples": fh.latent(size=8)}, fh.conditioning(seed=5), STEPS, INJECT,
+                                       1.0, "rf-solver-edit", "rf_solver", "simple", "").result
+    return bank
+
+
+def sample(model, bank, inject=INJECT):
+    (out,) = PnPFluxSampler.execute(model, bank, fh.conditioning(seed=1), 5.0, inject).result
+    return out["samples"]
+
+
+def test_torch_compile_model_with_pnp_flux():
+    """Fails if a compiled Flux drops PnP's hooks (the bank or the injected result off the
+    uncompiled one), or if a second run recompiles anything."""
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    why_not = compile_unavailable("eager")
+    if why_not:
+        pytest.skip(why_not)
+    model = fh.with_shift(fh.make_flux(seed=3), 64, 64)
+    bank = invert(model)
+    reference, plain = sample(model, bank), sample(model, bank, inject=0)
+
+    torch._dynamo.reset()
+    try:
+        (compiled_model,) = TorchCompileModel.execute(model, "eager").result
+        counters.clear()
+        compiled_bank = invert(compiled_model)
+        assert harness.rel(compiled_bank.noise, bank.noise) < 1e-4
+        for key, table in bank.tables.items():
+            assert harness.rel(compiled_bank.tables[key], table) < 1e-4, key
+
+        out = sample(compiled_model, bank)
+        assert harness.rel(out, reference) < 1e-4
+        assert harness.rel(out, plain) > 0.05  # injection acts under the compiler
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs > 0, "the steps past the injected ones ran uncompiled"
+
+        again = sample(compiled_model, bank)
+        assert harness.rel(again, reference) < 1e-4
+        assert counters["stats"]["unique_graphs"] == graphs  # nothing recompiled
+    finally:
+        torch._dynamo.reset()  # other tests run this Flux class eagerly
