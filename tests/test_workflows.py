@@ -20,13 +20,15 @@ from workflow_api import (NOTE_TYPES, UI_ONLY_TYPES, ConversionError, apply_over
                           to_api, widget_values)
 
 WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
-EXPECTED = ["pnp-basic", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-flux", "pnp-hires", "pnp-multi-prompt",
-            "pnp-save-load-bank"]
+EXPECTED = ["pnp-basic", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-flux", "pnp-flux-advanced", "pnp-hires",
+            "pnp-multi-prompt", "pnp-save-load-bank"]
 NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 SHIPPED_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SHIPPED_IMAGE = "example.png"
 BANK_WORKFLOW = "pnp-save-load-bank"
 FLUX_WORKFLOW = "pnp-flux"
+FLUX_ADVANCED_WORKFLOW = "pnp-flux-advanced"  # the same edit through SamplerCustomAdvanced
+FLUX_WORKFLOWS = (FLUX_WORKFLOW, FLUX_ADVANCED_WORKFLOW)
 # What a Flux.1 [dev] user loads (ComfyUI's Flux examples), and RF-Solver-Edit's defaults (its edit.py:
 # 25 steps, inject 20, guidance 5 for the target and 1 for the inversion).
 SHIPPED_FLUX_FILES = {"UNETLoader": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"},
@@ -87,7 +89,9 @@ def test_only_core_nodes_and_ours(name, comfy_server):
             f"node {node['id']}: {node['type']} comes from another pack ({module})"
 
 
-KNOBS = {FLUX_WORKFLOW: ("inject", "guidance", "steps", "rf-solver-edit", "rf_solver", "ModelSamplingFlux", "t5xxl")}
+KNOBS = {FLUX_WORKFLOW: ("inject", "guidance", "steps", "rf-solver-edit", "rf_solver", "ModelSamplingFlux", "t5xxl"),
+         FLUX_ADVANCED_WORKFLOW: ("inject", "FluxGuidance", "PnP Flux Noise", "RF-Solver Sampler", "latent_image",
+                                  "ModelSamplingFlux", "t5xxl")}
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -136,7 +140,7 @@ def test_shipped_values_are_the_papers(name, comfy_server):
         if node["type"] == "PnPCaptureFeatures":
             assert (values["feature_steps"], values["attention_steps"], values["layers"]) == (0.8, 0.5, "auto")
         if node["type"] == "ImageScale":
-            size = FLUX_SIZE if name == FLUX_WORKFLOW else 512
+            size = FLUX_SIZE if name in FLUX_WORKFLOWS else 512
             assert (values["width"], values["height"]) == (size, size)
         if node["type"] in SHIPPED_FLUX_FILES:
             assert values == {**values, **SHIPPED_FLUX_FILES[node["type"]]}
@@ -148,6 +152,10 @@ def test_shipped_values_are_the_papers(name, comfy_server):
                     values["scheduler"], values["custom_layers"]) == (25, 20, 1.0, "rf-solver-edit", "rf_solver", "simple", "")
         if node["type"] == "PnPFluxSampler":
             assert (values["guidance"], values["inject"]) == (5.0, 20)
+        if node["type"] == "PnPFluxApplyInjection":
+            assert values["inject"] == 20
+        if node["type"] == "FluxGuidance":
+            assert values["guidance"] == 5.0
     for node in prompt.values():
         if node["class_type"] == "PnPInversion":
             assert prompt_text(prompt, node["inputs"]["conditioning"]) == "", "the inversion prompt is the empty prompt"
@@ -196,7 +204,7 @@ def test_the_hires_pass_uses_the_unpatched_model(comfy_server):
     assert 0.3 <= ksampler["inputs"]["denoise"] <= 0.6
 
 
-@pytest.mark.parametrize("name", [n for n in EXPECTED if n not in (BANK_WORKFLOW, FLUX_WORKFLOW)])
+@pytest.mark.parametrize("name", [n for n in EXPECTED if n not in (BANK_WORKFLOW, *FLUX_WORKFLOWS)])
 def test_workflow_runs(name, comfy_server):
     prompt = shrunk(to_api(load(name), comfy_server.object_info()))
     outputs = comfy_server.run(prompt, timeout=300)
@@ -219,6 +227,25 @@ def test_flux_workflow_runs_and_injects(comfy_server):
     # Measured: 0.019 (1 of the test model's 2 single blocks, 3 of 4 steps).
     change = np.abs(injected - plain).mean()
     assert change > 0.005, f"injection moved pixels by only {change:.4f} on average"
+
+
+def test_the_advanced_flux_workflow_is_the_flux_workflow(comfy_server):
+    """The SamplerCustomAdvanced route (PnP Flux Apply Injection, PnP Flux Noise, RF-Solver Sampler, FluxGuidance,
+    BasicGuider) saves the image of the one-node route, pixel for pixel; at inject 0 it is another image. Fails if
+    the inverted source entered as the latent image, or the route injects differently or not at all."""
+    prompt = shrunk(to_api(load(FLUX_ADVANCED_WORKFLOW), comfy_server.object_info()))
+    kind = lambda ref: prompt[ref[0]]["class_type"]  # noqa: E731
+    (custom,) = [n for n in prompt.values() if n["class_type"] == "SamplerCustomAdvanced"]
+    assert kind(custom["inputs"]["noise"]) == kind(custom["inputs"]["sigmas"]) == "PnPFluxNoise"
+    assert kind(custom["inputs"]["sampler"]) == "PnPRFSolverSampler"
+    assert kind(prompt[custom["inputs"]["guider"][0]]["inputs"]["model"]) == "PnPFluxApplyInjection"
+    advanced = run_image(comfy_server, prompt)
+    one_node = run_image(comfy_server, shrunk(to_api(load(FLUX_WORKFLOW), comfy_server.object_info())))
+    assert np.array_equal(advanced, one_node)
+    (apply,) = [n for n in prompt.values() if n["class_type"] == "PnPFluxApplyInjection"]
+    assert apply["inputs"]["inject"] > 0
+    apply["inputs"]["inject"] = 0
+    assert np.abs(run_image(comfy_server, prompt) - advanced).mean() > 0.005
 
 
 def group_members(workflow: dict, title_prefix: str) -> set:
