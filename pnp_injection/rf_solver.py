@@ -46,6 +46,8 @@ def sample_rf_solver(model, x, sigmas, extra_args=None, callback=None, disable=N
     """k-diffusion style sampler function (for comfy.samplers.KSAMPLER) of RF-Solver."""
     from tqdm.auto import trange
 
+    import comfy.model_management
+
     extra_args = extra_args or {}
     ones = x.new_ones([x.shape[0]])
     last = {}
@@ -54,6 +56,8 @@ def sample_rf_solver(model, x, sigmas, extra_args=None, callback=None, disable=N
         if sigma == 0:
             raise PnPError("The rf_solver sampler cannot evaluate a flow model at sigma 0 (its velocity is not "
                            "readable there): sample from high to low sigmas; invert with PnP Flux Inversion.")
+        # Older hosts (0.3.64) check for an interrupt only at progress updates, once per step of two evaluations.
+        comfy.model_management.throw_exception_if_processing_interrupted()
         denoised = model(x_, sigma * ones, **extra_args)
         if evaluation == 0:
             last["denoised"] = denoised

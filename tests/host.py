@@ -42,3 +42,13 @@ def setup(cpu: bool) -> Path:
     comfy.cli_args.args.cpu = cpu
     load_pack()
     return comfy
+
+
+def run_node(node_class, *args) -> tuple:
+    """The outputs of a core ComfyUI node, whichever node API the host writes it in: the
+    V3 `execute` classmethod (newer hosts) or the V1 FUNCTION method (older ones; BasicGuider
+    on 0.3.64, say). Arguments in the node's input order."""
+    if hasattr(node_class, "define_schema"):
+        out = node_class.execute(*args)
+        return tuple(out.result if hasattr(out, "result") else out)  # some V3 nodes return a plain tuple (HyperTile)
+    return tuple(getattr(node_class(), node_class.FUNCTION)(*args))

@@ -5,6 +5,7 @@ import comfy.patcher_extension as ext
 import pytest
 import torch
 
+from host import run_node
 import harness
 from comfyui_pnp.pnp_injection import bank as banks
 from comfyui_pnp.pnp_injection import inversion, layers, patches, sampling
@@ -60,8 +61,8 @@ def test_pag_and_sag_work_together_with_pnp(setup):
 
     model, empty, target, bank = setup
     pnp = patches.apply_injection(model, bank)
-    (pag,) = PerturbedAttentionGuidance.execute(pnp, 3.0).result
-    (both,) = SelfAttentionGuidance.execute(pag, 0.5, 2.0).result
+    (pag,) = run_node(PerturbedAttentionGuidance, pnp, 3.0)
+    (both,) = run_node(SelfAttentionGuidance, pag, 0.5, 2.0)
     out = run(both, bank, target, empty)
     assert torch.isfinite(out).all()
     assert harness.rel(out, run(pnp, bank, target, empty)) > 1e-3  # PAG/SAG act
@@ -113,7 +114,7 @@ def test_controlnet_on_the_target_conditioning(comfy_models):
     trajectory = inversion.invert(model, source, empty, steps=5, evaluations=5)
     bank = banks.capture(model, trajectory)
     hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
-    controlled, controlled_neg = core.ControlNetApplyAdvanced().apply_controlnet(target, empty, cnet, hint, 1.0, 0.0, 1.0)[:2]
+    controlled, controlled_neg = run_node(core.ControlNetApplyAdvanced, target, empty, cnet, hint, 1.0, 0.0, 1.0)[:2]
     with_cn = sampling.pnp_sample(model, bank, controlled, controlled_neg)
     without_cn = sampling.pnp_sample(model, bank, target, empty)
     assert harness.rel(with_cn, without_cn) > 1e-3  # the ControlNet acts

@@ -24,6 +24,7 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 import comfy.samplers
+from host import run_node
 import harness
 from comfyui_pnp.pnp_injection import bank as banks
 from comfyui_pnp.pnp_injection import inversion, patches, sampling
@@ -86,7 +87,7 @@ def test_torch_compile_model_with_pnp(setup, backend):
         pytest.skip(why_not)
     model, empty, target, trajectory, bank, references = setup
     torch._dynamo.reset()  # code compiled by another backend would count against the recompile limit
-    (compiled_model,) = TorchCompileModel.execute(model, backend).result
+    (compiled_model,) = run_node(TorchCompileModel, model, backend)
 
     counters.clear()
     captured = banks.capture(compiled_model, trajectory)

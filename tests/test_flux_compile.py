@@ -13,6 +13,7 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
+from host import run_node
 import flux_harness as fh
 import harness
 from comfyui_pnp.nodes.flux import PnPFluxInversion, PnPFluxSampler
@@ -46,7 +47,7 @@ def test_torch_compile_model_with_pnp_flux():
 
     torch._dynamo.reset()
     try:
-        (compiled_model,) = TorchCompileModel.execute(model, "eager").result
+        (compiled_model,) = run_node(TorchCompileModel, model, "eager")
         counters.clear()
         compiled_bank = invert(compiled_model)
         assert harness.rel(compiled_bank.noise, bank.noise) < 1e-4

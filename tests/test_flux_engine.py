@@ -10,6 +10,7 @@ import torch
 from comfy_extras.nodes_custom_sampler import BasicGuider, KSamplerSelect, SamplerCustomAdvanced
 from comfy_extras.nodes_flux import FluxGuidance
 
+from host import run_node
 import flux_harness as fh
 import harness
 from comfyui_pnp.nodes.flux import (PnPFluxApplyInjection, PnPFluxInversion, PnPFluxNoise, PnPFluxSampler,
@@ -37,14 +38,14 @@ def custom_advanced(model, bank, prompt, sampler_name=None, latent=None, guidanc
     """SamplerCustomAdvanced with FluxGuidance, BasicGuider, our NOISE and SIGMAS, and the
     RF-Solver SAMPLER (or a ComfyUI sampler by name)."""
     noise, sigmas = PnPFluxNoise.execute(bank).result
-    (conditioning,) = FluxGuidance.execute(prompt, guidance).result
-    (guider,) = BasicGuider.execute(model, conditioning).result
+    (conditioning,) = run_node(FluxGuidance, prompt, guidance)
+    (guider,) = run_node(BasicGuider, model, conditioning)
     if sampler_name is None:
         (sampler,) = PnPRFSolverSampler.execute().result
     else:
-        (sampler,) = KSamplerSelect.execute(sampler_name).result
+        (sampler,) = run_node(KSamplerSelect, sampler_name)
     latent = fh.latent(seed=9) if latent is None else latent  # any latent of the source's size: it is multiplied by 0
-    out, _ = SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, {"samples": latent}).result
+    out, _ = run_node(SamplerCustomAdvanced, noise, guider, sampler, sigmas, {"samples": latent})
     return out["samples"]
 
 

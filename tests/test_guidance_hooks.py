@@ -11,6 +11,7 @@ from comfy_extras.nodes_model_advanced import RescaleCFG
 from comfy_extras.nodes_pag import PerturbedAttentionGuidance
 from comfy_extras.nodes_sag import SelfAttentionGuidance
 
+from host import run_node
 import harness
 from comfyui_pnp.nodes.injection import PnPGuider
 from comfyui_pnp.pnp_injection import bank as banks
@@ -18,9 +19,9 @@ from comfyui_pnp.pnp_injection import guidance, inversion, passes, patches, samp
 
 CFG = 7.5
 HOOKS = {
-    "rescale_cfg": lambda m: RescaleCFG().patch(m, 0.7)[0],
-    "pag": lambda m: PerturbedAttentionGuidance.execute(m, 3.0).result[0],
-    "sag": lambda m: SelfAttentionGuidance.execute(m, 0.5, 2.0).result[0],
+    "rescale_cfg": lambda m: run_node(RescaleCFG, m, 0.7)[0],
+    "pag": lambda m: run_node(PerturbedAttentionGuidance, m, 3.0)[0],
+    "sag": lambda m: run_node(SelfAttentionGuidance, m, 0.5, 2.0)[0],
 }
 
 

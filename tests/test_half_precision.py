@@ -13,6 +13,7 @@ import torch
 
 import comfy.model_management
 import harness
+from host import run_node
 from comfyui_pnp.pnp_injection import bank as banks
 from comfyui_pnp.pnp_injection import inversion, sampling
 
@@ -26,7 +27,7 @@ def pipeline(dtype: torch.dtype, compute_node: bool = False) -> dict:
     if compute_node:
         from comfy_extras.nodes_model_advanced import ModelComputeDtype
 
-        (model,) = ModelComputeDtype().patch(harness.make_model("sd15"), {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype])
+        (model,) = run_node(ModelComputeDtype, harness.make_model("sd15"), {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype])
     else:
         model = harness.make_model("sd15", dtype=dtype)
     empty, target = harness.conditioning(seed=5), harness.conditioning(seed=1)

@@ -18,6 +18,7 @@ from comfy_extras.nodes_pag import PerturbedAttentionGuidance
 from comfy_extras.nodes_sag import SelfAttentionGuidance
 from comfy_extras.nodes_tomesd import TomePatchModel
 
+from host import run_node
 import harness
 from comfyui_pnp.pnp_injection import PnPError
 from comfyui_pnp.pnp_injection import bank as banks
@@ -35,19 +36,14 @@ def plain():
     return model, empty, trajectory, banks.capture(model, trajectory)
 
 
-def node_model(output):
-    """The MODEL a core node returned (V3 NodeOutput or a plain tuple)."""
-    return output.result[0] if hasattr(output, "result") else output[0]
-
-
 def same_bank(a, b) -> bool:
     return all(torch.equal(t, b.tables()[key]) for key, t in a.tables().items()) and torch.equal(a.start, b.start)
 
 
 GUIDANCE_PATCHES = {
-    "PAG": lambda m: node_model(PerturbedAttentionGuidance.execute(m, 3.0)),
-    "SAG": lambda m: node_model(SelfAttentionGuidance.execute(m, 0.5, 2.0)),
-    "RescaleCFG": lambda m: node_model(RescaleCFG().patch(m, 0.7)),
+    "PAG": lambda m: run_node(PerturbedAttentionGuidance, m, 3.0)[0],
+    "SAG": lambda m: run_node(SelfAttentionGuidance, m, 0.5, 2.0)[0],
+    "RescaleCFG": lambda m: run_node(RescaleCFG, m, 0.7)[0],
 }
 
 
@@ -71,7 +67,7 @@ def test_network_patches_apply_in_inversion_and_capture(plain):
     """FreeU changes the network: the trajectory and the bank are FreeU's (they differ from the
     plain model's, and adding a guidance hook on top changes nothing)."""
     model, empty, trajectory, bank = plain
-    freeu = node_model(FreeU().patch(model, 1.3, 1.4, 0.9, 0.2))
+    freeu = run_node(FreeU, model, 1.3, 1.4, 0.9, 0.2)[0]
     with_freeu = inversion.invert(freeu, harness.latent(), empty, steps=STEPS, evaluations=2 * STEPS)
     assert harness.rel(with_freeu.latents, trajectory.latents) > 1e-3
     assert harness.rel(banks.capture(freeu, with_freeu).residual[4], banks.capture(model, with_freeu).residual[4]) > 1e-3
@@ -108,8 +104,8 @@ def test_inversion_and_capture_of_a_pnp_patched_model_use_the_plain_network(plai
 # --- patches that change attention's tokens ---------------------------------------------------
 
 TOKEN_PATCHES = {
-    "HyperTile": lambda m: node_model(HyperTile.execute(m, 32, 2, 0, False)),
-    "ToMe": lambda m: node_model(TomePatchModel.execute(m, 0.5)),
+    "HyperTile": lambda m: run_node(HyperTile, m, 32, 2, 0, False)[0],
+    "ToMe": lambda m: run_node(TomePatchModel, m, 0.5)[0],
 }
 
 
@@ -171,7 +167,7 @@ def test_a_patch_that_changes_inner_shapes_gets_an_error_naming_the_layer_and_th
     """Kohya Deep Shrink halves the resolution inside the U-Net at early steps: the ResBlock the
     bank feeds no longer has the bank's shape. Never an opaque crash inside torch."""
     model, empty, _, bank = plain
-    shrink = node_model(PatchModelAddDownscale.execute(model, 1, 2.0, 0.0, 0.35, True, "bicubic", "bicubic"))
+    shrink = run_node(PatchModelAddDownscale, model, 1, 2.0, 0.0, 0.35, True, "bicubic", "bicubic")[0]
     patched = patches.apply_injection(shrink, bank)
     start = sampling.start_latent(model, bank)["samples"]
     with pytest.raises(PnPError, match=r"PnP cannot inject the ResBlock of output block 4.*input_block_patch"):
