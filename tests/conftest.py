@@ -31,3 +31,18 @@ def folders(tmp_path):
     yield out, inp
     folder_paths.set_output_directory(old[0])
     folder_paths.set_input_directory(old[1])
+
+
+@pytest.fixture
+def steady_free_memory(monkeypatch):
+    """ComfyUI's CPU attention (sub-quadratic) sizes its chunks from the free memory, and
+    torch.compile guards on that number: a compiled model recompiles whenever free memory
+    moved between runs, with or without PnP. The compile tests pin it so that their counts
+    measure PnP alone."""
+    import comfy.model_management as mm
+
+    free = mm.get_free_memory(mm.get_torch_device(), True)
+
+    def fixed(dev=None, torch_free_too=False):
+        return free if torch_free_too else free[0]
+    monkeypatch.setattr(mm, "get_free_memory", fixed)

@@ -75,7 +75,7 @@ def compiled() -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
-def test_torch_compile_model_with_pnp(setup, backend):
+def test_torch_compile_model_with_pnp(setup, backend, steady_free_memory):
     """Fails if a compiled U-Net drops PnP's hooks (the capture stops with "did not reach
     layer"; the injected result is 8% off the uncompiled one, the ResBlock injection lost),
     if the U-Net is compiled at injected steps or recompiled step after step, or if a second

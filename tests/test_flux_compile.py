@@ -33,7 +33,7 @@ def sample(model, bank, inject=INJECT):
     return out["samples"]
 
 
-def test_torch_compile_model_with_pnp_flux():
+def test_torch_compile_model_with_pnp_flux(steady_free_memory):
     """Fails if a compiled Flux drops PnP's hooks (the bank or the injected result off the
     uncompiled one), or if a second run recompiles anything."""
     from comfy_extras.nodes_torch_compile import TorchCompileModel
