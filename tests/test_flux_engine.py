@@ -136,6 +136,33 @@ def test_base_model_untouched_and_bank_shared_by_clones(flux):
     assert wrapper.__self__.bank is bank
 
 
+def lora_like(model):
+    """A weight patch of the kind LoRA loaders add, on a kept site: single block 20's linear1,
+    whose V columns the default layers keep."""
+    m = model.clone()
+    key = "diffusion_model.single_blocks.20.linear1.weight"
+    delta = torch.randn(m.model.state_dict()[key].shape, generator=torch.Generator().manual_seed(0)) * 0.05
+    m.add_patches({key: (delta,)}, 1.0)
+    return m
+
+
+def test_lora_applies_to_inversion_and_sampling_in_either_order(flux):
+    """A LoRA changes the kept features and the result; applied before or after PnP Flux
+    Apply Injection it gives the same latent, and the one-node sampler gives it too."""
+    model, bank, target = flux
+    lora = lora_like(model)
+    lora_bank = invert(lora)
+    assert harness.rel(lora_bank.tables["single.20.v"], bank.tables["single.20.v"]) > 0.05  # the LoRA acts in the inversion
+    (before,) = PnPFluxApplyInjection.execute(lora, lora_bank, INJECT).result
+    (patched,) = PnPFluxApplyInjection.execute(model, lora_bank, INJECT).result
+    edited = custom_advanced(before, lora_bank, target)
+    assert torch.equal(custom_advanced(lora_like(patched), lora_bank, target), edited)
+    assert torch.equal(pnp(lora, lora_bank, target), edited)
+    assert harness.rel(edited, custom_advanced(lora, lora_bank, target)) > 0.05  # injection acts on the LoRA model
+    assert harness.rel(edited, pnp(model, bank, target)) > 0.02  # and the LoRA, in the whole edit (measured 0.044)
+    assert_clean(model)
+
+
 def test_stable_flow_preset_injects_image_tokens_of_double_and_single_blocks(flux):
     """stable-flow keeps k and v of image tokens only (64 of 72 tokens here), so a target
     prompt of another length works with it; rf-solver-edit (all tokens) refuses that."""
