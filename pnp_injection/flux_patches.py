@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from . import flux_layers, placement
+from .errors import PnPError
 from .flux_bank import FluxFeatureBank
 from .patches import call_sigma, outside_compiler, rows_from_source
 
@@ -116,10 +117,21 @@ class FluxInjection:
         chunks = len(options.get("cond_or_uncond", [0]))
 
         def replace(key, view):
-            source = feed.get(slot, key, view)
-            view.copy_(rows_from_source(source, view.shape[0], chunks))
+            source = rows_from_source(feed.get(slot, key, view), view.shape[0], chunks)
+            if source.shape != view.shape:
+                raise token_mismatch(key, source.shape[1], view.shape[1])
+            view.copy_(source)
         hooks = site_hooks(executor.class_obj, self.bank.layers, context.shape[1], replace)
         return outside_compiler(hooks, executor, *args, **kwargs)
+
+
+def token_mismatch(key: str, bank_tokens: int, call_tokens: int) -> PnPError:
+    return PnPError(
+        f"PnP Flux cannot inject {key}: the bank holds {bank_tokens} tokens there but this model call has "
+        f"{call_tokens}. The inversion's and the target's model calls differ in their tokens: reference latents "
+        f"(Flux Kontext's ReferenceLatent) on one prompt and not on the other, or another node's patch. Give PnP "
+        f"Flux Inversion's prompt and the target prompt the same reference latents."
+    )
 
 
 def apply_injection(model_patcher, bank: FluxFeatureBank, inject: int = 20):

@@ -75,3 +75,12 @@ def with_shift(model_patcher, width: int, height: int):
     patched = model_patcher.clone()
     patched.add_object_patch("model_sampling", sampling)
     return patched
+
+
+def with_reference(conditioning, seed: int = 7, size: int = 16):
+    """The prompt as Flux Kontext's ReferenceLatent node leaves it: a reference latent appended,
+    which adds its image tokens to every model call."""
+    import node_helpers
+
+    return node_helpers.conditioning_set_values(conditioning, {"reference_latents": [latent(seed=seed, size=size)]},
+                                                append=True)

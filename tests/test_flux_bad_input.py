@@ -106,6 +106,21 @@ def test_prompt_of_another_text_length(flux):
     refuses(model, "encodes to 12 text tokens", lambda: custom_advanced(patched, bank, longer))
 
 
+def test_reference_latents_on_one_prompt_only(flux):
+    """Reference latents (Flux Kontext) add image tokens to every model call. On the target's
+    prompt only, or on the inversion's only, PnP stops with a PnPError naming the site and the
+    fix, in the first model call, leaving nothing patched (before: a RuntimeError from torch)."""
+    model, bank, target = flux
+    reference_bank = invert(model, prompt=fh.with_reference(fh.conditioning(seed=5)))
+    for run in (lambda: pnp(model, bank, fh.with_reference(target)), lambda: pnp(model, reference_bank, target)):
+        with harness.CountCalls(model) as counter, pytest.raises(
+                PnPError, match=r"cannot inject single\.20\.v: the bank holds \d+ tokens there but this model call "
+                                r"has \d+\..*same reference latents"):
+            run()
+        assert counter.calls == 1, "the error came after the first model call"
+        assert_clean(model)
+
+
 def test_latent_of_another_size_or_batch(flux):
     model, bank, target = flux
     (patched,) = PnPFluxApplyInjection.execute(model, bank, INJECT).result

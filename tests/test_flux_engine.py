@@ -163,6 +163,17 @@ def test_lora_applies_to_inversion_and_sampling_in_either_order(flux):
     assert_clean(model)
 
 
+def test_reference_latents_on_both_prompts_inject(flux):
+    """Flux Kontext's reference latents on the inversion's and the target's prompt: the bank
+    holds their tokens too, and injection acts."""
+    model, bank, target = flux
+    reference_bank = invert(model, prompt=fh.with_reference(fh.conditioning(seed=5)))
+    tokens = {key: (table.shape[2], reference_bank.tables[key].shape[2]) for key, table in bank.tables.items()}
+    assert all(with_ref == plain + 64 for plain, with_ref in tokens.values()), tokens  # 16x16 reference: 64 tokens
+    prompt = fh.with_reference(target)
+    assert harness.rel(pnp(model, reference_bank, prompt), pnp(model, reference_bank, prompt, inject=0)) > 0.05
+
+
 def test_stable_flow_preset_injects_image_tokens_of_double_and_single_blocks(flux):
     """stable-flow keeps k and v of image tokens only (64 of 72 tokens here), so a target
     prompt of another length works with it; rf-solver-edit (all tokens) refuses that."""
