@@ -19,6 +19,7 @@ from .flux_patches import WRAPPER_KEY as INJECTION_KEY
 from .flux_patches import FeatureRecorder
 from .inversion import check_latent
 from .passes import Progress, run_loop
+from .patches import without_wrappers
 
 RECORDER_KEY = "pnp_flux_inversion"
 
@@ -59,9 +60,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, i
 
     evaluations = rf_solver.EVALUATIONS[solver]
     recorder = FeatureRecorder(layers)
-    patched = model_patcher.clone()
-    for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL):
-        patched.remove_wrappers_with_key(kind, INJECTION_KEY)  # invert the plain network, never an injected one
+    patched = without_wrappers(model_patcher, INJECTION_KEY)  # invert the plain network, never an injected one
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, RECORDER_KEY, recorder)
     progress = Progress(steps)
     result = {}

@@ -17,7 +17,7 @@ import torch
 from . import flux_layers, placement
 from .errors import PnPError
 from .flux_bank import FluxFeatureBank
-from .patches import call_sigma, outside_compiler, rows_from_source
+from .patches import call_sigma, outside_compiler, rows_from_source, without_wrappers
 
 WRAPPER_KEY = "pnp_flux_injection"
 
@@ -81,12 +81,13 @@ class FeatureRecorder:
 
 class FluxInjection:
     """The wrappers of sampling with injection: an OUTER_SAMPLE check (before any model
-    evaluation) that also streams the bank for the run, and the DIFFUSION_MODEL wrapper that
-    overwrites the sites with the bank's slot in every row of every cond/uncond chunk."""
+    evaluation) that frees the streamed slices when sampling ends, and the DIFFUSION_MODEL
+    wrapper that overwrites the sites with the bank's slot in every row of every cond/uncond
+    chunk."""
 
     def __init__(self, bank: FluxFeatureBank, inject: int):
         self.bank, self.inject = bank, inject
-        self.feed: placement.StepFeed | None = None
+        self.feed = placement.StepFeed(bank.tables)
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
         bank = self.bank
@@ -99,12 +100,10 @@ class FluxInjection:
                 for cond in getattr(guider, "conds", {}).get(name, []):
                     if cond.get("cross_attn") is not None:
                         bank.check_text(cond["cross_attn"].shape[1])
-        self.feed = placement.StepFeed(bank.tables)
         try:
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
         finally:
             self.feed.release()
-            self.feed = None
 
     def diffusion_model(self, executor, *args, **kwargs):
         context, options = call_parts(args, kwargs)
@@ -113,11 +112,10 @@ class FluxInjection:
             return executor(*args, **kwargs)
         self.bank.check_latent(args[0].shape if args else kwargs["x"].shape)
         self.bank.check_text(context.shape[1])
-        feed = self.feed or placement.StepFeed(self.bank.tables)
         chunks = len(options.get("cond_or_uncond", [0]))
 
         def replace(key, view):
-            source = rows_from_source(feed.get(slot, key, view), view.shape[0], chunks)
+            source = rows_from_source(self.feed.get(slot, key, view), view.shape[0], chunks)
             if source.shape != view.shape:
                 raise token_mismatch(key, source.shape[1], view.shape[1])
             view.copy_(source)
@@ -141,9 +139,7 @@ def apply_injection(model_patcher, bank: FluxFeatureBank, inject: int = 20):
 
     bank.check_inject(model_patcher, inject)
     injection = FluxInjection(bank, inject)
-    patched = model_patcher.clone()
-    for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL):
-        patched.remove_wrappers_with_key(kind, WRAPPER_KEY)  # re-applying replaces, never stacks
+    patched = without_wrappers(model_patcher, WRAPPER_KEY)  # re-applying replaces, never stacks
     patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, injection.outer_sample)
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, injection.diffusion_model)
     return patched

@@ -17,6 +17,7 @@ wrapper (`CALL_KEY`), so the attention patch holds no state and every clone may 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 from typing import Callable
 
 import torch
@@ -49,14 +50,20 @@ def with_attention_patch_first(model_patcher) -> None:
     options["patches"]["attn1_patch"] = [attention_patch] + [p for p in chain if p is not attention_patch]
 
 
-def without_pnp(model_patcher):
-    """A clone with the pack's own wrappers and attention patch removed (inversion and capture
-    of a model that already went through PnP Apply Feature Injection)."""
+def without_wrappers(model_patcher, key: str):
+    """A clone without the OUTER_SAMPLE and DIFFUSION_MODEL wrappers registered under `key`."""
     import comfy.patcher_extension as ext
 
     clean = model_patcher.clone()
     for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL):
-        clean.remove_wrappers_with_key(kind, WRAPPER_KEY)
+        clean.remove_wrappers_with_key(kind, key)
+    return clean
+
+
+def without_pnp(model_patcher):
+    """A clone with the pack's own wrappers and attention patch removed (inversion and capture
+    of a model that already went through PnP Apply Feature Injection)."""
+    clean = without_wrappers(model_patcher, WRAPPER_KEY)
     patches = clean.model_options.get("transformer_options", {}).get("patches", {})
     if "attn1_patch" in patches:
         patches["attn1_patch"] = [p for p in patches["attn1_patch"] if p is not attention_patch]
@@ -80,6 +87,22 @@ def outside_compiler(hooks: dict[torch.nn.Module, Callable], executor, *args, **
     them, and injection or capture would be lost silently. Calls without PnP's work stay compiled."""
     with forward_hooks(hooks):
         return executor(*args, **kwargs)
+
+
+def unet_call(executor, layers: layer_sets.LayerSet, residual: Callable | None, attention: Callable | None,
+              x, timesteps, context, y, control, transformer_options, **kwargs):
+    """One U-Net call with PnP's work: `residual(block, output)` on each ResBlock's residual
+    branch (a forward hook: a tensor it returns replaces the output) and `attention(key, n)` as
+    the call's attention handler (see `attention_patch`). None leaves that kind alone."""
+    hooks = {}
+    if residual is not None:
+        def hook(module, args, out, block):
+            return residual(block, out)
+        unet = executor.class_obj
+        hooks = {layer_sets.residual_module(unet, b): partial(hook, block=b) for b in layers.resblocks}
+    if attention is not None:
+        transformer_options = {**transformer_options, CALL_KEY: attention}
+    return outside_compiler(hooks, executor, x, timesteps, context, y, control, transformer_options, **kwargs)
 
 
 def call_sigma(transformer_options) -> float:
@@ -151,18 +174,16 @@ class Recorder:
 
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         step = step_at(self.sigmas, call_sigma(transformer_options))
-        hooks, options = {}, transformer_options
+        residual = attention = None
         if step is not None and step < self.feature_count:
-            unet = executor.class_obj
-            hooks = {layer_sets.residual_module(unet, b): (lambda b: lambda m, a, out: self._keep(
-                self.residual[b], step, out.detach()))(b) for b in self.layers.resblocks}
+            def residual(block, out):
+                self._keep(self.residual[block], step, out.detach())
         if step is not None and step < self.attention_count:
-            def handler(key, n):
+            def attention(key, n):
                 if key in self.attention:
                     self._keep(self.attention[key], step, n.detach())
-                return None
-            options = {**transformer_options, CALL_KEY: handler}
-        return outside_compiler(hooks, executor, x, timesteps, context, y, control, options, **kwargs)
+        return unet_call(executor, self.layers, residual, attention,
+                         x, timesteps, context, y, control, transformer_options, **kwargs)
 
 
 class Injection:
@@ -196,18 +217,15 @@ class Injection:
             return checked(rows_from_source(step_tensor, replaced.shape[0], chunks), replaced, name,
                            transformer_options)
 
-        hooks, options = {}, transformer_options
+        residual = attention = None
         if step < self.feature_count:
-            unet = executor.class_obj
-            hooks = {layer_sets.residual_module(unet, b): (lambda b: lambda m, a, out: source(
-                "residual", b, out, resblock_name(b)))(b) for b in self.bank.layers.resblocks}
+            def residual(block, out):
+                return source("residual", block, out, resblock_name(block))
         if step < self.attention_count:
-            def handler(key, n):
-                if key not in self.bank.attention:
-                    return None
-                return source("attention", key, n, attention_name(key))
-            options = {**transformer_options, CALL_KEY: handler}
-        return outside_compiler(hooks, executor, x, timesteps, context, y, control, options, **kwargs)
+            def attention(key, n):
+                return source("attention", key, n, attention_name(key)) if key in self.bank.attention else None
+        return unet_call(executor, self.bank.layers, residual, attention,
+                         x, timesteps, context, y, control, transformer_options, **kwargs)
 
 
 def check_attention_chain(model_options, needed: bool) -> None:
