@@ -24,7 +24,7 @@ import conftest  # noqa: E402,F401  (ComfyUI host on sys.path, CPU mode, the pac
 import torch  # noqa: E402
 
 import flux_harness as fh  # noqa: E402
-from comfyui_pnp.pnp_injection import flux_inversion, flux_sampling, passes, rf_solver  # noqa: E402
+from comfyui_pnp.pnp_injection import flux_inversion, flux_sampling, passes, placement, rf_solver  # noqa: E402
 
 FULL = dict(hidden=3072, single_v_blocks=18, evaluations=2, steps=25, inject=20)
 
@@ -87,7 +87,7 @@ def main():
         return (f"{min(times[a]) / min(times[b]):.3f} (fastest of each; per-round median "
                 f"{statistics.median(per_round):.3f}, rounds {', '.join(f'{r:.2f}' for r in per_round)})")
 
-    measured = sum(t.numel() * t.element_size() for t in bank.tables.values())
+    measured = placement.nbytes(bank.tables.values())
     predicted = bank_bytes(args.size * 8, args.text, element=4, hidden=args.hidden, steps=inject)
     print(f"Flux.1 blocks 19 double / 38 single, hidden {args.hidden}, latent {args.size}x{args.size} "
           f"({(args.size // 2) ** 2} image + {args.text} text tokens), {args.steps} RF-Solver steps, inject {inject}, "

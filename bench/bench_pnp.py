@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 import harness  # noqa: E402
 from comfyui_pnp.pnp_injection import bank as banks  # noqa: E402
-from comfyui_pnp.pnp_injection import inversion, passes, patches, sampling  # noqa: E402
+from comfyui_pnp.pnp_injection import inversion, passes, patches, placement, sampling  # noqa: E402
 from test_engine import plain_sample  # noqa: E402
 
 FULL = {
@@ -133,7 +133,7 @@ def run(arch: str, size: int, steps: int, rounds: int) -> None:
     plain_sample(patched, start, bank.sigmas, target, empty, 7.5)
     (injection,) = patched.get_wrappers(ext.WrappersMP.DIFFUSION_MODEL, patches.WRAPPER_KEY)
     moved = injection.__self__.feed.bytes_moved
-    step_slice = sum(t[0].numel() * t[0].element_size() for t in bank.tables().values())
+    step_slice = placement.nbytes(t[0] for t in bank.tables().values())
     inv_ratio = statistics.median(inv_times) / statistics.median(eval_times)
     print(f"PnP sampling / plain sampling:                  {ratio:.3f}  (goal <= 1.05)")
     print(f"inversion step / plain evaluation:              {inv_ratio:.3f}  (goal <= 1.05)")

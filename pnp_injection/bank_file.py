@@ -59,8 +59,8 @@ def read(path: str | os.PathLike, check: Callable[[str, dict], None], what: str,
     name = Path(path).name
     try:
         with safe_open(str(path), framework="pt") as f:
-            check(name, f.metadata() or {})
-            metadata = f.metadata()
+            metadata = f.metadata() or {}
+            check(name, metadata)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except PnPError:
         raise

@@ -104,4 +104,4 @@ class FluxFeatureBank:
     def noise_for(self, batch: int) -> torch.Tensor:
         """The inverted latent for a target batch (a single source broadcasts)."""
         self.check_latent((batch, *self.noise.shape[1:]), "noise")
-        return self.noise.expand(batch, *self.noise.shape[1:]).clone() if self.noise.shape[0] != batch else self.noise.clone()
+        return self.noise.expand(batch, *self.noise.shape[1:]).clone()

@@ -123,10 +123,10 @@ def parse_custom(text: str) -> FluxLayerSet:
         ) from None
     if not sites:
         raise PnPError("The custom Flux layer set names no layer: give at least one clause, as in 'single.20-37:v'.")
-    keys = [s.key(t) for s in sites for t in s.tensors]
-    if len(set(keys)) != len(keys):
+    layers = FluxLayerSet(tuple(sites))
+    if len(set(layers.keys())) != len(layers.keys()):
         raise PnPError(f"The custom Flux layer set {text!r} names a block's tensor twice: list each once.")
-    return FluxLayerSet(tuple(sites))
+    return layers
 
 
 def resolve(model_patcher, preset: str = "rf-solver-edit", custom: str = "") -> FluxLayerSet:

@@ -117,7 +117,7 @@ class StepFeed:
     def _copy(self, source: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if source.device == like.device:
             return source.to(dtype=like.dtype)
-        self.bytes_moved += source.numel() * source.element_size()
+        self.bytes_moved += nbytes([source])
         if like.device.type == "cuda":
             with torch.cuda.stream(self._stream(like.device)):
                 return source.to(device=like.device, dtype=like.dtype, non_blocking=True)
