@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from host import comfy_path
+
 # Bump when the generated weights or layout change: cached files are rebuilt.
 FACTORY_VERSION = 1
 
@@ -54,16 +56,6 @@ SD15_UNET_CONFIG = {
 
 # TAESD latents are SD latents times the SD1 scale factor (as VAELoader sets for taesd).
 TAESD_SD1_SCALE = 0.18215
-
-
-def comfy_path() -> Path:
-    """The ComfyUI host: COMFYUI_PATH, else .venv/comfyui-path (written by scripts/setup.sh), else .comfyui/."""
-    if os.environ.get("COMFYUI_PATH"):
-        return Path(os.environ["COMFYUI_PATH"]).resolve()
-    marker = REPO_ROOT / ".venv" / "comfyui-path"
-    if marker.is_file() and marker.read_text().strip():
-        return Path(marker.read_text().strip())
-    return REPO_ROOT / ".comfyui"
 
 
 def _import_comfy():

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from checkpoint_factory import REPO_ROOT, cached_checkpoint, comfy_path
+from checkpoint_factory import REPO_ROOT, cached_checkpoint
+from host import comfy_path
 from flux_files import cached_flux_file
 
 PACK_NAME = "comfyui-pnp-diffusion"

@@ -11,10 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def comfy_path() -> Path:
+    """The ComfyUI host: COMFYUI_PATH, else .venv/comfyui-path (written by scripts/setup.sh), else .comfyui/."""
     if os.environ.get("COMFYUI_PATH"):
         return Path(os.environ["COMFYUI_PATH"]).resolve()
     recorded = ROOT / ".venv" / "comfyui-path"
-    if recorded.exists():
+    if recorded.is_file() and recorded.read_text().strip():
         return Path(recorded.read_text().strip())
     return ROOT / ".comfyui"
 

@@ -71,6 +71,7 @@ def test_the_bank_lives_on_the_intermediate_device_and_outputs_sit_where_core_sa
     out = sampling.pnp_sample(model, offload, target, empty)
     assert out.device == mm.intermediate_device()
     assert torch.equal(out, sampling.pnp_sample(model, on_model, target, empty))
+    assert harness.rel(out, sampling.pnp_sample(model, offload, target, empty, 7.5, 0.0, 0.0)) > 0.10  # streamed and injected
 
 
 def test_step_feed_serves_each_step_and_keeps_only_the_current_one():

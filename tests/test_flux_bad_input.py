@@ -204,7 +204,9 @@ def test_bank_files_round_trip(flux, folders):
     (saved,) = list((output / "flux").glob("*.safetensors"))
     (loaded,) = PnPFluxLoadBank.execute(f"flux/{saved.name} [output]").result
     assert loaded.layers == bank.layers and loaded.steps_kept == bank.steps_kept
-    assert torch.equal(pnp(model, loaded, target), pnp(model, bank, target))
+    edited = pnp(model, loaded, target)
+    assert torch.equal(edited, pnp(model, bank, target))
+    assert harness.rel(edited, pnp(model, loaded, target, inject=0)) > 0.05  # the loaded features are injected
 
     sd15 = harness.make_model("sd15")
     trajectory = unet_inversion.invert(sd15, harness.latent(), harness.conditioning(), steps=2, evaluations=2)

@@ -16,21 +16,18 @@ from torch._dynamo.utils import counters
 from host import run_node
 import flux_harness as fh
 import harness
-from comfyui_pnp.nodes.flux import PnPFluxInversion, PnPFluxSampler
+import test_flux_engine as flux_engine
 from test_compile import compile_unavailable
 
 STEPS, INJECT = 3, 2
 
 
 def invert(model):
-    (bank,) = PnPFluxInversion.execute(model, {"samples": fh.latent(size=8)}, fh.conditioning(seed=5), STEPS, INJECT,
-                                       1.0, "rf-solver-edit", "rf_solver", "simple", "").result
-    return bank
+    return flux_engine.invert(model, fh.latent(size=8), steps=STEPS, inject=INJECT)
 
 
 def sample(model, bank, inject=INJECT):
-    (out,) = PnPFluxSampler.execute(model, bank, fh.conditioning(seed=1), 5.0, inject).result
-    return out["samples"]
+    return flux_engine.pnp(model, bank, fh.conditioning(seed=1), inject=inject)
 
 
 def test_torch_compile_model_with_pnp_flux(steady_free_memory):

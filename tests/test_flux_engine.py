@@ -192,7 +192,9 @@ def test_custom_layers_equal_to_a_preset_give_the_preset(flux):
     model, bank, target = flux
     custom = invert(model, custom="single.20-37:v")
     assert custom.layers == flux_layers.PRESETS["rf-solver-edit"]
-    assert torch.equal(pnp(model, custom, target), pnp(model, bank, target))
+    edited = pnp(model, custom, target)
+    assert torch.equal(edited, pnp(model, bank, target))
+    assert harness.rel(edited, pnp(model, custom, target, inject=0)) > 0.05  # and they are injected
     assert flux_layers.parse_custom("double.0,1,17,18:v,k; single.6,9,34,35,37:k,v@image") == \
         flux_layers.PRESETS["stable-flow"]
 
@@ -209,5 +211,7 @@ def test_another_packs_block_replace_patch_still_runs(flux):
         return extra["original_block"](args)
     other = model.clone()
     other.set_model_patch_replace(passthrough, "dit", "single_block", 25)
-    assert torch.equal(pnp(other, bank, target), pnp(model, bank, target))
+    edited = pnp(other, bank, target)
+    assert torch.equal(edited, pnp(model, bank, target))
     assert len(calls) == 2 * STEPS
+    assert harness.rel(edited, pnp(other, bank, target, inject=0)) > 0.05  # injection acts with the patch on

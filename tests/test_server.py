@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 
-from checkpoint_factory import comfy_path  # noqa: E402
+from host import comfy_path  # noqa: E402
 from comfy_server import (  # noqa: E402
     CHECKPOINT_NAME, INPUT_IMAGE_NAME, PACK_DIR, PACK_NAME, PACK_PYTHON_MODULE, ComfyServerError)
 
