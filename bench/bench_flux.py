@@ -24,7 +24,10 @@ import conftest  # noqa: E402,F401  (ComfyUI host on sys.path, CPU mode, the pac
 import torch  # noqa: E402
 
 import flux_harness as fh  # noqa: E402
-from comfyui_pnp.pnp_injection import flux_inversion, flux_sampling, passes, placement, rf_solver  # noqa: E402
+from comfyui_pnp.pnp_injection import passes, placement  # noqa: E402
+from comfyui_pnp.pnp_injection.flow import inversion as flux_inversion  # noqa: E402
+from comfyui_pnp.pnp_injection.flow import sampling as flux_sampling  # noqa: E402
+from comfyui_pnp.pnp_injection.flow import solvers as rf_solver  # noqa: E402
 
 FULL = dict(hidden=3072, single_v_blocks=18, evaluations=2, steps=25, inject=20)
 
@@ -79,7 +82,7 @@ def main():
     times = {"plain": [], "injected": [], "inversion": []}
     for _ in range(args.rounds):  # alternating, so that machine load affects all sides alike
         times["plain"].append(timed(lambda: plain_sample(model, bank, target_prompt, 5.0)))
-        times["injected"].append(timed(lambda: flux_sampling.pnp_flux_sample(model, bank, target_prompt, 5.0, inject)))
+        times["injected"].append(timed(lambda: flux_sampling.pnp_sample(model, bank, target_prompt, 5.0, inject)))
         times["inversion"].append(timed(lambda: flux_inversion.invert(model, latent, source_prompt, args.steps, inject)))
 
     def ratio(a: str, b: str) -> str:

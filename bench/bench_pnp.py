@@ -22,8 +22,9 @@ import comfy.patcher_extension as ext  # noqa: E402
 import torch  # noqa: E402
 
 import harness  # noqa: E402
-from comfyui_pnp.pnp_injection import bank as banks  # noqa: E402
-from comfyui_pnp.pnp_injection import inversion, passes, patches, placement, sampling  # noqa: E402
+from comfyui_pnp.pnp_injection.unet import bank as banks  # noqa: E402
+from comfyui_pnp.pnp_injection import passes, placement  # noqa: E402
+from comfyui_pnp.pnp_injection.unet import inversion, patches, sampling  # noqa: E402
 from test_engine import plain_sample  # noqa: E402
 
 FULL = {
@@ -74,7 +75,7 @@ def bank_bytes(arch: str, image: int, steps: int = 50, feature=0.8, attention=0.
     """Exact bank size from the layer shapes: output block b of a U-Net with L levels and R
     res blocks per level sits at level L-1-b//(R+1), downsampled by 2**level. Each attention
     layer keeps one tensor (its input) per step; `unet` overrides the full-size config."""
-    from comfyui_pnp.pnp_injection.layers import PAPER_SD, SDXL_STRUCTURE
+    from comfyui_pnp.pnp_injection.unet.layers import PAPER_SD, SDXL_STRUCTURE
 
     cfg = unet or FULL[arch]
     levels, per = len(cfg["channel_mult"]), cfg["num_res_blocks"][0] + 1
@@ -133,7 +134,7 @@ def run(arch: str, size: int, steps: int, rounds: int) -> None:
     plain_sample(patched, start, bank.sigmas, target, empty, 7.5)
     (injection,) = patched.get_wrappers(ext.WrappersMP.DIFFUSION_MODEL, patches.WRAPPER_KEY)
     moved = injection.__self__.feed.bytes_moved
-    step_slice = placement.nbytes(t[0] for t in bank.tables().values())
+    step_slice = placement.nbytes(t[0] for t in bank.tables.values())
     inv_ratio = statistics.median(inv_times) / statistics.median(eval_times)
     print(f"PnP sampling / plain sampling:                  {ratio:.3f}  (goal <= 1.05)")
     print(f"inversion step / plain evaluation:              {inv_ratio:.3f}  (goal <= 1.05)")

@@ -30,8 +30,8 @@ import host  # noqa: E402
 host.setup(cpu=False)
 
 import harness  # noqa: E402
-from comfyui_pnp.pnp_injection import bank as banks  # noqa: E402
-from comfyui_pnp.pnp_injection import inversion, sampling  # noqa: E402
+from comfyui_pnp.pnp_injection.unet import bank as banks  # noqa: E402
+from comfyui_pnp.pnp_injection.unet import inversion, sampling  # noqa: E402
 
 
 def fidelity(dtype: torch.dtype) -> tuple[float, float]:

@@ -4,9 +4,9 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pnp_injection import PnPError
-from ..pnp_injection.bank_file import SUFFIX
-from ..pnp_injection.bank_file import load as load_bank
-from ..pnp_injection.bank_file import save as save_bank
+from ..pnp_injection.unet.bank_file import SUFFIX
+from ..pnp_injection.unet.bank_file import load as load_bank
+from ..pnp_injection.unet.bank_file import save as save_bank
 from .types import CATEGORY, FeatureBank
 
 

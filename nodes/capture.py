@@ -1,7 +1,8 @@
 import torch
 from comfy_api.latest import io
 
-from ..pnp_injection import bank, layers, placement
+from ..pnp_injection import placement
+from ..pnp_injection.unet import bank, layers
 from .types import CATEGORY, FeatureBank, Trajectory
 
 PRECISIONS = {"model": None, "half": torch.float16}

@@ -5,9 +5,13 @@ from comfy_api.latest import io
 
 import comfy.samplers
 
-from ..pnp_injection import flux_bank_file, flux_layers, flux_patches, flux_sampling, rf_solver
-from ..pnp_injection.flux_inversion import invert
-from .bank_files import bank_files, input_path, output_path
+from ..pnp_injection.flow import bank_file as flux_bank_file
+from ..pnp_injection.flow import layers as flux_layers
+from ..pnp_injection.flow import patches as flux_patches
+from ..pnp_injection.flow import sampling as flux_sampling
+from ..pnp_injection.flow import solvers as rf_solver
+from ..pnp_injection.flow.inversion import invert
+from .bank_files import PnPLoadFeatureBank, bank_files, input_path, output_path
 from .types import CATEGORY
 
 FluxFeatureBank = io.Custom("PNP_FLUX_BANK")
@@ -87,7 +91,7 @@ class PnPFluxSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, feature_bank, positive, guidance, inject) -> io.NodeOutput:
-        return io.NodeOutput({"samples": flux_sampling.pnp_flux_sample(model, feature_bank, positive, guidance, inject)})
+        return io.NodeOutput({"samples": flux_sampling.pnp_sample(model, feature_bank, positive, guidance, inject)})
 
 
 class PnPFluxApplyInjection(io.ComfyNode):
@@ -196,14 +200,10 @@ class PnPFluxLoadBank(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, bank_file):
-        from .bank_files import PnPLoadFeatureBank
-
         return PnPLoadFeatureBank.fingerprint_inputs(bank_file)
 
     @classmethod
     def validate_inputs(cls, bank_file):
-        from .bank_files import PnPLoadFeatureBank
-
         return PnPLoadFeatureBank.validate_inputs(bank_file)
 
     @classmethod

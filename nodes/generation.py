@@ -2,7 +2,7 @@ from comfy_api.latest import io
 
 import comfy.samplers
 
-from ..pnp_injection import generation
+from ..pnp_injection.unet import generation
 from .types import CATEGORY, Trajectory
 
 

@@ -2,7 +2,8 @@ from comfy_api.latest import io
 
 import comfy.samplers
 
-from ..pnp_injection import PnPError, guidance, patches, sampling
+from ..pnp_injection import PnPError
+from ..pnp_injection.unet import guidance, patches, sampling
 from .types import CATEGORY, FeatureBank, Trajectory
 
 FEATURE_TIP = ("Fraction of the steps with the source's ResBlock features injected (paper: 0.8). "

@@ -1,6 +1,6 @@
 from comfy_api.latest import io
 
-from ..pnp_injection import preview
+from ..pnp_injection.unet import preview
 from .types import CATEGORY, FeatureBank
 
 

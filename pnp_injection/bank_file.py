@@ -1,45 +1,20 @@
-"""Feature banks on disk: safetensors with versioned metadata, read without pickle."""
+"""Bank files on disk, for every wing: safetensors with versioned metadata, written atomically
+and read without pickle. Each wing defines its own format (name, version, suffix) on top."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from .bank import FeatureBank
 from .errors import PnPError
-from .layers import LayerSet
-
-FORMAT = "pnp-feature-bank"
-VERSION = 2          # 2: self-attention kept as its input (1 held queries and keys)
-SUFFIX = ".pnpbank.safetensors"  # banks are listed by this suffix: no checkpoint is ever offered as one
-
-
-def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
-    """Write `bank` to `path` atomically (a partial file never carries the final name)."""
-    tensors = {"sigmas": bank.sigmas, "start": bank.start}
-    tensors.update({f"residual.{b}": t for b, t in bank.residual.items()})
-    tensors.update({f"attention.{b}.{i}": t for (b, i), t in bank.attention.items()})
-    metadata = {
-        "format": FORMAT,
-        "version": str(VERSION),
-        "architecture": bank.architecture,
-        "layers": json.dumps({"resblocks": list(bank.layers.resblocks),
-                              "attention": [list(k) for k in bank.layers.attention]}),
-        "latent_shape": json.dumps(list(bank.start.shape)),
-        "steps": str(bank.steps),
-        "feature_step_count": str(bank.feature_step_count),
-        "attention_step_count": str(bank.attention_step_count),
-    }
-    return write(tensors, metadata, path)
 
 
 def write(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | os.PathLike) -> Path:
     """Write a safetensors file atomically (a partial file never carries the final name)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     try:
@@ -54,8 +29,6 @@ def read(path: str | os.PathLike, check: Callable[[str, dict], None], what: str,
          saver: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a bank file, its header passed through `check` first; a file
     safetensors cannot read is a PnPError naming `saver`."""
-    from safetensors import safe_open
-
     name = Path(path).name
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -68,45 +41,3 @@ def read(path: str | os.PathLike, check: Callable[[str, dict], None], what: str,
         raise PnPError(f"{name} is not a readable {what} ({e}): it may be truncated or not a "
                        f"PnP bank file. Save the bank again with {saver}.") from None
     return tensors, metadata
-
-
-def load(path: str | os.PathLike) -> FeatureBank:
-    """Read a bank file: format and version from the header first, then its tensors, checked
-    against the metadata."""
-    name = Path(path).name
-    tensors, metadata = read(path, check_header, "feature bank", "PnP Save Feature Bank")
-    try:
-        layer_spec = json.loads(metadata["layers"])
-        layers = LayerSet(tuple(int(b) for b in layer_spec["resblocks"]),
-                          tuple((int(b), int(i)) for b, i in layer_spec["attention"]))
-        bank = FeatureBank(
-            sigmas=tensors["sigmas"],
-            start=tensors["start"],
-            residual={b: tensors[f"residual.{b}"] for b in layers.resblocks},
-            attention={k: tensors[f"attention.{k[0]}.{k[1]}"] for k in layers.attention},
-            layers=layers,
-            architecture=metadata["architecture"],
-        )
-        consistent = (
-            list(bank.start.shape) == json.loads(metadata["latent_shape"])
-            and bank.steps == int(metadata["steps"])
-            and bank.feature_step_count == int(metadata["feature_step_count"])
-            and bank.attention_step_count == int(metadata["attention_step_count"])
-            and all(t.shape[1] == bank.start.shape[0] for t in bank.tables().values())
-            and bank.sigmas.ndim == 1 and bool(torch.isfinite(bank.sigmas).all())
-        )
-    except (KeyError, ValueError, TypeError, IndexError):
-        consistent = False
-    if not consistent:
-        raise PnPError(f"{name} is damaged: its tensors do not match its metadata. Save the bank again "
-                       f"with PnP Save Feature Bank.")
-    return bank
-
-
-def check_header(name: str, metadata: dict) -> None:
-    if metadata.get("format") != FORMAT:
-        raise PnPError(f"{name} is not a PnP feature bank file (no '{FORMAT}' metadata): choose a file "
-                       f"written by PnP Save Feature Bank.")
-    if metadata.get("version") != str(VERSION):
-        raise PnPError(f"{name} is a feature bank of version {metadata.get('version')!r}; this pack reads "
-                       f"version {VERSION}. Capture and save it again with this version of the pack.")

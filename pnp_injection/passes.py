@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
 import torch
+
+from .errors import PnPError
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma batch) -> denoised
 
@@ -35,8 +40,6 @@ def run_loop(model_patcher, conditioning, latent: torch.Tensor, sigmas: torch.Te
     `latent` is in the user's latent space (as VAE Encode gives it); `loop` gets it in the
     model's internal space and returns a latent in that space, which comes back converted.
     """
-    import comfy.samplers
-
     def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
         return loop(lambda x_, s: model(x_, s, **extra_args), x, sigmas)
@@ -49,10 +52,6 @@ def run_loop(model_patcher, conditioning, latent: torch.Tensor, sigmas: torch.Te
 
 def sampler(name: str):
     """ComfyUI's sampler of that name, or a clear error."""
-    import comfy.samplers
-
-    from .errors import PnPError
-
     if name not in comfy.samplers.SAMPLER_NAMES:
         raise PnPError(f"Unknown sampler {name!r}; choose one of {comfy.samplers.SAMPLER_NAMES}.")
     return comfy.samplers.sampler_object(name)
@@ -62,9 +61,6 @@ def sample(guider, latent: torch.Tensor, sampler, sigmas: torch.Tensor, noise: t
            callback=None, seed: int = 0, bar: bool = True) -> torch.Tensor:
     """`guider.sample` without autograd; no noise by default (sampling starts at `latent`).
     The result sits where ComfyUI's core samplers put theirs (the intermediate device)."""
-    import comfy.model_management
-    import comfy.utils
-
     noise = torch.zeros_like(latent) if noise is None else noise
     with torch.no_grad():
         out = guider.sample(noise, latent, sampler, sigmas, callback=callback,
@@ -76,12 +72,8 @@ class Progress:
     """A ComfyUI progress bar that also stops promptly on interrupt."""
 
     def __init__(self, total: int):
-        import comfy.utils
-
         self.bar = comfy.utils.ProgressBar(total)
 
     def step(self) -> None:
-        import comfy.model_management
-
         comfy.model_management.throw_exception_if_processing_interrupted()
         self.bar.update(1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Hashable, Mapping
 
+import comfy.model_management
 import torch
 
 from .errors import PnPError
@@ -18,8 +19,6 @@ from .errors import PnPError
 
 def storage_device() -> torch.device:
     """Where banks live by default: ComfyUI's intermediate device (where core samplers put latents)."""
-    import comfy.model_management
-
     return comfy.model_management.intermediate_device()
 
 

@@ -9,8 +9,8 @@ import torch
 
 import harness
 from comfyui_pnp.pnp_injection import PnPError
-from comfyui_pnp.pnp_injection import bank as banks
-from comfyui_pnp.pnp_injection import inversion, patches, sampling
+from comfyui_pnp.pnp_injection.unet import bank as banks
+from comfyui_pnp.pnp_injection.unet import inversion, patches, sampling
 from test_engine import plain_sample
 
 

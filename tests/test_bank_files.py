@@ -10,8 +10,8 @@ import harness
 from comfyui_pnp.nodes import NODE_IDS, NODES
 from comfyui_pnp.nodes.bank_files import PnPLoadFeatureBank, PnPSaveFeatureBank
 from comfyui_pnp.pnp_injection import PnPError
-from comfyui_pnp.pnp_injection import bank as banks
-from comfyui_pnp.pnp_injection import inversion, sampling
+from comfyui_pnp.pnp_injection.unet import bank as banks
+from comfyui_pnp.pnp_injection.unet import inversion, sampling
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_the_header_is_checked_before_any_tensor_is_read(captured, folders, monk
     """A file of another format or version is refused from its header alone."""
     from safetensors import safe_open as real_open
 
-    import comfyui_pnp.pnp_injection.bank_file as bank_file
+    import comfyui_pnp.pnp_injection.unet.bank_file as bank_file
     _, _, bank = captured
     _, staged = save_and_stage(bank, folders)
     rewrite(staged, edit_meta=lambda m: m.update(version="1"))

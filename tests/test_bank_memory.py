@@ -6,8 +6,8 @@ import torch
 
 import harness
 from comfyui_pnp.nodes.capture import PnPCaptureFeatures
-from comfyui_pnp.pnp_injection import bank as banks
-from comfyui_pnp.pnp_injection import inversion, sampling
+from comfyui_pnp.pnp_injection.unet import bank as banks
+from comfyui_pnp.pnp_injection.unet import inversion, sampling
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench_pnp's size formula
 
@@ -65,9 +65,9 @@ def test_the_bank_lives_on_the_intermediate_device_and_outputs_sit_where_core_sa
     trajectory = inversion.invert(model, harness.latent(), empty, steps=6, evaluations=6)
     assert trajectory.latents.device == mm.intermediate_device()
     offload = banks.capture(model, trajectory)
-    assert all(t.device == mm.intermediate_device() for t in offload.tables().values())
+    assert all(t.device == mm.intermediate_device() for t in offload.tables.values())
     on_model = banks.capture(model, trajectory, device="model")
-    assert all(t.device == mm.get_torch_device() for t in on_model.tables().values())
+    assert all(t.device == mm.get_torch_device() for t in on_model.tables.values())
     out = sampling.pnp_sample(model, offload, target, empty)
     assert out.device == mm.intermediate_device()
     assert torch.equal(out, sampling.pnp_sample(model, on_model, target, empty))

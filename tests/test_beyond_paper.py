@@ -7,9 +7,10 @@ import torch
 
 import harness
 from comfyui_pnp.pnp_injection import PnPError
-from comfyui_pnp.pnp_injection import bank as banks
-from comfyui_pnp.pnp_injection import generation, guidance, inversion, layers, patches, passes, sampling
-from comfyui_pnp.pnp_injection.inversion import Trajectory
+from comfyui_pnp.pnp_injection.unet import bank as banks
+from comfyui_pnp.pnp_injection import passes
+from comfyui_pnp.pnp_injection.unet import generation, guidance, inversion, layers, patches, sampling
+from comfyui_pnp.pnp_injection.unet.inversion import Trajectory
 from test_engine import plain_sample
 
 

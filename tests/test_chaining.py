@@ -7,8 +7,9 @@ import torch
 
 from host import run_node
 import harness
-from comfyui_pnp.pnp_injection import bank as banks
-from comfyui_pnp.pnp_injection import inversion, layers, patches, sampling
+from comfyui_pnp.pnp_injection.unet import bank as banks
+from comfyui_pnp.pnp_injection import model_calls
+from comfyui_pnp.pnp_injection.unet import inversion, layers, patches, sampling
 from test_engine import Probe, injected_steps, plain_sample
 
 
@@ -86,7 +87,7 @@ def test_another_packs_attn1_patch_on_our_layer_keeps_running(setup):
     attn = layers.attention_module(model.model.diffusion_model, (4, 0))
 
     def source_queries(step, rows):
-        return attn.to_q(patches.rows_from_source(bank.attention[(4, 0)][step], rows, 2))
+        return attn.to_q(model_calls.rows_from_source(bank.attention[(4, 0)][step], rows, 2))
 
     got = {step_of[round(s, 5)] for s, q, k in seen
            if step_of[round(s, 5)] < 4 and torch.equal(q, source_queries(step_of[round(s, 5)], q.shape[0]))}

@@ -26,8 +26,8 @@ from torch._dynamo.utils import counters
 import comfy.samplers
 from host import run_node
 import harness
-from comfyui_pnp.pnp_injection import bank as banks
-from comfyui_pnp.pnp_injection import inversion, patches, sampling
+from comfyui_pnp.pnp_injection.unet import bank as banks
+from comfyui_pnp.pnp_injection.unet import inversion, patches, sampling
 
 STEPS = 6
 CFG = 7.5
@@ -91,8 +91,8 @@ def test_torch_compile_model_with_pnp(setup, backend, steady_free_memory):
 
     counters.clear()
     captured = banks.capture(compiled_model, trajectory)
-    for key, table in bank.tables().items():
-        assert harness.rel(captured.tables()[key], table) < 1e-4, key
+    for key, table in bank.tables.items():
+        assert harness.rel(captured.tables[key], table) < 1e-4, key
 
     by_step = []  # (graphs, operations) compiled so far, after each step
     out = run(patches.apply_injection(compiled_model, bank), bank, target, empty,
@@ -100,7 +100,7 @@ def test_torch_compile_model_with_pnp(setup, backend, steady_free_memory):
     print(backend, "compiled after the capture and each PnP step:", by_step)
     assert harness.rel(out, references["pnp"]) < 1e-4
     assert harness.rel(out, references["plain"]) > 0.10  # injection acts
-    injected = max(bank.injected_counts(model, 0.8, 0.5))
+    injected = max(bank.check_injection(model, 0.8, 0.5))
     glue_ops = by_step[injected - 1][1]  # capture and injected steps: PnP's own lines around the U-Net call
     unet_ops = by_step[injected][1] - glue_ops  # the first step without injection compiles the U-Net
     assert unet_ops > 10 * glue_ops, by_step

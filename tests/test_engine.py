@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import harness
-from comfyui_pnp.pnp_injection import bank as banks
-from comfyui_pnp.pnp_injection import inversion, layers, patches, sampling
+from comfyui_pnp.pnp_injection.unet import bank as banks
+from comfyui_pnp.pnp_injection import model_calls
+from comfyui_pnp.pnp_injection.unet import inversion, layers, patches, sampling
 
 
 def plain_sample(model, start, sigmas, positive, negative, cfg, sampler="ddim"):
@@ -97,7 +98,7 @@ class Probe:
             attn = layers.attention_module(unet, k)
             hooks.update({attn.to_q: keep(("q", k), True), attn.to_k: keep(("k", k), True),
                           attn.to_v: keep(("v", k), True)})
-        with patches.forward_hooks(hooks):
+        with model_calls.forward_hooks(hooks):
             out = executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         sigma = float(transformer_options["sigmas"][0])
         self.calls.append((sigma, len(transformer_options["cond_or_uncond"]), seen))
@@ -116,7 +117,7 @@ def injected_steps(bank, probe, source_rows):
             table = bank.residual if kind == "res" else bank.attention
             if step >= table[key].shape[0]:
                 continue
-            expected = patches.rows_from_source(table[key][step].to(got), got.shape[0], chunks)
+            expected = model_calls.rows_from_source(table[key][step].to(got), got.shape[0], chunks)
             if torch.equal(got, expected):
                 found[kind].add(step)
     return found

@@ -6,8 +6,8 @@ import torch
 import harness
 from comfyui_pnp.nodes.bank_files import PnPLoadFeatureBank
 from comfyui_pnp.pnp_injection import PnPError
-from comfyui_pnp.pnp_injection import bank as banks
-from comfyui_pnp.pnp_injection import inversion, layers, patches, sampling
+from comfyui_pnp.pnp_injection.unet import bank as banks
+from comfyui_pnp.pnp_injection.unet import inversion, layers, patches, sampling
 from test_bank_files import rewrite, save_and_stage
 from test_engine import plain_sample
 

@@ -13,9 +13,10 @@ import flux_harness as fh
 import harness
 from comfyui_pnp.nodes.bank_files import PnPSaveFeatureBank
 from comfyui_pnp.nodes.flux import PnPFluxApplyInjection, PnPFluxLoadBank, PnPFluxSaveBank
-from comfyui_pnp.pnp_injection import PnPError, flux_layers
-from comfyui_pnp.pnp_injection import bank as unet_banks
-from comfyui_pnp.pnp_injection import inversion as unet_inversion
+from comfyui_pnp.pnp_injection import PnPError
+from comfyui_pnp.pnp_injection.flow import layers as flux_layers
+from comfyui_pnp.pnp_injection.unet import bank as unet_banks
+from comfyui_pnp.pnp_injection.unet import inversion as unet_inversion
 from test_flux_engine import INJECT, STEPS, assert_clean, custom_advanced, invert, pnp
 
 

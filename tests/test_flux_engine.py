@@ -15,7 +15,8 @@ import flux_harness as fh
 import harness
 from comfyui_pnp.nodes.flux import (PnPFluxApplyInjection, PnPFluxInversion, PnPFluxNoise, PnPFluxSampler,
                                     PnPRFSolverSampler)
-from comfyui_pnp.pnp_injection import flux_layers, flux_patches
+from comfyui_pnp.pnp_injection.flow import layers as flux_layers
+from comfyui_pnp.pnp_injection.flow import patches as flux_patches
 
 STEPS, INJECT = 6, 5
 

@@ -14,8 +14,9 @@ from comfy_extras.nodes_sag import SelfAttentionGuidance
 from host import run_node
 import harness
 from comfyui_pnp.nodes.injection import PnPGuider
-from comfyui_pnp.pnp_injection import bank as banks
-from comfyui_pnp.pnp_injection import guidance, inversion, passes, patches, sampling
+from comfyui_pnp.pnp_injection.unet import bank as banks
+from comfyui_pnp.pnp_injection import passes
+from comfyui_pnp.pnp_injection.unet import guidance, inversion, patches, sampling
 
 CFG = 7.5
 HOOKS = {

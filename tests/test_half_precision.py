@@ -14,8 +14,8 @@ import torch
 import comfy.model_management
 import harness
 from host import run_node
-from comfyui_pnp.pnp_injection import bank as banks
-from comfyui_pnp.pnp_injection import inversion, sampling
+from comfyui_pnp.pnp_injection.unet import bank as banks
+from comfyui_pnp.pnp_injection.unet import inversion, sampling
 
 STEPS = 8
 
@@ -47,7 +47,7 @@ def pipeline(dtype: torch.dtype, compute_node: bool = False) -> dict:
     finally:
         for h in handles:
             h.remove()
-    return dict(computed=seen, bank_dtypes={t.dtype for t in bank.tables().values()}, on=on, off=off,
+    return dict(computed=seen, bank_dtypes={t.dtype for t in bank.tables.values()}, on=on, off=off,
                 trajectory=trajectory.latents)
 
 

@@ -21,8 +21,8 @@ from comfy_extras.nodes_tomesd import TomePatchModel
 from host import run_node
 import harness
 from comfyui_pnp.pnp_injection import PnPError
-from comfyui_pnp.pnp_injection import bank as banks
-from comfyui_pnp.pnp_injection import inversion, patches, sampling
+from comfyui_pnp.pnp_injection.unet import bank as banks
+from comfyui_pnp.pnp_injection.unet import inversion, patches, sampling
 from test_engine import Probe, injected_steps, plain_sample
 
 STEPS = 8
@@ -37,7 +37,7 @@ def plain():
 
 
 def same_bank(a, b) -> bool:
-    return all(torch.equal(t, b.tables()[key]) for key, t in a.tables().items()) and torch.equal(a.start, b.start)
+    return all(torch.equal(t, b.tables[key]) for key, t in a.tables.items()) and torch.equal(a.start, b.start)
 
 
 GUIDANCE_PATCHES = {

@@ -5,8 +5,8 @@ import torch
 import harness
 from comfyui_pnp.nodes.preview import PnPFeaturePreview
 from comfyui_pnp.pnp_injection import PnPError
-from comfyui_pnp.pnp_injection import bank as banks
-from comfyui_pnp.pnp_injection import inversion, preview
+from comfyui_pnp.pnp_injection.unet import bank as banks
+from comfyui_pnp.pnp_injection.unet import inversion, preview
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import torch
 
 import harness
 from comfyui_pnp.pnp_injection import PnPError, schedule
+from comfyui_pnp.pnp_injection.unet import schedule as unet_schedule
 
 
 @pytest.fixture(scope="module")
@@ -23,21 +24,21 @@ def test_ddim_uniform_50_lands_on_official_timesteps(model_sampling):
 
 def test_faithful_inversion_visits_every_timestep_up_to_sigma_0(model_sampling):
     sigmas = schedule.sampling_sigmas(model_sampling, "ddim_uniform", 50)
-    fine, record = schedule.inversion_sigmas(model_sampling, sigmas, 999)
+    fine, record = unet_schedule.inversion_sigmas(model_sampling, sigmas, 999)
     assert timesteps(model_sampling, fine) == list(range(0, 982))  # starts at timestep 0
     assert [timesteps(model_sampling, fine[[i]])[0] for i in record] == list(range(1, 982, 20))
 
 
 def test_fast_inversion_is_the_sampling_schedule(model_sampling):
     sigmas = schedule.sampling_sigmas(model_sampling, "ddim_uniform", 50)
-    fine, record = schedule.inversion_sigmas(model_sampling, sigmas, 50)
+    fine, record = unet_schedule.inversion_sigmas(model_sampling, sigmas, 50)
     assert timesteps(model_sampling, fine) == [0] + list(range(1, 982, 20))
     assert record == list(range(1, 51))
 
 
 def test_intermediate_inversion_contains_every_sampling_sigma(model_sampling):
     sigmas = schedule.sampling_sigmas(model_sampling, "karras", 12)
-    fine, record = schedule.inversion_sigmas(model_sampling, sigmas, 200)
+    fine, record = unet_schedule.inversion_sigmas(model_sampling, sigmas, 200)
     assert len(fine) - 1 == 200
     assert torch.all(fine[1:] > fine[:-1])
     assert torch.allclose(fine[record], sigmas[:-1].flip(0))
@@ -46,7 +47,7 @@ def test_intermediate_inversion_contains_every_sampling_sigma(model_sampling):
 def test_inversion_steps_below_steps_is_refused(model_sampling):
     sigmas = schedule.sampling_sigmas(model_sampling, "ddim_uniform", 20)
     with pytest.raises(PnPError, match="Raise `inversion_steps` to at least 20"):
-        schedule.inversion_sigmas(model_sampling, sigmas, 10)
+        unet_schedule.inversion_sigmas(model_sampling, sigmas, 10)
 
 
 def test_injected_steps_follow_the_official_rule():

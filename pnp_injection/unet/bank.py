@@ -3,15 +3,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import comfy.patcher_extension as ext
 import torch
 
+from .. import placement
+from ..errors import PnPError
+from ..inputs import check_source_size
+from ..model_calls import source_rows
+from ..passes import Progress, run_loop
+from ..schedule import check_same_schedule, injected_steps
 from . import layers as layer_sets
-from . import placement
-from .errors import PnPError
 from .inversion import Trajectory
-from .passes import Progress, run_loop
-from .patches import WRAPPER_KEY, Recorder, source_rows, with_attention_patch_first, without_pnp
-from .schedule import check_same_schedule, injected_steps
+from .patches import WRAPPER_KEY, Recorder, with_attention_patch_first, without_pnp
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,18 +45,19 @@ class FeatureBank:
     def attention_step_count(self) -> int:
         return min((t.shape[0] for t in self.attention.values()), default=0)
 
+    @property
     def tables(self) -> dict[tuple[str, object], torch.Tensor]:
         """Every per-step table, keyed as the injection asks for them."""
         return {**{("residual", b): t for b, t in self.residual.items()},
                 **{("attention", k): t for k, t in self.attention.items()}}
 
     def nbytes(self) -> int:
-        return placement.nbytes([*self.tables().values(), self.start])
+        return placement.nbytes([*self.tables.values(), self.start])
 
     def __deepcopy__(self, memo):
         return self
 
-    def injected_counts(self, model_patcher, feature_injection: float, attention_injection: float) -> tuple[int, int]:
+    def check_injection(self, model_patcher, feature_injection: float, attention_injection: float) -> tuple[int, int]:
         """Injected step counts for these fractions, or a clear error if the bank cannot serve them."""
         feature = injected_steps(self.steps, feature_injection, "feature_injection")
         attention = injected_steps(self.steps, attention_injection, "attention_injection")
@@ -84,16 +88,9 @@ class FeatureBank:
     def check_schedule(self, sigmas: torch.Tensor, injected: int) -> None:
         check_same_schedule(self.sigmas, sigmas, injected + 1, "feature bank")
 
-    def check_latent_shape(self, shape, batch: bool) -> None:
+    def check_latent(self, shape, batch: bool = True) -> None:
         """Spatial size (and, for a whole latent, batch) the bank can serve."""
-        want = tuple(self.start.shape[-2:])
-        if tuple(shape[-2:]) != want:
-            raise PnPError(
-                f"The latent is {shape[-1] * 8}x{shape[-2] * 8} px but the feature bank was captured "
-                f"at {want[1] * 8}x{want[0] * 8} px: PnP injects into a "
-                f"latent of the source's size. Sample at the source size (upscale after PnP, "
-                f"with the unpatched model)."
-            )
+        check_source_size(shape, self.start.shape)
         if batch:
             source_rows(self.start.shape[0], shape[0], "latent batch")
 
@@ -109,8 +106,6 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
     `dtype` is given (e.g. float16 for an fp32 model), and live where `device` says
     (`placement.DEVICES`: by default in system memory, streamed to the U-Net step by step).
     """
-    import comfy.patcher_extension as ext
-
     layers = layer_sets.resolve(model_patcher, preset, custom_layers)
     placement.check_device(device)  # before any U-Net work, not inside the recording hooks
     family = layer_sets.family_of(model_patcher)

@@ -6,18 +6,20 @@ Both are forward hooks on the sites' own projection modules (a double block's
 one model call that needs them and removed in `finally`: no class swap, no block replace
 patch taken (another pack's ("single_block", i) replace patch still runs around ours), and
 LoRA keys stay intact. A hook reads or writes the site's q, k or v columns, for all tokens or
-the image tokens after the text. Injection is keyed by the call's sigma (FluxFeatureBank.slot_at).
+the image tokens after the text. Injection is keyed by the call's sigma (FeatureBank.slot_at).
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import comfy.patcher_extension as ext
 import torch
 
-from . import flux_layers, placement
-from .errors import PnPError
-from .flux_bank import FluxFeatureBank
-from .patches import call_sigma, outside_compiler, rows_from_source, without_wrappers
+from .. import placement
+from ..errors import PnPError
+from ..model_calls import call_sigma, outside_compiler, rows_from_source, without_wrappers
+from . import layers as flux_layers
+from .bank import FeatureBank
 
 WRAPPER_KEY = "pnp_flux_injection"
 
@@ -51,7 +53,7 @@ def site_hooks(net, layers: flux_layers.FluxLayerSet, text_tokens: int,
     return hooks
 
 
-class FeatureRecorder:
+class Recorder:
     """DIFFUSION_MODEL wrapper of the inversion: keeps the sites' tensors under `slot` (set by
     the inversion loop before each call; None keeps nothing) and the raw model output (the
     velocity, readable at sigma 0 too, where the denoised estimate carries none)."""
@@ -79,13 +81,13 @@ class FeatureRecorder:
         return out
 
 
-class FluxInjection:
+class Injection:
     """The wrappers of sampling with injection: an OUTER_SAMPLE check (before any model
     evaluation) that frees the streamed slices when sampling ends, and the DIFFUSION_MODEL
     wrapper that overwrites the sites with the bank's slot in every row of every cond/uncond
     chunk."""
 
-    def __init__(self, bank: FluxFeatureBank, inject: int):
+    def __init__(self, bank: FeatureBank, inject: int):
         self.bank, self.inject = bank, inject
         self.feed = placement.StepFeed(bank.tables)
 
@@ -132,13 +134,11 @@ def token_mismatch(key: str, bank_tokens: int, call_tokens: int) -> PnPError:
     )
 
 
-def apply_injection(model_patcher, bank: FluxFeatureBank, inject: int = 20):
+def apply_injection(model_patcher, bank: FeatureBank, inject: int = 20):
     """A clone of `model_patcher` that injects `bank` at the first `inject` steps; the input
     is untouched."""
-    import comfy.patcher_extension as ext
-
-    bank.check_inject(model_patcher, inject)
-    injection = FluxInjection(bank, inject)
+    bank.check_injection(model_patcher, inject)
+    injection = Injection(bank, inject)
     patched = without_wrappers(model_patcher, WRAPPER_KEY)  # re-applying replaces, never stacks
     patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, injection.outer_sample)
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, injection.diffusion_model)

@@ -6,10 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from . import layers, placement, schedule
-from .errors import PnPError
-from .passes import Progress, run_loop
+from .. import placement
+from ..inputs import check_latent
+from ..passes import Progress, run_loop
+from ..schedule import sampling_sigmas
+from . import layers
 from .patches import without_pnp
+from .schedule import check_inversion_steps, inversion_sigmas
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,16 +32,6 @@ class Trajectory:
         return self
 
 
-def check_latent(latent: torch.Tensor) -> None:
-    if latent.ndim != 4 or latent.numel() == 0:
-        raise PnPError(
-            f"The source latent has shape {tuple(latent.shape)}; PnP needs an image latent "
-            f"[batch, channels, height, width]: connect VAE Encode of the source image."
-        )
-    if not torch.isfinite(latent).all():
-        raise PnPError("The source latent contains NaN or infinite values: re-encode the source image.")
-
-
 def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
            evaluations: int = 999, scheduler: str = "ddim_uniform") -> Trajectory:
     """DDIM-invert `latent` (user latent space) with `conditioning` and no guidance.
@@ -50,10 +43,10 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
     family = layers.family_of(model_patcher)  # DiT/flow models stop here, before any work
     check_latent(latent)
     model_sampling = model_patcher.get_model_object("model_sampling")
-    sigmas = schedule.sampling_sigmas(model_sampling, scheduler, steps)
-    schedule.check_inversion_steps(evaluations, steps)
+    sigmas = sampling_sigmas(model_sampling, scheduler, steps)
+    check_inversion_steps(evaluations, steps)
     # Some schedulers return more points than asked (ddim_uniform when 1000 % steps != 0).
-    fine, record = schedule.inversion_sigmas(model_sampling, sigmas, max(evaluations, len(sigmas) - 1))
+    fine, record = inversion_sigmas(model_sampling, sigmas, max(evaluations, len(sigmas) - 1))
     sigma_data = float(model_sampling.sigma_data)
     progress = Progress(len(fine) - 1)
     recorded: list[torch.Tensor] = []

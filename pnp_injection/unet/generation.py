@@ -2,11 +2,15 @@
 so the capture reads the exact generation path (no inversion error)."""
 from __future__ import annotations
 
+import comfy.sample
+import comfy.samplers
+import latent_preview
 import torch
 
-from . import passes, schedule
-from .errors import PnPError
-from .inversion import Trajectory, check_latent
+from .. import passes, schedule
+from ..errors import PnPError
+from ..inputs import check_latent
+from .inversion import Trajectory
 from .layers import family_of
 
 
@@ -17,10 +21,6 @@ def generate(model_patcher, latent: torch.Tensor, positive, negative, cfg: float
     x(sigma_i) is recorded at each step before the sampler moves on, in the model's space;
     the source pass later uses the generation prompt.
     """
-    import comfy.sample
-    import comfy.samplers
-    import latent_preview
-
     family = family_of(model_patcher)
     check_latent(latent)
     chosen = passes.sampler(sampler_name)

@@ -24,10 +24,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import comfy.ldm.flux.model
+import comfy.model_base
+import comfy.supported_models as sm
 import torch
 
-from .errors import PnPError
-from .layers import numbers
+from ..errors import PnPError
+from ..layer_text import numbers
 
 TENSORS = ("q", "k", "v")
 SUPPORTED = ("PnP supports SD 1.x, SD 2.x and SDXL U-Nets (PnP DDIM Inversion and the nodes after it) "
@@ -79,10 +82,6 @@ PRESET_NAMES = list(PRESETS)
 
 def check_flux(model_patcher) -> None:
     """Flux.1 (dev, schnell, Kontext: the Flux config with three rope axes), or a clear error."""
-    import comfy.ldm.flux.model
-    import comfy.model_base
-    import comfy.supported_models as sm
-
     base = model_patcher.model
     config = getattr(base, "model_config", None)
     net = getattr(base, "diffusion_model", None)

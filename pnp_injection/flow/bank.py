@@ -13,13 +13,17 @@ from dataclasses import dataclass
 
 import torch
 
-from . import flux_layers, placement
-from .errors import PnPError
-from .schedule import SIGMA_RTOL, check_same_schedule, step_at
+from .. import placement
+from ..errors import PnPError
+from ..inputs import check_source_size
+from ..model_calls import source_rows
+from ..schedule import SIGMA_RTOL, check_same_schedule, step_at
+from . import layers as flux_layers
+from .solvers import EVALUATIONS
 
 
 @dataclass(frozen=True, eq=False)
-class FluxFeatureBank:
+class FeatureBank:
     """Immutable; clones of a patched model share it (see `__deepcopy__`)."""
 
     sigmas: torch.Tensor                 # (N+1,) sampling schedule, 1 ... 0
@@ -37,8 +41,6 @@ class FluxFeatureBank:
 
     @property
     def evaluations(self) -> int:
-        from .rf_solver import EVALUATIONS
-
         return EVALUATIONS[self.solver]
 
     def nbytes(self) -> int:
@@ -61,8 +63,8 @@ class FluxFeatureBank:
         evaluation = 0 if on_schedule or self.evaluations == 1 else 1
         return step * self.evaluations + evaluation
 
-    def check_inject(self, model_patcher, inject: int) -> None:
-        """`inject` steps can be served on this model, or a clear error."""
+    def check_injection(self, model_patcher, inject: int) -> int:
+        """The injected step count, if this bank can serve it on this model, or a clear error."""
         flux_layers.check_flux(model_patcher)
         here = flux_layers.signature(model_patcher)
         if here != self.architecture:
@@ -72,7 +74,8 @@ class FluxFeatureBank:
             raise PnPError(f"`inject` is {inject}; the schedule has {self.steps} steps: give 0 to {self.steps}.")
         if inject > self.steps_kept:
             raise PnPError(f"`inject` {inject} needs the source's features at {inject} steps but the bank holds "
-                           f"{self.steps_kept}: raise `inject` in PnP Flux Inversion to at least {inject}.")
+                           f"{self.steps_kept}: raise `keep_steps` in PnP Flux Inversion to at least {inject}.")
+        return inject
 
     def check_schedule(self, sigmas: torch.Tensor, inject: int) -> None:
         """The sampler's sigmas must start with the bank's over the injected steps, sigma_0
@@ -83,15 +86,8 @@ class FluxFeatureBank:
 
     def check_latent(self, shape, what: str = "latent") -> None:
         """Size and batch of a latent the bank can serve: the source's size, 1 row or the bank's rows."""
-        want = tuple(self.noise.shape[-2:])
-        if tuple(shape[-2:]) != want:
-            raise PnPError(f"The {what} is {shape[-1] * 8}x{shape[-2] * 8} px but the Flux feature bank was made at "
-                           f"{want[1] * 8}x{want[0] * 8} px: sample at the source's size (upscale afterwards, "
-                           f"with the unpatched model).")
-        rows = self.noise.shape[0]
-        if rows not in (1, shape[0]):
-            raise PnPError(f"The Flux feature bank holds {rows} source row(s) but the {what} batch is {shape[0]}: "
-                           f"use a bank of 1 source image, or one source image per target row.")
+        check_source_size(shape, self.noise.shape, what)
+        source_rows(self.noise.shape[0], shape[0], f"{what} batch")
 
     def check_text(self, tokens: int) -> None:
         """All-token layers carry the source's text tokens: the target must have as many."""

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+import comfy.model_management
+import comfy.samplers
 import torch
+from tqdm.auto import trange
 
-from .errors import PnPError
+from ..errors import PnPError
 
 SOLVERS = ("rf_solver", "euler")
 EVALUATIONS = {"rf_solver": 2, "euler": 1}  # model evaluations per step
@@ -44,10 +47,6 @@ def check_solver(solver: str) -> None:
 @torch.no_grad()
 def sample_rf_solver(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """k-diffusion style sampler function (for comfy.samplers.KSAMPLER) of RF-Solver."""
-    from tqdm.auto import trange
-
-    import comfy.model_management
-
     extra_args = extra_args or {}
     ones = x.new_ones([x.shape[0]])
     last = {}
@@ -73,14 +72,10 @@ def sample_rf_solver(model, x, sigmas, extra_args=None, callback=None, disable=N
 
 def sampler():
     """The RF-Solver sampler as a ComfyUI SAMPLER (for SamplerCustomAdvanced)."""
-    import comfy.samplers
-
     return comfy.samplers.KSAMPLER(sample_rf_solver)
 
 
 def sampler_for(solver: str):
     """The ComfyUI sampler that samples like `solver`: ours for rf_solver, ComfyUI's euler for euler."""
-    import comfy.samplers
-
     check_solver(solver)
     return sampler() if solver == "rf_solver" else comfy.samplers.sampler_object("euler")

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import torch
 
-from . import flux_layers
-from .bank_file import read, write
-from .errors import PnPError
-from .flux_bank import FluxFeatureBank
+from ..bank_file import read, write
+from ..errors import PnPError
+from . import layers as flux_layers
+from .bank import FeatureBank
 
 FORMAT = "pnp-flux-feature-bank"
 VERSION = 1
 SUFFIX = ".pnpfluxbank.safetensors"  # Flux banks are listed by this suffix, apart from U-Net banks
 
 
-def save(bank: FluxFeatureBank, path: str | os.PathLike) -> Path:
+def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
     """Write `bank` to `path` atomically (a partial file never carries the final name)."""
     tensors = {"sigmas": bank.sigmas, "noise": bank.noise}
     tensors.update({f"features.{key}": t for key, t in bank.tables.items()})
@@ -33,13 +33,13 @@ def save(bank: FluxFeatureBank, path: str | os.PathLike) -> Path:
     return write(tensors, metadata, path)
 
 
-def load(path: str | os.PathLike) -> FluxFeatureBank:
+def load(path: str | os.PathLike) -> FeatureBank:
     """Read a Flux bank file, checking format, version and that its tensors agree with its metadata."""
     name = Path(path).name
     tensors, metadata = read(path, check_header, "Flux feature bank", "PnP Flux Save Bank")
     try:
         layers = flux_layers.parse_custom(metadata["layers"])
-        bank = FluxFeatureBank(
+        bank = FeatureBank(
             sigmas=tensors["sigmas"], noise=tensors["noise"],
             tables={key: tensors[f"features.{key}"] for key in layers.keys()}, layers=layers,
             solver=metadata["solver"], steps_kept=int(metadata["steps_kept"]),

@@ -7,18 +7,22 @@ noise, never as the latent.
 """
 from __future__ import annotations
 
+import comfy.model_management
+import comfy.samplers
+import latent_preview
 import torch
 
-from . import passes, rf_solver
-from .flux_bank import FluxFeatureBank
-from .flux_inversion import with_guidance
-from .flux_patches import apply_injection
+from .. import passes
+from . import solvers
+from .bank import FeatureBank
+from .inversion import with_guidance
+from .patches import apply_injection
 
 
 class InvertedNoise:
     """A ComfyUI NOISE whose noise is the bank's inverted latent (model space, as noise is)."""
 
-    def __init__(self, bank: FluxFeatureBank):
+    def __init__(self, bank: FeatureBank):
         self.bank = bank
         self.seed = 0
 
@@ -28,20 +32,16 @@ class InvertedNoise:
         return self.bank.noise_for(samples.shape[0]).to(device="cpu", dtype=torch.float32)
 
 
-def check_prompt(bank: FluxFeatureBank, conditioning) -> None:
+def check_prompt(bank: FeatureBank, conditioning) -> None:
     for context, _ in conditioning:
         bank.check_text(context.shape[1])
 
 
-def pnp_flux_sample(model_patcher, bank: FluxFeatureBank, positive, guidance: float = 5.0,
+def pnp_sample(model_patcher, bank: FeatureBank, positive, guidance: float = 5.0,
                     inject: int = 20, batch: int | None = None) -> torch.Tensor:
     """Sample the target prompt from the bank's inverted latent on the bank's schedule with
     the bank's solver, Flux guidance `guidance` (no classifier-free guidance, as the official
     code), injecting the first `inject` steps. Returns a LATENT's samples."""
-    import comfy.model_management
-    import comfy.samplers
-    import latent_preview
-
     patched = apply_injection(model_patcher, bank, inject)
     if inject:
         check_prompt(bank, positive)
@@ -58,5 +58,5 @@ def pnp_flux_sample(model_patcher, bank: FluxFeatureBank, positive, guidance: fl
         preview(step, x0, x, total)
 
     latent = torch.zeros_like(noise)  # multiplied by 1 - sigma_0 = 0
-    return passes.sample(guider, latent, rf_solver.sampler_for(bank.solver), bank.sigmas, noise=noise,
+    return passes.sample(guider, latent, solvers.sampler_for(bank.solver), bank.sigmas, noise=noise,
                          callback=callback)

@@ -6,8 +6,8 @@ import math
 
 import torch
 
+from ..errors import PnPError
 from .bank import FeatureBank
-from .errors import PnPError
 
 
 def principal_components_rgb(features: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:

@@ -16,16 +16,17 @@ wrapper (`CALL_KEY`), so the attention patch holds no state and every clone may 
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from functools import partial
 from typing import Callable
 
+import comfy.patcher_extension as ext
 import torch
 
+from ..errors import PnPError
+from ..model_calls import call_sigma, outside_compiler, rows_from_source, without_wrappers
+from ..placement import StepFeed
+from ..schedule import step_at
 from . import layers as layer_sets
-from .errors import PnPError
-from .placement import StepFeed
-from .schedule import step_at
 
 WRAPPER_KEY = "pnp_injection"        # our wrappers, on every model we patch
 CALL_KEY = "pnp_injection"           # transformer_options entry of one U-Net call: its attention handler
@@ -50,16 +51,6 @@ def with_attention_patch_first(model_patcher) -> None:
     options["patches"]["attn1_patch"] = [attention_patch] + [p for p in chain if p is not attention_patch]
 
 
-def without_wrappers(model_patcher, key: str):
-    """A clone without the OUTER_SAMPLE and DIFFUSION_MODEL wrappers registered under `key`."""
-    import comfy.patcher_extension as ext
-
-    clean = model_patcher.clone()
-    for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL):
-        clean.remove_wrappers_with_key(kind, key)
-    return clean
-
-
 def without_pnp(model_patcher):
     """A clone with the pack's own wrappers and attention patch removed (inversion and capture
     of a model that already went through PnP Apply Feature Injection)."""
@@ -68,25 +59,6 @@ def without_pnp(model_patcher):
     if "attn1_patch" in patches:
         patches["attn1_patch"] = [p for p in patches["attn1_patch"] if p is not attention_patch]
     return clean
-
-
-@contextmanager
-def forward_hooks(hooks: dict[torch.nn.Module, Callable]):
-    handles = [module.register_forward_hook(fn) for module, fn in hooks.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@torch.compiler.disable
-def outside_compiler(hooks: dict[torch.nn.Module, Callable], executor, *args, **kwargs):
-    """One U-Net call with PnP's forward hooks, run eagerly. torch.compile (TorchCompileModel)
-    does not guard on module hooks: a U-Net compiled without them would run its graphs without
-    them, and injection or capture would be lost silently. Calls without PnP's work stay compiled."""
-    with forward_hooks(hooks):
-        return executor(*args, **kwargs)
 
 
 def unet_call(executor, layers: layer_sets.LayerSet, residual: Callable | None, attention: Callable | None,
@@ -103,33 +75,6 @@ def unet_call(executor, layers: layer_sets.LayerSet, residual: Callable | None, 
     if attention is not None:
         transformer_options = {**transformer_options, CALL_KEY: attention}
     return outside_compiler(hooks, executor, x, timesteps, context, y, control, transformer_options, **kwargs)
-
-
-def call_sigma(transformer_options) -> float:
-    sigmas = transformer_options.get("sigmas")
-    if sigmas is None:
-        raise PnPError("PnP features are keyed by sigma, but this U-Net call carries none: "
-                       "run the model through a ComfyUI sampler.")
-    return float(sigmas.reshape(-1)[0])
-
-
-def source_rows(bank_rows: int, target_rows: int, what: str = "target batch") -> None:
-    """A bank of 1 broadcasts; a bank of B serves a target batch of B, row by row."""
-    if bank_rows not in (1, target_rows):
-        raise PnPError(
-            f"The feature bank holds {bank_rows} source row(s) but the {what} is {target_rows}: "
-            f"use a bank of 1 source image, or one source frame per target row."
-        )
-
-
-def rows_from_source(source: torch.Tensor, rows: int, chunks: int) -> torch.Tensor:
-    """Source rows for every row of every cond/uncond chunk: a source of 1 broadcasts,
-    a source of B feeds row r of each chunk from source row r."""
-    per_chunk = rows // max(chunks, 1)
-    source_rows(source.shape[0], per_chunk)
-    if source.shape[0] == 1:
-        return source.expand(rows, *source.shape[1:])
-    return source.repeat(rows // source.shape[0], *([1] * (source.ndim - 1)))
 
 
 def checked(replacement: torch.Tensor, replaced: torch.Tensor, layer: str, transformer_options) -> torch.Tensor:
@@ -194,11 +139,11 @@ class Injection:
 
     def __init__(self, bank, feature_count: int, attention_count: int):
         self.bank, self.feature_count, self.attention_count = bank, feature_count, attention_count
-        self.feed = StepFeed(bank.tables())
+        self.feed = StepFeed(bank.tables)
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
         self.bank.check_schedule(sigmas, max(self.feature_count, self.attention_count))
-        self.bank.check_latent_shape(latent_image.shape, batch=True)
+        self.bank.check_latent(latent_image.shape, batch=True)
         check_attention_chain(executor.class_obj.model_options, needed=self.attention_count > 0)
         try:
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
@@ -209,7 +154,7 @@ class Injection:
         step = step_at(self.bank.sigmas, call_sigma(transformer_options))
         if step is None or step >= max(self.feature_count, self.attention_count):
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
-        self.bank.check_latent_shape(x.shape, batch=False)
+        self.bank.check_latent(x.shape, batch=False)
         chunks = len(transformer_options.get("cond_or_uncond", [0]))
 
         def source(kind: str, key, replaced: torch.Tensor, name: str) -> torch.Tensor:
@@ -248,9 +193,7 @@ def check_attention_chain(model_options, needed: bool) -> None:
 
 def apply_injection(model_patcher, bank, feature_injection: float = 0.8, attention_injection: float = 0.5):
     """A clone of `model_patcher` that injects `bank` while sampling; the input is untouched."""
-    import comfy.patcher_extension as ext
-
-    feature_count, attention_count = bank.injected_counts(model_patcher, feature_injection, attention_injection)
+    feature_count, attention_count = bank.check_injection(model_patcher, feature_injection, attention_injection)
     patched = without_pnp(model_patcher)  # re-applying replaces, never stacks
     injection = Injection(bank, feature_count, attention_count)
     patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, injection.outer_sample)

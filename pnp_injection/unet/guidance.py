@@ -12,9 +12,9 @@ import math
 
 import comfy.samplers
 
-from .errors import PnPError
+from ..errors import PnPError
+from ..schedule import step_at
 from .layers import family_of
-from .schedule import step_at
 
 SCHEDULES = ["constant", "linear", "exp"]
 

@@ -1,11 +1,14 @@
 """Sampling the target with injection: the one-call path behind the PnP Sampler node."""
 from __future__ import annotations
 
+import comfy.samplers
+import latent_preview
 import torch
 
-from . import guidance, passes
+from .. import passes
+from ..errors import PnPError
+from . import guidance
 from .bank import FeatureBank
-from .errors import PnPError
 from .inversion import to_user_latent
 from .patches import apply_injection
 
@@ -25,9 +28,6 @@ def pnp_sample(model_patcher, bank: FeatureBank, positive, negative, cfg: float 
     the latent-diffusion negative-prompt schedule applies (spec section 5): `negative` is the
     unconditional prompt and `source_negative` (default: the source prompt) is blended in.
     """
-    import comfy.samplers
-    import latent_preview
-
     chosen = passes.sampler(sampler_name)
     patched = apply_injection(model_patcher, bank, feature_injection, attention_injection)
     latent = start_latent(model_patcher, bank)["samples"]

@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import comfy.supported_models as sm
 import torch
 
-from .errors import PnPError
+from ..errors import PnPError
+from ..layer_text import numbers
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,6 @@ PRESET_NAMES = ["auto", "paper", "ctrl-x"]
 
 def family_of(model_patcher) -> str:
     """The layer-table family of a ComfyUI model, or a clear error for non-U-Net models."""
-    import comfy.supported_models as sm
-
     base = model_patcher.model
     config = getattr(base, "model_config", None)
     unet = getattr(base, "diffusion_model", None)
@@ -59,19 +59,6 @@ def family_of(model_patcher) -> str:
 
 
 _CUSTOM = re.compile(r"^\s*(res|attn)\s*:\s*output\.(.+?)\s*$")
-
-
-def numbers(text: str) -> list[int]:
-    """'4, 6-8' -> [4, 6, 7, 8]."""
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            out.extend(range(int(lo), int(hi) + 1))
-        elif part:
-            out.append(int(part))
-    return out
 
 
 def parse_custom(text: str) -> LayerSet:

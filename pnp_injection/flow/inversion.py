@@ -5,21 +5,24 @@ As the official code (FLUX_Image_Edit/src/edit.py line 157, src/flux/sampling.py
 the source prompt at Flux guidance 1, one RF-Solver step per sampling step. The features are
 kept during the inversion itself (no separate source pass): at the inversion steps whose
 upper end is one of the first `inject` sampling sigmas, both evaluations of the step, stored
-under that upper end (see flux_bank). The result at sigma 1 is the noise the target is
+under that upper end (see bank). The result at sigma 1 is the noise the target is
 sampled from.
 """
 from __future__ import annotations
 
+import comfy.patcher_extension as ext
 import torch
 
-from . import flux_layers, placement, rf_solver, schedule
-from .errors import PnPError
-from .flux_bank import FluxFeatureBank
-from .flux_patches import WRAPPER_KEY as INJECTION_KEY
-from .flux_patches import FeatureRecorder
-from .inversion import check_latent
-from .passes import Progress, run_loop
-from .patches import without_wrappers
+from .. import placement, schedule
+from ..errors import PnPError
+from ..inputs import check_latent
+from ..model_calls import without_wrappers
+from ..passes import Progress, run_loop
+from . import layers as flux_layers
+from . import solvers
+from .bank import FeatureBank
+from .patches import WRAPPER_KEY as INJECTION_KEY
+from .patches import Recorder
 
 RECORDER_KEY = "pnp_flux_inversion"
 
@@ -46,20 +49,18 @@ def check_source(model_patcher, latent: torch.Tensor) -> None:
 
 def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, inject: int = 20,
            preset: str = "rf-solver-edit", custom_layers: str = "", solver: str = "rf_solver",
-           scheduler: str = "simple", guidance: float = 1.0) -> FluxFeatureBank:
+           scheduler: str = "simple", guidance: float = 1.0) -> FeatureBank:
     """Invert `latent` (user latent space) and keep the layers' features for `inject` steps."""
-    import comfy.patcher_extension as ext
-
     layers = flux_layers.resolve(model_patcher, preset, custom_layers)  # other families stop here
-    rf_solver.check_solver(solver)
+    solvers.check_solver(solver)
     check_source(model_patcher, latent)
     sigmas = schedule.sampling_sigmas(model_patcher.get_model_object("model_sampling"), scheduler, steps)
     check_schedule(sigmas)
     if not 0 <= inject <= steps:
         raise PnPError(f"`inject` is {inject}; it counts sampling steps with the source's features: give 0 to {steps}.")
 
-    evaluations = rf_solver.EVALUATIONS[solver]
-    recorder = FeatureRecorder(layers)
+    evaluations = solvers.EVALUATIONS[solver]
+    recorder = Recorder(layers)
     patched = without_wrappers(model_patcher, INJECTION_KEY)  # invert the plain network, never an injected one
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, RECORDER_KEY, recorder)
     progress = Progress(steps)
@@ -74,7 +75,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, i
                 recorder.slot = upper * evaluations + evaluation if upper < inject else None
                 model(x_, sigma * ones)
                 return recorder.velocity
-            x = rf_solver.step(solver, velocity, x, float(ascending[k]), float(ascending[k + 1]))
+            x = solvers.step(solver, velocity, x, float(ascending[k]), float(ascending[k + 1]))
             progress.step()
         result["noise"] = x
         return torch.zeros_like(x)  # ComfyUI divides the result by 1 - sigma_last = 0: not used
@@ -87,7 +88,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, i
             raise PnPError(f"The inversion did not reach layer {key}: this model does not run it; choose other layers.")
         return placement.stack([kept[s] for s in range(inject * evaluations)]) if inject else torch.empty(0)
 
-    return FluxFeatureBank(
+    return FeatureBank(
         sigmas=sigmas, noise=placement.keep(result["noise"].float()),
         tables={key: table(key) for key in layers.keys()}, layers=layers, solver=solver, steps_kept=inject,
         text_tokens=int(recorder.text_tokens), architecture=flux_layers.signature(model_patcher),
