@@ -1,4 +1,7 @@
+import errno
 import os
+import time
+from collections import deque
 
 import folder_paths
 from comfy_api.latest import io
@@ -13,12 +16,68 @@ from .types import CATEGORY, FeatureBank
 OUTPUT_TAG = " [output]"  # ComfyUI's way of naming a file of the output folder in a list
 
 
+_DEPTH = 3            # subfolder levels searched below the input and output folders
+_MAX_FOLDERS = 1_000  # folders read per listing, shallowest first: a huge output tree costs no more
+_SETTLED_NS = 2_000_000_000  # a folder changed this recently may change again unseen (coarse clocks):
+_UNSETTLED_REUSE_NS = 1_000_000_000  # its listing is reused for a second only
+# (root, ext) -> (folder modification times, names, monotonic expiry or None)
+_LISTINGS: dict[tuple[str, str], tuple[list[tuple[str, int]], list[str], int | None]] = {}
+
+
 def _listed(root: str, tag: str = "", suffix: str = SUFFIX) -> list[str]:
-    """Bank files below `root`, by their own suffix alone: no file is opened."""
-    found = []
-    for folder, _, files in os.walk(root, followlinks=True):
-        found += [os.path.relpath(os.path.join(folder, f), root) + tag for f in files if f.endswith(suffix)]
-    return sorted(found)
+    """Bank files below `root`, by their own suffix alone: no file is opened.
+
+    Linked folders are never entered (a loop is not followed, a bank is listed once); a linked
+    file is listed where it resolves inside `root`, as `input_path` requires. The search stops
+    at _DEPTH subfolder levels and _MAX_FOLDERS folders, and one search serves every bank kind
+    (by the suffix's extension) while none of the folders read has changed (their modification
+    times): a schema build costs one stat per folder, not one look per unrelated file."""
+    return [name + tag for name in _search(root, os.path.splitext(suffix)[1]) if name.endswith(suffix)]
+
+
+def _search(root: str, ext: str) -> list[str]:
+    """Files ending in `ext` below `root` (paths relative to it, sorted), reused while unchanged."""
+    key = (root, ext)
+    cached = _LISTINGS.get(key)
+    if (cached is not None and (cached[2] is None or time.monotonic_ns() < cached[2])
+            and all(_mtime(folder) == stamp for folder, stamp in cached[0])):
+        return cached[1]
+    real_root = os.path.realpath(root)
+    found: list[str] = []
+    stamps: list[tuple[str, int]] = []
+    pending = deque([(root, 0)])
+    while pending and len(stamps) < _MAX_FOLDERS:
+        folder, depth = pending.popleft()
+        stamps.append((folder, _mtime(folder)))  # before reading: a change while reading shows next time
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        if depth < _DEPTH:
+                            pending.append((entry.path, depth + 1))
+                    elif entry.name.endswith(ext) and (not entry.is_symlink() or _inside(real_root, entry.path)):
+                        found.append(os.path.relpath(entry.path, root))
+        except OSError:  # unreadable or vanished: nothing listed from it
+            continue
+    found.sort()
+    settled = all(-1 < stamp < time.time_ns() - _SETTLED_NS for _, stamp in stamps)
+    _LISTINGS[key] = (stamps, found, None if settled else time.monotonic_ns() + _UNSETTLED_REUSE_NS)
+    return found
+
+
+def _mtime(folder: str) -> int:
+    try:
+        return os.stat(folder).st_mtime_ns
+    except OSError:
+        return -1
+
+
+def _inside(real_root: str, path: str) -> bool:
+    """Whether `path`, links resolved, lies in the folder whose real path is `real_root`."""
+    try:
+        return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+    except ValueError:  # another drive
+        return False
 
 
 def bank_files(suffix: str = SUFFIX) -> list[str]:
@@ -34,6 +93,8 @@ def input_path(name: str) -> str:
         name, root, where = name[: -len(OUTPUT_TAG)], folder_paths.get_output_directory(), "output"
     else:
         root, where = folder_paths.get_input_directory(), "input"
+    if "\0" in name:
+        raise PnPError(f"Bank file name {name!r} contains a NUL character: choose a file from the list.")
     root = os.path.realpath(root)
     path = os.path.realpath(os.path.join(root, name))
     if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/") or os.path.commonpath([root, path]) != root:
@@ -45,17 +106,67 @@ def input_path(name: str) -> str:
     return path
 
 
-def output_path(filename_prefix: str, suffix: str = SUFFIX) -> tuple[str, str]:
-    """The next free bank file for a prefix in the output folder: (path, name shown to the user)."""
+def _name_max(folder: str) -> int:
+    """The longest file name, in bytes, that `folder`'s file system holds."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows) or no answer
+        return 255
+
+
+_SAVE_TRIES = 100  # names other saves may take first (another ComfyUI on this output folder)
+
+
+def output_path(filename_prefix: str, suffix: str = SUFFIX, default: str = "pnp_bank",
+                attempt: int = 0) -> tuple[str, str]:
+    """The next free bank file for a prefix in the output folder: (path, name shown to the user).
+
+    An empty or dot-only name takes `default` (never a hidden `._00001_` file). A NUL, a name
+    too long for the file system, or a folder that leaves the output folder once links are
+    resolved (where the loaders would refuse the file) is a PnPError naming the fix. The name
+    is free when returned; the save node asks again, with `attempt` + 1, when another save took
+    it first (`bank_file.write` never replaces a file)."""
+    if attempt >= _SAVE_TRIES:
+        raise PnPError(f"Other saves took {attempt} names for {filename_prefix!r} while this one was writing: "
+                       f"save again, or give this save a prefix of its own.")
+    if "\0" in filename_prefix:
+        raise PnPError(f"The filename_prefix {filename_prefix!r} contains a NUL character, which no file name "
+                       f"may hold: remove it.")
+    head, tail = os.path.split(filename_prefix)
+    if not tail.strip(" ."):  # '', '.', 'banks/': no name of its own
+        filename_prefix = os.path.join(head, default)
     output_dir = folder_paths.get_output_directory()
+    root = os.path.realpath(output_dir)
+    outside = PnPError(f"Cannot save under {filename_prefix!r}: the prefix must stay inside ComfyUI's output "
+                       f"folder, links resolved (the bank loaders read only from there). Give a prefix without "
+                       f"'..', an absolute path or a linked folder that leads out of it.")
+    if not _inside(root, os.path.join(output_dir, os.path.dirname(os.path.normpath(filename_prefix)))):
+        raise outside  # before any folder is made
     try:
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
-    except Exception:
-        raise PnPError(f"Cannot save under {filename_prefix!r}: the prefix must stay inside ComfyUI's "
-                       f"output folder.") from None
-    os.makedirs(folder, exist_ok=True)
-    file = f"{name}_{counter:05}_{suffix}"  # e.g. pnp_bank_00001_.pnpbank.safetensors
-    return os.path.join(folder, file), os.path.join(subfolder, file)
+        if not _inside(root, folder):
+            raise outside
+        os.makedirs(folder, exist_ok=True)
+        limit = _name_max(folder)
+    except PnPError:
+        raise
+    except OSError as e:
+        fix = ("Shorten its folder names (at most 255 bytes each)." if e.errno == errno.ENAMETOOLONG
+               else "Give a prefix whose folders can be made inside the output folder.")
+        raise PnPError(f"Cannot save under {filename_prefix!r}: {e.strerror or e}. {fix}") from None
+    except Exception:  # the host's own refusal of a folder outside
+        raise outside from None
+    while True:
+        file = f"{name}_{counter:05}_{suffix}"  # e.g. pnp_bank_00001_.pnpbank.safetensors
+        size = len(os.fsencode(file))
+        if size > limit:
+            keep = limit - (size - len(os.fsencode(name)))
+            raise PnPError(f"Cannot save under {filename_prefix!r}: the file name would be {size} bytes long and "
+                           f"this folder holds names of at most {limit}. Shorten the prefix's last part to at most "
+                           f"{max(keep, 1)} characters.")
+        if not os.path.lexists(os.path.join(folder, file)):  # taken names the host's count missed
+            return os.path.join(folder, file), os.path.join(subfolder, file)
+        counter += 1
 
 
 class PnPSaveFeatureBank(io.ComfyNode):
@@ -78,9 +189,14 @@ class PnPSaveFeatureBank(io.ComfyNode):
 
     @classmethod
     def execute(cls, feature_bank, filename_prefix) -> io.NodeOutput:
-        path, shown = output_path(filename_prefix)
-        save_bank(feature_bank, path)
-        return io.NodeOutput(ui={"text": [shown]})
+        attempt = 0
+        while True:  # another ComfyUI saving to this folder may take the name first: output_path gives the next
+            path, shown = output_path(filename_prefix, SUFFIX, "pnp_bank", attempt)
+            try:
+                save_bank(feature_bank, path)
+                return io.NodeOutput(ui={"text": [shown]})
+            except FileExistsError:
+                attempt += 1
 
 
 class PnPLoadFeatureBank(io.ComfyNode):

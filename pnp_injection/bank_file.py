@@ -2,7 +2,9 @@
 and read without pickle. Each wing defines its own format (name, version, suffix) on top."""
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 from pathlib import Path
 from typing import Callable
 
@@ -14,15 +16,68 @@ from .errors import PnPError
 
 
 def write(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | os.PathLike) -> Path:
-    """Write a safetensors file atomically (a partial file never carries the final name)."""
+    """Write a safetensors file atomically and exclusively: the data go to a temporary file of a
+    unique short name in the same folder (`.pnp-<8 hex>.tmp`: it fits wherever `path`'s name
+    fits, and two writers never share it), which then takes `path`'s name only if no file has
+    it. A partial file never carries the final name and no file is ever replaced: when `path`
+    exists (another save took it first) this raises FileExistsError and the caller picks the
+    next name. Other failures of the file system are PnPErrors naming the fix."""
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
+    if "\0" in str(path):
+        raise PnPError(f"The bank file name {str(path)!r} contains a NUL character, which no file name may "
+                       f"hold: remove it.")
+    temp = None
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(partial), metadata=metadata)
-        os.replace(partial, path)
+        temp = _temporary(path.parent)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temp), metadata=metadata)
+        _publish(temp, path)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        raise PnPError(f"Cannot write the bank file {path.name!r} in {str(path.parent)!r}: {e.strerror or e}. "
+                       f"{_FIXES.get(e.errno, 'Check that the folder exists and is writable.')}") from None
     finally:
-        partial.unlink(missing_ok=True)
+        if temp is not None:
+            temp.unlink(missing_ok=True)
     return path
+
+
+_FIXES = {
+    errno.ENAMETOOLONG: "Choose a shorter file name prefix.",
+    errno.ENOSPC: "Free some disk space, or save to another disk.",
+    errno.EACCES: "Make the folder writable, or save to another folder.",
+    errno.EROFS: "The disk is read-only: save to another disk.",
+}
+
+
+def _temporary(folder: Path) -> Path:
+    """A new empty file of a unique short name in `folder`, created exclusively."""
+    while True:
+        temp = folder / f".pnp-{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return temp
+        except FileExistsError:  # one chance in four billion: draw again
+            continue
+
+
+def _publish(temp: Path, path: Path) -> None:
+    """Give the complete file `temp` the name `path`, only if no file has that name."""
+    try:
+        os.link(temp, path)  # fails with FileExistsError when the name is taken
+        return
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENAMETOOLONG, errno.ENOSPC, errno.EROFS):
+            raise
+    # No hard links on this file system (FAT, some network shares): reserve the name, then move.
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def read(path: str | os.PathLike, check: Callable[[str, dict], None], what: str,

@@ -21,7 +21,6 @@ Presets:
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import comfy.ldm.flux.model
@@ -30,7 +29,7 @@ import comfy.supported_models as sm
 import torch
 
 from ..errors import PnPError
-from ..layer_text import numbers
+from ..layer_text import check_count, check_length, count, expand, ranges
 
 TENSORS = ("q", "k", "v")
 SUPPORTED = ("PnP supports SD 1.x, SD 2.x and SDXL U-Nets (PnP DDIM Inversion and the nodes after it) "
@@ -94,25 +93,40 @@ def check_flux(model_patcher) -> None:
                        f"nodes, or use PnP DDIM Inversion with an SD 1.x, 2.x or SDXL checkpoint.")
 
 
-_CLAUSE = re.compile(r"^\s*(double|single)\s*\.\s*([0-9,\-\s]+?)\s*:\s*([qkv,\s]+?)\s*(?:@\s*(all|image))?\s*$")
+_EXAMPLE = "single.20-37:v"
+_WHAT = "custom Flux layer set"
+
+
+def _clause(clause: str) -> tuple[str, list[range], list[str], str | None]:
+    """'single.6,9:k,v@image' -> ('single', block ranges, ['k', 'v'], 'image'), by plain
+    splitting (linear time); ValueError where the clause does not follow the grammar."""
+    stream, dot, rest = clause.partition(".")
+    stream = stream.strip()
+    blocks, colon, rest = rest.partition(":")
+    tensors, at, tokens = rest.partition("@")
+    tokens = tokens.strip() if at else None
+    if not dot or stream not in ("double", "single") or not colon or tokens not in (None, "all", "image"):
+        raise ValueError(clause)
+    spans = ranges(blocks)
+    named = [t.strip() for t in tensors.split(",") if t.strip()]
+    if not spans or not named or any(t not in TENSORS for t in named) or len(set(named)) != len(named):
+        raise ValueError(clause)
+    if stream == "double" and tokens == "all":
+        raise ValueError(clause)
+    return stream, spans, named, tokens
 
 
 def parse_custom(text: str) -> FluxLayerSet:
-    """Read `single.20-37:v` or `double.0,1,17,18:k,v; single.6,9,34,35,37:k,v@image`."""
-    sites: list[Site] = []
+    """Read `single.20-37:v` or `double.0,1,17,18:k,v; single.6,9,34,35,37:k,v@image`.
+
+    Linear in the text's length, which is capped (layer_text.MAX_LENGTH); every range is
+    checked before it is expanded."""
+    check_length(text, _WHAT, _EXAMPLE)
     try:
-        for clause in filter(str.strip, text.split(";")):
-            m = _CLAUSE.match(clause)
-            if not m:
-                raise ValueError(clause)
-            stream, blocks, tensors, tokens = m.groups()
-            named = [t.strip() for t in tensors.split(",") if t.strip()]
-            if not named or len(set(named)) != len(named):
-                raise ValueError(clause)
-            if stream == "double" and tokens == "all":
-                raise ValueError(clause)
-            ordered = ",".join(t for t in TENSORS if t in named)
-            sites.extend(_sites(stream, numbers(blocks), ordered, tokens or "all"))
+        clauses = [_clause(clause) for clause in filter(str.strip, text.split(";"))]
+        check_count(sum(count(spans) for _, spans, _, _ in clauses), _WHAT)  # before expanding any
+    except PnPError:
+        raise
     except ValueError:
         raise PnPError(
             f"Cannot read the Flux layer set {text!r}. Write clauses separated by ';', each "
@@ -120,6 +134,10 @@ def parse_custom(text: str) -> FluxLayerSet:
             f"single blocks take '@image' for the image tokens only (default all tokens); double blocks "
             f"are the image stream. Example: 'double.0,1,17,18:k,v; single.6,9,34,35,37:k,v@image'."
         ) from None
+    sites: list[Site] = []
+    for stream, spans, named, tokens in clauses:
+        ordered = ",".join(t for t in TENSORS if t in named)
+        sites.extend(_sites(stream, expand(spans), ordered, tokens or "all"))
     if not sites:
         raise PnPError("The custom Flux layer set names no layer: give at least one clause, as in 'single.20-37:v'.")
     layers = FluxLayerSet(tuple(sites))

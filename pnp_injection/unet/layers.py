@@ -6,14 +6,13 @@ injected. Spec sections 3 and 6.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import comfy.supported_models as sm
 import torch
 
 from ..errors import PnPError
-from ..layer_text import numbers
+from ..layer_text import check_count, check_length, count, expand, ranges
 
 
 @dataclass(frozen=True)
@@ -58,32 +57,56 @@ def family_of(model_patcher) -> str:
     return name
 
 
-_CUSTOM = re.compile(r"^\s*(res|attn)\s*:\s*output\.(.+?)\s*$")
+_EXAMPLE = "res:output.4; attn:output.4-11@0"
+_WHAT = "custom layer set"
+
+
+def _clause(clause: str) -> tuple[str, list[range], list[range]]:
+    """'attn : output.4-11@0' -> ('attn', block ranges, index ranges), by plain splitting (linear
+    time), nothing expanded; `@*` is index -1, a ResBlock clause has index ranges [range(1)] for
+    counting. ValueError where the clause does not follow the grammar."""
+    kind, colon, rest = clause.partition(":")
+    kind, rest = kind.strip(), rest.strip()
+    if not colon or kind not in ("res", "attn") or not rest.startswith("output."):
+        raise ValueError(clause)
+    blocks, at, index = rest[len("output."):].partition("@")
+    block_spans = ranges(blocks)
+    if not block_spans or (kind == "res" and at):
+        raise ValueError(clause)
+    if kind == "res":
+        return kind, block_spans, [range(1)]
+    index = index.strip() or "0"
+    index_spans = [range(-1, 0)] if index == "*" else ranges(index)
+    if not index_spans:
+        raise ValueError(clause)
+    return kind, block_spans, index_spans
 
 
 def parse_custom(text: str) -> LayerSet:
-    """Parse `res:output.4; attn:output.4-11@0` (attn index `@i`, default 0, `@*` = all)."""
-    res: list[int] = []
-    attn: list[tuple[int, int]] = []
+    """Parse `res:output.4; attn:output.4-11@0` (attn index `@i`, default 0, `@*` = all).
+
+    Linear in the text's length, which is capped (layer_text.MAX_LENGTH); every range is
+    checked before it is expanded."""
+    check_length(text, _WHAT, _EXAMPLE)
     try:
-        for clause in filter(str.strip, text.split(";")):
-            m = _CUSTOM.match(clause)
-            if not m:
-                raise ValueError(clause)
-            kind, spec = m.groups()
-            if kind == "res":
-                res.extend(numbers(spec))
-            else:
-                blocks, _, index = spec.partition("@")
-                idx = index.strip() or "0"
-                indices = [-1] if idx == "*" else numbers(idx)
-                attn.extend((b, i) for b in numbers(blocks) for i in indices)
+        clauses = [_clause(clause) for clause in filter(str.strip, text.split(";"))]
+        check_count(sum(count(blocks) * count(indices) for _, blocks, indices in clauses), _WHAT)  # before expanding
+    except PnPError:
+        raise
     except ValueError:
         raise PnPError(
             f"Cannot read the custom layer set {text!r}. Write it as "
             f"'res:output.4; attn:output.4-11@0' (ResBlocks by output block number; attention "
             f"as output blocks @ transformer index, '@*' for all)."
         ) from None
+    res: list[int] = []
+    attn: list[tuple[int, int]] = []
+    for kind, blocks, indices in clauses:
+        if kind == "res":
+            res.extend(expand(blocks))
+        else:
+            index_list = expand(indices)
+            attn.extend((b, i) for b in expand(blocks) for i in index_list)
     if not res and not attn:
         raise PnPError("The custom layer set names no layer: give at least one clause, as in "
                        "'res:output.4; attn:output.4-11@0'.")
@@ -169,6 +192,11 @@ def check_exist(unet, layers: LayerSet) -> None:
         attention_module(unet, key)
 
 
+def model_name(model_patcher) -> str:
+    """The family and config of a model, as a signature starts (`sd1:SD15`)."""
+    return f"{family_of(model_patcher)}:{type(model_patcher.model.model_config).__name__}"
+
+
 def signature(model_patcher, layers: LayerSet) -> str:
     """Identifies the architecture a bank was captured on: family plus the shapes it touches."""
     family = family_of(model_patcher)
@@ -176,3 +204,16 @@ def signature(model_patcher, layers: LayerSet) -> str:
     shapes = [tuple(residual_module(unet, b).weight.shape) for b in layers.resblocks]
     shapes += [tuple(attention_module(unet, key).to_q.weight.shape) for key in layers.attention]
     return f"{family}:{type(model_patcher.model.model_config).__name__}:{shapes}"
+
+
+def output_resolution(unet, block: int, height: int, width: int) -> tuple[int, int]:
+    """The latent-grid size at output block `block`'s ResBlock for a latent of height x width:
+    the encoder halves it (rounding up) at each Downsample, and every Upsample of the output
+    blocks before `block` climbs back one level."""
+    sizes = [(height, width)]
+    for module in unet.input_blocks.modules():
+        if type(module).__name__ == "Downsample":
+            h, w = sizes[-1]
+            sizes.append((-(-h // 2), -(-w // 2)))
+    ups = sum(type(m).__name__ == "Upsample" for b in unet.output_blocks[:block] for m in b.modules())
+    return sizes[len(sizes) - 1 - ups]
