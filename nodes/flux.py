@@ -1,6 +1,6 @@
 """Flux.1 nodes: RF-Solver inversion with feature keeping, injected sampling, the inverted
 latent as NOISE, the RF-Solver SAMPLER, and Flux bank files. Thin shells over
-`pnp_injection.flux_*`."""
+`pnp_injection.flow`."""
 from comfy_api.latest import io
 
 import comfy.samplers
@@ -9,15 +9,16 @@ from ..pnp_injection.flow import bank_file as flux_bank_file
 from ..pnp_injection.flow import layers as flux_layers
 from ..pnp_injection.flow import patches as flux_patches
 from ..pnp_injection.flow import sampling as flux_sampling
+from ..pnp_injection.flow import schedule as flux_schedule
 from ..pnp_injection.flow import solvers as rf_solver
 from ..pnp_injection.flow.inversion import invert
 from .bank_files import PnPLoadFeatureBank, bank_files, input_path, output_path
-from .types import CATEGORY
+from .types import FLUX_CATEGORY, SAMPLER_CATEGORY
 
 FluxFeatureBank = io.Custom("PNP_FLUX_BANK")
 
-INJECT_TIP = ("Sampling steps (from the first) whose single-block values are replaced by the source's "
-              "(official: 20 of 25). Higher keeps more of the source's structure; lower lets the prompt change more.")
+INJECT_TIP = ("Sampling steps (from the first) with the source's kept features injected (official: 20 of 25; at most "
+              "the bank's `keep_steps`). Higher keeps more of the source's structure; lower lets the prompt change more.")
 
 
 class PnPFluxInversion(io.ComfyNode):
@@ -26,7 +27,7 @@ class PnPFluxInversion(io.ComfyNode):
         return io.Schema(
             node_id="PnPFluxInversion",
             display_name="PnP Flux Inversion (RF-Solver)",
-            category=CATEGORY,
+            category=FLUX_CATEGORY,
             description="Inverts a Flux.1 source latent up to pure noise with RF-Solver and keeps the source's "
                         "attention features on the way (RF-Solver-Edit): the feature bank for PnP Flux Sampler.",
             inputs=[
@@ -36,32 +37,35 @@ class PnPFluxInversion(io.ComfyNode):
                 io.Conditioning.Input("conditioning", tooltip="The source prompt (a description of the source image, or empty)."),
                 io.Int.Input("steps", default=25, min=1, max=1000,
                              tooltip="Steps of the inversion and of the sampling (official: 25)."),
-                io.Int.Input("inject", default=20, min=0, max=1000,
-                             tooltip="Steps whose features are kept: the most PnP Flux Sampler's `inject` can use (official: 20)."),
+                io.Int.Input("keep_steps", default=20, min=0, max=1000,
+                             tooltip="Sampling steps (from the first) whose features the bank keeps: the most `inject` of "
+                                     "PnP Flux Sampler or PnP Flux Apply Feature Injection can use (official: 20)."),
                 io.Float.Input("guidance", default=1.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Flux guidance of the inversion (official: 1). It replaces any FluxGuidance on the prompt."),
                 io.Combo.Input("layers", options=flux_layers.PRESET_NAMES, default="rf-solver-edit",
                                tooltip="rf-solver-edit: values of all tokens in single blocks 20-37 (official). stable-flow: keys and "
                                        "values of the image tokens in double blocks 0,1,17,18 and single blocks 6,9,34,35,37 "
-                                       "(Stable Flow injects them at every step: set `inject` to `steps`)."),
+                                       "(Stable Flow injects them at every step: set `keep_steps` and `inject` to `steps`)."),
                 io.Combo.Input("solver", options=list(rf_solver.SOLVERS), default="rf_solver",
                                tooltip="rf_solver: the official second-order step (2 model evaluations per step). euler: first order, "
                                        "1 evaluation per step; sample with euler then."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
-                               tooltip="simple is the official Flux schedule. It must start at sigma 1."),
+                io.Combo.Input("scheduler", options=flux_schedule.SCHEDULERS, default=flux_schedule.OFFICIAL,
+                               tooltip="official: RF-Solver-Edit's schedule, shifted for the source's size, exact at every step "
+                                       "count (no ModelSamplingFlux needed). ComfyUI's schedulers (simple, beta, ...) follow the "
+                                       "model's ModelSamplingFlux; simple equals official only when the steps divide 10,000."),
                 io.String.Input("custom_layers", default="", optional=True,
                                 tooltip="Overrides `layers`, e.g. 'single.20-37:v' or 'double.0,1,17,18:k,v; single.6,9,34,35,37:k,v@image' "
                                         "(blocks by number; tensors from q,k,v; '@image' keeps a single block's image tokens only)."),
             ],
             outputs=[FluxFeatureBank.Output("feature_bank", display_name="feature_bank",
                                             tooltip="The inverted latent and the kept features: feed PnP Flux Sampler, "
-                                                    "PnP Flux Apply Injection or PnP Flux Noise.")],
+                                                    "PnP Flux Apply Feature Injection or PnP Flux Noise.")],
         )
 
     @classmethod
-    def execute(cls, model, latent, conditioning, steps, inject, guidance, layers, solver, scheduler,
+    def execute(cls, model, latent, conditioning, steps, keep_steps, guidance, layers, solver, scheduler,
                 custom_layers="") -> io.NodeOutput:
-        return io.NodeOutput(invert(model, latent["samples"], conditioning, steps, inject, layers, custom_layers,
+        return io.NodeOutput(invert(model, latent["samples"], conditioning, steps, keep_steps, layers, custom_layers,
                                     solver, scheduler, guidance))
 
 
@@ -75,7 +79,7 @@ class PnPFluxSampler(io.ComfyNode):
         return io.Schema(
             node_id="PnPFluxSampler",
             display_name="PnP Flux Sampler",
-            category=CATEGORY,
+            category=FLUX_CATEGORY,
             description="Samples the target prompt from the inverted source with the bank's solver, replacing the "
                         "kept features at the first `inject` steps: the source's structure, the prompt's edit.",
             inputs=[
@@ -99,8 +103,8 @@ class PnPFluxApplyInjection(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PnPFluxApplyInjection",
-            display_name="PnP Flux Apply Injection",
-            category=CATEGORY,
+            display_name="PnP Flux Apply Feature Injection",
+            category=FLUX_CATEGORY,
             description="A patched copy of the Flux model that injects the bank while SamplerCustomAdvanced samples it "
                         "(with PnP Flux Noise's noise and sigmas, and the RF-Solver sampler).",
             inputs=[
@@ -123,7 +127,7 @@ class PnPFluxNoise(io.ComfyNode):
         return io.Schema(
             node_id="PnPFluxNoise",
             display_name="PnP Flux Noise",
-            category=CATEGORY,
+            category=FLUX_CATEGORY,
             description="The inverted source as NOISE, and the bank's schedule as SIGMAS, for SamplerCustomAdvanced. "
                         "Flux samplers multiply the latent image by 0 at sigma 1: the inverted latent must enter as the noise.",
             inputs=[FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux Inversion.")],
@@ -145,10 +149,14 @@ class PnPRFSolverSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PnPRFSolverSampler",
-            display_name="RF-Solver Sampler",
-            category=CATEGORY,
+            display_name="RF-Solver Sampler (PnP Flux)",
+            # With ComfyUI's own SAMPLER nodes; this host's schema has no search aliases, so the display
+            # name carries "PnP Flux" for the node search (which matches node ids and display names).
+            category=SAMPLER_CATEGORY,
             description="The second-order RF-Solver step of RF-Solver-Edit as a SAMPLER for SamplerCustomAdvanced "
-                        "(two model evaluations per step; for flow models such as Flux).",
+                        "(two model evaluations per step; for flow models such as Flux). Part of the PnP Flux nodes, "
+                        "it sits with ComfyUI's samplers in sampling/custom_sampling/samplers; search \"pnp flux\" "
+                        "or \"rf-solver\" to find it.",
             inputs=[],
             outputs=[io.Sampler.Output("sampler", display_name="sampler", tooltip="For SamplerCustomAdvanced.")],
         )
@@ -163,8 +171,8 @@ class PnPFluxSaveBank(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PnPFluxSaveBank",
-            display_name="PnP Flux Save Bank",
-            category=CATEGORY,
+            display_name="PnP Flux Save Feature Bank",
+            category=FLUX_CATEGORY,
             description="Saves a Flux feature bank to ComfyUI's output folder (safetensors), to edit a source again "
                         "without inverting it.",
             inputs=[
@@ -178,9 +186,14 @@ class PnPFluxSaveBank(io.ComfyNode):
 
     @classmethod
     def execute(cls, feature_bank, filename_prefix) -> io.NodeOutput:
-        path, shown = output_path(filename_prefix, flux_bank_file.SUFFIX)
-        flux_bank_file.save(feature_bank, path)
-        return io.NodeOutput(ui={"text": [shown]})
+        attempt = 0
+        while True:  # another ComfyUI saving to this folder may take the name first: output_path gives the next
+            path, shown = output_path(filename_prefix, flux_bank_file.SUFFIX, "pnp_flux_bank", attempt)
+            try:
+                flux_bank_file.save(feature_bank, path)
+                return io.NodeOutput(ui={"text": [shown]})
+            except FileExistsError:
+                attempt += 1
 
 
 class PnPFluxLoadBank(io.ComfyNode):
@@ -188,9 +201,9 @@ class PnPFluxLoadBank(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PnPFluxLoadBank",
-            display_name="PnP Flux Load Bank",
-            category=CATEGORY,
-            description="Loads a Flux feature bank saved by PnP Flux Save Bank, from ComfyUI's input or output folder.",
+            display_name="PnP Flux Load Feature Bank",
+            category=FLUX_CATEGORY,
+            description="Loads a Flux feature bank saved by PnP Flux Save Feature Bank, from ComfyUI's input or output folder.",
             inputs=[io.Combo.Input("bank_file", options=bank_files(flux_bank_file.SUFFIX),
                                    tooltip=f"A Flux bank file ({flux_bank_file.SUFFIX}) in the input folder, or one saved in "
                                            "the output folder (marked [output]). Refresh the page to list a bank saved since.")],

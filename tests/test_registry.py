@@ -162,3 +162,19 @@ def test_entry_point_is_what_comfyui_looks_for():
     names |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
     assert {"comfy_entrypoint", "NODE_CLASS_MAPPINGS"} & names, (
         "__init__.py defines neither comfy_entrypoint nor NODE_CLASS_MAPPINGS: ComfyUI would load no nodes")
+
+
+def test_web_directory_ships():
+    """The folder __init__.py names as WEB_DIRECTORY (the node help pages the frontend fetches, see
+    tests/test_node_docs.py) is in the package, every file of it: an untracked page is a missing page
+    for users, and the host skips a WEB_DIRECTORY that does not exist."""
+    tree = ast.parse((ROOT / "__init__.py").read_text(encoding="utf-8"))
+    values = [ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+              for t in n.targets if isinstance(t, ast.Name) and t.id == "WEB_DIRECTORY"]
+    if not values:
+        pytest.skip("__init__.py sets no WEB_DIRECTORY")
+    web = (ROOT / values[-1]).resolve()
+    on_disk = {str(p.relative_to(ROOT)) for p in web.rglob("*") if p.is_file()}
+    assert on_disk, f"WEB_DIRECTORY {values[-1]!r} holds no file"
+    missing = sorted(on_disk - packed_files())
+    assert not missing, f"files of WEB_DIRECTORY not in the package (git add them): {missing}"
