@@ -1,4 +1,5 @@
-"""Checks of what a user gives the engine, shared by the wings: source latents and numbers."""
+"""Checks of what a user gives the engine, shared by the wings: source latents, numbers, prompts
+and the tensors of loaded bank files."""
 from __future__ import annotations
 
 import math
@@ -29,6 +30,12 @@ def check_number(value: float, name: str, low: float | None = None, high: float 
     return value
 
 
+def check_finite(**values: float) -> None:
+    """Each named number finite (NaN and infinity refused), or a PnPError naming the input."""
+    for name, value in values.items():
+        check_number(value, name)
+
+
 def check_source_size(shape, bank_shape, what: str = "latent") -> None:
     """A latent PnP injects into has the source's spatial size (8 px per latent cell)."""
     if tuple(shape[-2:]) != tuple(bank_shape[-2:]):
@@ -37,3 +44,70 @@ def check_source_size(shape, bank_shape, what: str = "latent") -> None:
             f"{bank_shape[-1] * 8}x{bank_shape[-2] * 8} px: PnP injects into a latent of the source's size. "
             f"Sample at the source's size (upscale after PnP, with the unpatched model)."
         )
+
+
+# Conditioning keys that make ComfyUI run a prompt on a crop of the latent (comfy/samplers.py
+# get_area_and_mult, resolve_areas_and_cond_masks_multidim): `area` (ConditioningSetArea,
+# ConditioningSetAreaPercentage) and `mask` with `set_area_to_bounds` (ConditioningSetMask,
+# set_cond_area "mask bounds"). A mask without bounds weighs the whole latent: allowed.
+def area_node(extras: dict) -> tuple[str, str] | None:
+    """The node that made a conditioning entry an area prompt and how to undo it, or None for a
+    whole-latent entry."""
+    area = extras.get("area")
+    if area is not None:
+        percentage = isinstance(area, (tuple, list)) and len(area) > 0 and area[0] == "percentage"
+        node = "Conditioning (Set Area with Percentage)" if percentage else "Conditioning (Set Area)"
+        return node, f"drop the {node} node"
+    if extras.get("mask") is not None and extras.get("set_area_to_bounds"):
+        return ('Conditioning (Set Mask) with set_cond_area "mask bounds"',
+                'set Conditioning (Set Mask)\'s set_cond_area to "default"')
+    return None
+
+
+def check_whole_latent(conditioning, what: str) -> None:
+    """A prompt PnP injects into or records from covers the whole latent: area prompts are refused.
+
+    `conditioning` is a CONDITIONING ([[context, extras], ...]) or a guider's prepared list of
+    dicts; None (no prompt) passes."""
+    for entry in conditioning or []:
+        found = area_node(entry if isinstance(entry, dict) else entry[1])
+        if found is not None:
+            node, fix = found
+            raise PnPError(
+                f"{what} is an area prompt ({node}): ComfyUI runs it on a crop of the latent, and PnP injects "
+                f"features of the whole latent. Remove the area from this prompt ({fix}); PnP edits the whole image."
+            )
+
+
+def check_whole_latent_prompts(conds: dict | None, what: str = "The target's") -> None:
+    """Every prompt of a guider (`guider.conds`: positive, negative, ...) covers the whole latent."""
+    for name, conditioning in (conds or {}).items():
+        check_whole_latent(conditioning, f"{what} `{name}` prompt")
+
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_bank_tensors(name: str, tensors: dict[str, torch.Tensor], fix: str) -> None:
+    """The tensors of a loaded bank file are floating (float32, float16, bfloat16) and finite,
+    or a PnPError naming the file, the tensor and `fix`. One reduction pass per tensor, no copy."""
+    for key, t in tensors.items():
+        if t.dtype not in FLOAT_DTYPES:
+            raise PnPError(f"{name} holds `{key}` as {str(t.dtype).replace('torch.', '')}, not as float32, float16 "
+                           f"or bfloat16: the file is damaged or was written by other software; {fix}")
+        if t.numel() and not all(math.isfinite(float(v)) for v in torch.aminmax(t)):
+            raise PnPError(f"{name} contains NaN or infinite values (in `{key}`): the file is damaged or was "
+                           f"written by other software; {fix}")
+
+
+def check_falling_sigmas(name: str, sigmas: torch.Tensor, fix: str, first: float | None = None) -> None:
+    """A loaded bank's schedule falls strictly to 0 (from `first`, when given), or a PnPError."""
+    falling = (sigmas.ndim == 1 and len(sigmas) >= 2 and float(sigmas[-1]) == 0.0
+               and bool((sigmas[1:] < sigmas[:-1]).all())
+               and (first is None or math.isclose(float(sigmas[0]), first, rel_tol=1e-6)))
+    if not falling:
+        shown = ", ".join(f"{float(s):.4g}" for s in sigmas.reshape(-1)[:6])
+        start = f"from {first} " if first is not None else ""
+        raise PnPError(f"{name} has a schedule that does not fall strictly {start}to 0 ({shown}"
+                       f"{', ...' if sigmas.numel() > 6 else ''}): the file is damaged or was written by other "
+                       f"software; {fix}")

@@ -6,10 +6,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Callable
 
+import comfy.model_patcher
 import comfy.patcher_extension as ext
 import torch
 
 from .errors import PnPError
+from .placement import StepFeed
 
 
 def without_wrappers(model_patcher, key: str):
@@ -64,3 +66,48 @@ def rows_from_source(source: torch.Tensor, rows: int, chunks: int) -> torch.Tens
     if source.shape[0] == 1:
         return source.expand(rows, *source.shape[1:])
     return source.repeat(rows // source.shape[0], *([1] * (source.ndim - 1)))
+
+
+RUN_KEY = "pnp_injection_run"  # transformer_options entry: the state of the sampling run in progress
+
+
+class SamplingRun:
+    """What one sampling run with injection owns: the streamed slices of the bank (a
+    `placement.StepFeed`). Made when the run starts and dropped when it ends, so clones of a
+    patched model and runs after one another never share it."""
+
+    def __init__(self, owner, feed: StepFeed):
+        self.owner, self.feed = owner, feed
+
+
+@contextmanager
+def sampling_run(guider, run: SamplingRun):
+    """Install `run` for the duration of one OUTER_SAMPLE call, in a copy of the guider's
+    model options (as ComfyUI's EasyCache does), and release it in `finally`."""
+    original = guider.model_options
+    guider.model_options = comfy.model_patcher.create_model_options_clone(original)
+    guider.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
+    try:
+        yield run
+    finally:
+        run.feed.release()
+        guider.model_options = original
+
+
+def run_feed(transformer_options, owner, tables) -> StepFeed:
+    """The feed of the run `owner` started; a model call outside any run (a custom guider that
+    skips OUTER_SAMPLE) gets a feed of its own, without prefetch across calls."""
+    run = transformer_options.get(RUN_KEY)
+    return run.feed if run is not None and run.owner is owner else StepFeed(tables)
+
+
+def target_rows(bank_rows: int, *conditionings) -> int:
+    """The batch a PnP sampler makes: one latent per target prompt row (a batch of prompts) or
+    per source row, whichever is more; a bank of 1 serves any batch, a bank of B a batch of B."""
+    prompt_rows = max((entry[0].shape[0] for c in conditionings if c for entry in c if entry[0] is not None), default=1)
+    rows = max(bank_rows, prompt_rows)
+    if prompt_rows not in (1, rows):
+        raise PnPError(f"The target prompt holds a batch of {prompt_rows} prompts but the feature bank {bank_rows} "
+                       f"source rows: give one prompt, one prompt per source row, or a bank of 1 source image.")
+    source_rows(bank_rows, rows)
+    return rows

@@ -9,7 +9,8 @@ past its step. `device="model"` at capture keeps a bank on the GPU for users who
 """
 from __future__ import annotations
 
-from typing import Hashable, Mapping
+import math
+from typing import Callable, Hashable, Mapping
 
 import comfy.model_management
 import torch
@@ -51,20 +52,114 @@ def keep(t: torch.Tensor, dtype: torch.dtype | None = None, device: torch.device
     return t.detach().to(device=device, dtype=dtype or t.dtype, copy=True)
 
 
-def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """A bank table from per-step tensors, page-locked when it is in system memory and CUDA is
-    present, so that copies to the GPU can overlap compute."""
-    out = torch.stack(tensors)
-    if out.device.type == "cpu" and torch.cuda.is_available():
+def allocate(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised bank table, page-locked when it is in system memory and CUDA is
+    present (so that copies to the GPU can overlap compute). Running out of memory here is
+    a PnPError that gives the size, never a raw allocator error."""
+    pinned = device.type == "cpu" and torch.cuda.is_available()
+    try:
+        if pinned:
+            try:
+                return torch.empty(shape, dtype=dtype, device=device, pin_memory=True)
+            except RuntimeError:  # page-locked memory exhausted: pageable memory still works, copies just block
+                pass
+        return torch.empty(shape, dtype=dtype, device=device)
+    except (RuntimeError, MemoryError) as e:
+        size = math.prod(shape) * dtype.itemsize
+        raise PnPError(f"Out of memory for a feature-bank table of {size / 2**20:,.0f} MiB on {device} ({e}). "
+                       f"{SHRINK}") from None
+
+
+class Tables:
+    """A bank's per-step tables, each allocated once, when its first slot arrives, and filled
+    in place: no per-slot tensors are kept and nothing is stacked afterwards, so the bank
+    never exists twice. The first write to a slot is the one kept (an extra evaluation at the
+    same sigma neither overwrites nor grows the bank)."""
+
+    def __init__(self, slots: Callable[[Hashable], int], device_for: Callable[[torch.Tensor], torch.device],
+                 dtype: torch.dtype | None = None):
+        self.slots, self.device_for, self.dtype = slots, device_for, dtype  # slots(key): the table's length
+        self.tables: dict[Hashable, torch.Tensor] = {}
+        self.filled: dict[Hashable, set[int]] = {}
+
+    def put(self, key: Hashable, slot: int, t: torch.Tensor) -> None:
+        if key not in self.tables:
+            self.tables[key] = allocate((self.slots(key), *t.shape), self.dtype or t.dtype, self.device_for(t))
+            self.filled[key] = set()
+        if slot in self.filled[key]:
+            return
+        table = self.tables[key]
+        if tuple(table.shape[1:]) != tuple(t.shape):
+            raise PnPError(f"The source pass gave {key} the shape {tuple(t.shape)} at one step and "
+                           f"{tuple(table.shape[1:])} at another: a patch on the model changes its inner shapes "
+                           f"between steps; remove it from the model PnP inverts.")
+        table[slot].copy_(t.detach())
+        self.filled[key].add(slot)
+
+    def complete(self, key: Hashable, count: int, name: str) -> torch.Tensor:
+        """The table of `key` for slots 0..count-1, all of them written, or a PnPError."""
+        if count == 0:
+            return torch.empty(0)
+        missing = sorted(set(range(count)) - self.filled.get(key, set()))
+        if missing:
+            raise PnPError(f"The source pass did not reach layer {name} at steps {missing[:8]}: "
+                           f"this model does not run that layer; choose other layers.")
+        return self.tables[key][:count]
+
+
+# What shrinks a bank, for the messages that refuse one.
+SHRINK = ("Shrink the bank: inject fewer steps (the `*_steps` / `keep_steps` inputs), keep fewer layers, "
+          "keep it at half precision, or use a smaller image.")
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory free for a bank on `device`: ComfyUI's reading, and for system memory also what
+    a cgroup limit (containers, systemd) leaves."""
+    free = int(comfy.model_management.get_free_memory(device))
+    if device.type == "cpu":
+        free = min(free, _cgroup_headroom())
+    return free
+
+
+def _cgroup_headroom() -> int:
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
         try:
-            out = out.pin_memory()
-        except RuntimeError:  # page-locked memory exhausted: pageable memory still works, copies just block
-            pass
-    return out
+            limit = open(limit_file).read().strip()
+            usage = int(open(usage_file).read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:
+            return max(int(limit) - usage, 0)
+    return 2**63
+
+
+def check_fits(estimate: int, device: torch.device, what: str = "feature bank") -> None:
+    """Refuse, before any model work, a bank that cannot fit where it would live."""
+    free = available_bytes(device)
+    if estimate > free:
+        where = "system memory" if device.type == "cpu" else f"memory on {device}"
+        raise PnPError(f"The {what} would take {estimate / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB of "
+                       f"{where} is free. {SHRINK}")
+
+
+def summary(tables) -> str:
+    """Size and place of a bank's tensors, for the log: "1,234.5 MiB on cpu (page-locked)"."""
+    tables = [t for t in tables if t.numel()]
+    devices = sorted({str(t.device) for t in tables}) or ["-"]
+    pinned = torch.cuda.is_available() and any(t.is_pinned() for t in tables if t.device.type == "cpu")
+    return f"{nbytes(tables) / 2**20:,.1f} MiB on {', '.join(devices)}{' (page-locked)' if pinned else ''}"
 
 
 def nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def compute_dtype(model_patcher) -> torch.dtype:
+    """The dtype a model computes in, which a bank keeps its features in by default."""
+    model = model_patcher.model
+    return model_patcher.model_options.get("dtype") or getattr(model, "manual_cast_dtype", None) or model.get_dtype()
 
 
 class StepFeed:

@@ -19,7 +19,7 @@ from einops import rearrange
 
 import flux_harness as fh
 import harness
-from comfyui_pnp.nodes.flux import PnPFluxInversion, PnPFluxSampler
+from comfyui_pnp.nodes.flux import PnPFluxApplyInjection, PnPFluxInversion, PnPFluxSampler
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -96,7 +96,7 @@ class Reference:
         return img
 
 
-def reference_edit(model, source, source_prompt, target_prompt, inject):
+def reference_edit(model, source, source_prompt, target_prompt, inject, steps=STEPS):
     net = diffusers_twin(model)
     reference = Reference(net)
     z = (source - SHIFT) * SCALE
@@ -106,7 +106,7 @@ def reference_edit(model, source, source_prompt, target_prompt, inject):
     img_ids[..., 1] += torch.arange(h)[:, None]
     img_ids[..., 2] += torch.arange(w)[None, :]
     ids = (img_ids.reshape(-1, 3), torch.zeros(source_prompt[0][0].shape[1], 3))
-    timesteps = official_schedule(STEPS, img.shape[1])
+    timesteps = official_schedule(steps, img.shape[1])
     src_txt, src_vec = source_prompt[0][0], source_prompt[0][1]["pooled_output"]
     tgt_txt, tgt_vec = target_prompt[0][0], target_prompt[0][1]["pooled_output"]
     noise = reference.denoise(img, timesteps, True, inject, 1.0, src_txt, src_vec, ids)
@@ -145,3 +145,52 @@ def test_nodes_match_an_independent_diffusers_implementation(record_property):
     record_property("injection_effect", effect)
     print(f"injection effect: {effect:.3f} relative")
     assert effect > 0.10
+
+
+@pytest.mark.parametrize("steps", [15, 28, 30])
+@pytest.mark.parametrize("size", [(24, 16), (16, 40), (128, 128)])
+def test_official_schedule_at_any_step_count_and_size(steps, size):
+    """The `official` schedule is get_schedule(steps, image tokens) for every step count and
+    image size, on a model without ModelSamplingFlux. ComfyUI's `simple` (a 10,000-entry table)
+    is not, at these counts: that is why `official` exists. Fails if the shift, the token
+    count (odd sizes pad) or the spacing differs."""
+    from comfyui_pnp.pnp_injection.flow import schedule as flux_schedule
+
+    model = fh.make_flux(single=1, double=1)
+    shape = (1, 16, *size)
+    ours = flux_schedule.sampling_sigmas(model, "official", steps, shape)
+    official = torch.tensor(official_schedule(steps, math.ceil(size[0] / 2) * math.ceil(size[1] / 2)))
+    assert len(ours) == steps + 1
+    assert torch.allclose(ours, official, rtol=1e-6, atol=1e-7), (ours - official).abs().max()
+
+    import comfy.samplers
+    shifted = fh.with_shift(model, size[1] * 8, size[0] * 8)
+    simple = comfy.samplers.calculate_sigmas(shifted.get_model_object("model_sampling"), "simple", steps).float()
+    assert (simple - official).abs().max() > 1e-5  # the table's rounding: the defect `official` removes
+
+
+@pytest.mark.parametrize("route", ["sampler", "advanced"])
+def test_an_edit_at_15_steps_on_a_non_square_latent_matches_the_official_algorithm(route, record_property):
+    """15 steps on a 24x16 latent, where ComfyUI's simple schedule is off by 2.8e-3: both routes
+    (PnP Flux Sampler, and SamplerCustomAdvanced with PnP Flux Noise and the RF-Solver sampler)
+    equal an independent RF-Solver-Edit to 1e-3, on a model without ModelSamplingFlux. Also
+    shows that injection moves the result."""
+    steps, inject = 15, 12
+    model = fh.make_flux(seed=3)
+    source = fh.latent(size=24)[..., :16]
+    source_prompt, target_prompt = fh.conditioning(seed=5), fh.conditioning(seed=1)
+    expected = reference_edit(model, source, source_prompt, target_prompt, inject, steps)
+    (bank,) = PnPFluxInversion.execute(model, {"samples": source}, source_prompt, steps, inject, 1.0,
+                                       "rf-solver-edit", "rf_solver", "official").result
+    if route == "sampler":
+        (out,) = PnPFluxSampler.execute(model, bank, target_prompt, 5.0, inject).result
+        got = out["samples"]
+    else:
+        (patched,) = PnPFluxApplyInjection.execute(model, bank, inject).result
+        got = fh.custom_advanced(patched, bank, target_prompt)
+    error = harness.rel(got, expected)
+    record_property("relative_error", error)
+    print(f"\nFlux RF-Solver-Edit, {steps} steps on 24x16, {route}: relative error {error:.2e}")
+    assert error < 1e-3
+    (plain,) = PnPFluxSampler.execute(model, bank, target_prompt, 5.0, 0).result
+    assert harness.rel(got, plain["samples"]) > 0.10

@@ -101,3 +101,32 @@ class FeatureBank:
         """The inverted latent for a target batch (a single source broadcasts)."""
         self.check_latent((batch, *self.noise.shape[1:]), "noise")
         return self.noise.expand(batch, *self.noise.shape[1:]).clone()
+
+
+def inversion_slot(sigmas: torch.Tensor, sigma: float, evaluations: int, kept: int) -> int | None:
+    """The slot an inversion call at `sigma` fills, or None (not kept).
+
+    The inversion step from sigma_{i+1} up to sigma_i is stored under its upper end sigma_i (the
+    official keys, see the module's docstring): its first evaluation is at sigma_{i+1}, its
+    second (RF-Solver's midpoint) strictly between the two. Steps i < `kept` are kept."""
+    lower = sigmas[1:]
+    at_or_below = (lower <= sigma * (1 + SIGMA_RTOL)).nonzero()
+    if not len(at_or_below):
+        return None
+    step = int(at_or_below[0])
+    if step >= kept:
+        return None
+    on_schedule = math.isclose(sigma, float(lower[step]), rel_tol=SIGMA_RTOL, abs_tol=1e-9)
+    return step * evaluations + (0 if on_schedule or evaluations == 1 else 1)
+
+
+def estimate_bytes(model_patcher, layers: flux_layers.FluxLayerSet, latent_shape, text_tokens: int,
+                   slots: int) -> int:
+    """The bank's size before any model work: every site tensor, its tokens (image tokens, plus
+    the text tokens for all-token single sites) by the hidden width, for every slot and row."""
+    net = model_patcher.model.diffusion_model
+    image = math.ceil(latent_shape[-2] / 2) * math.ceil(latent_shape[-1] / 2)
+    size = placement.compute_dtype(model_patcher).itemsize
+    per_slot = sum(len(site.tensors) * (image + (text_tokens if site.stream == "single" and site.tokens == "all" else 0))
+                   for site in layers.sites)
+    return slots * latent_shape[0] * per_slot * net.hidden_size * size

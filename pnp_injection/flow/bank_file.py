@@ -9,16 +9,17 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from ..bank_file import read, write
 from ..errors import PnPError
+from ..inputs import check_bank_tensors, check_falling_sigmas
 from . import layers as flux_layers
 from .bank import FeatureBank
 
 FORMAT = "pnp-flux-feature-bank"
 VERSION = 1
 SUFFIX = ".pnpfluxbank.safetensors"  # Flux banks are listed by this suffix, apart from U-Net banks
+UNET_FORMAT = "pnp-feature-bank"  # the U-Net wing's format (unet/bank_file.py), named here to point at its loader
+FIX = "invert the source again and save the bank with PnP Flux Save Feature Bank."
 
 
 def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
@@ -34,9 +35,11 @@ def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
 
 
 def load(path: str | os.PathLike) -> FeatureBank:
-    """Read a Flux bank file, checking format, version and that its tensors agree with its metadata."""
+    """Read a Flux bank file, checking format, version, that its tensors agree with its metadata,
+    that they are floating and finite, that each table holds at least the source's tokens and that
+    the schedule falls from 1 to 0 (once, here: a damaged bank would otherwise sample a black image)."""
     name = Path(path).name
-    tensors, metadata = read(path, check_header, "Flux feature bank", "PnP Flux Save Bank")
+    tensors, metadata = read(path, check_header, "Flux feature bank", "PnP Flux Save Feature Bank")
     try:
         layers = flux_layers.parse_custom(metadata["layers"])
         bank = FeatureBank(
@@ -51,21 +54,47 @@ def load(path: str | os.PathLike) -> FeatureBank:
             and len(tensors) == 2 + len(bank.tables)
             and all((t.shape[0] == slots and t.shape[1] == bank.noise.shape[0]) if slots else t.numel() == 0
                     for t in bank.tables.values())
-            and bank.sigmas.ndim == 1 and bool(torch.isfinite(bank.sigmas).all())
-            and bool(torch.isfinite(bank.noise).all()) and bank.steps_kept <= bank.steps
+            and bank.sigmas.ndim == 1 and bank.noise.ndim == 4 and bank.steps_kept <= bank.steps
+            and all(t.ndim == 4 for t in bank.tables.values() if t.numel())
         )
     except (KeyError, ValueError, TypeError, IndexError, PnPError):
         consistent = False
     if not consistent:
         raise PnPError(f"{name} is damaged: its tensors do not match its metadata. Save the bank again with "
-                       f"PnP Flux Save Bank.")
+                       f"PnP Flux Save Feature Bank.")
+    check_bank_tensors(name, {"sigmas": bank.sigmas, "noise": bank.noise,
+                              **{f"features.{key}": t for key, t in bank.tables.items()}}, FIX)
+    check_falling_sigmas(name, bank.sigmas, FIX, first=1.0)
+    check_tokens(name, bank)
     return bank
 
 
+def check_tokens(name: str, bank: FeatureBank) -> None:
+    """Each table holds at least the tokens its site has for the source latent (image tokens, plus
+    the text tokens for all-token sites); reference latents (Kontext) may add more."""
+    height, width = bank.noise.shape[-2:]
+    image = -(-height // 2) * -(-width // 2)  # Flux patches of 2x2 latent cells, padded
+    for site in bank.layers.sites:
+        needed = image + (bank.text_tokens if site.stream == "single" and site.tokens == "all" else 0)
+        for tensor in site.tensors:
+            key = site.key(tensor)
+            table = bank.tables[key]
+            if table.numel() and table.shape[2] < needed:
+                raise PnPError(
+                    f"{name} is damaged: its `{key}` table holds {table.shape[2]} tokens but its "
+                    f"{width * 8}x{height * 8} px source has {needed} there ({image} image tokens"
+                    f"{f' and {bank.text_tokens} text tokens' if needed > image else ''}). The file was cut or "
+                    f"written by other software; {FIX}")
+
+
 def check_header(name: str, metadata: dict) -> None:
+    if metadata.get("format") == UNET_FORMAT:
+        raise PnPError(f"{name} is not a PnP Flux feature bank file (it is a U-Net bank: load it with PnP Load "
+                       f"Feature Bank): choose a file written by PnP Flux Save Feature Bank.")
     if metadata.get("format") != FORMAT:
-        other = " (it is a U-Net bank: load it with PnP Load Feature Bank)" if metadata.get("format") else ""
-        raise PnPError(f"{name} is not a PnP Flux feature bank file{other}: choose a file written by PnP Flux Save Bank.")
+        found = f"its format is {metadata['format']!r}" if metadata.get("format") else f"no '{FORMAT}' metadata"
+        raise PnPError(f"{name} is not a PnP Flux feature bank file ({found}): choose a file written by PnP Flux "
+                       f"Save Feature Bank.")
     if metadata.get("version") != str(VERSION):
         raise PnPError(f"{name} is a Flux feature bank of version {metadata.get('version')!r}; this pack reads "
                        f"version {VERSION}. Invert and save it again with this version of the pack.")

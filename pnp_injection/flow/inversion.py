@@ -4,23 +4,27 @@ As the official code (FLUX_Image_Edit/src/edit.py line 157, src/flux/sampling.py
 90-134): the encoded source sits at sigma 0; the schedule is walked upwards to sigma 1 with
 the source prompt at Flux guidance 1, one RF-Solver step per sampling step. The features are
 kept during the inversion itself (no separate source pass): at the inversion steps whose
-upper end is one of the first `inject` sampling sigmas, both evaluations of the step, stored
+upper end is one of the first `keep_steps` sampling sigmas, both evaluations of the step, stored
 under that upper end (see bank). The result at sigma 1 is the noise the target is
 sampled from.
 """
 from __future__ import annotations
 
+import logging
+import time
+
 import comfy.patcher_extension as ext
 import torch
 
-from .. import placement, schedule
+from .. import placement
 from ..errors import PnPError
-from ..inputs import check_latent
+from ..inputs import check_finite, check_latent, check_whole_latent
 from ..model_calls import without_wrappers
 from ..passes import Progress, run_loop
 from . import layers as flux_layers
+from . import schedule as flux_schedule
 from . import solvers
-from .bank import FeatureBank
+from .bank import FeatureBank, estimate_bytes, inversion_slot
 from .patches import WRAPPER_KEY as INJECTION_KEY
 from .patches import Recorder
 
@@ -36,7 +40,7 @@ def check_schedule(sigmas: torch.Tensor) -> None:
     if not (abs(float(sigmas[0]) - 1.0) < 1e-6 and float(sigmas[-1]) == 0.0):
         raise PnPError(f"The schedule runs from {float(sigmas[0]):.4f} to {float(sigmas[-1]):.4f}; the Flux inversion "
                        f"goes from the source (sigma 0) up to pure noise (sigma 1): choose a scheduler that starts at "
-                       f"sigma 1 (simple, the official schedule, or beta, normal).")
+                       f"sigma 1 (official, simple, beta or normal).")
 
 
 def check_source(model_patcher, latent: torch.Tensor) -> None:
@@ -47,49 +51,53 @@ def check_source(model_patcher, latent: torch.Tensor) -> None:
                        f"{channels}: encode the source with the Flux VAE (VAE Encode with the Flux ae).")
 
 
-def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, inject: int = 20,
+def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, keep_steps: int = 20,
            preset: str = "rf-solver-edit", custom_layers: str = "", solver: str = "rf_solver",
-           scheduler: str = "simple", guidance: float = 1.0) -> FeatureBank:
-    """Invert `latent` (user latent space) and keep the layers' features for `inject` steps."""
+           scheduler: str = flux_schedule.OFFICIAL, guidance: float = 1.0) -> FeatureBank:
+    """Invert `latent` (user latent space) and keep the layers' features for the first
+    `keep_steps` sampling steps."""
     layers = flux_layers.resolve(model_patcher, preset, custom_layers)  # other families stop here
     solvers.check_solver(solver)
     check_source(model_patcher, latent)
-    sigmas = schedule.sampling_sigmas(model_patcher.get_model_object("model_sampling"), scheduler, steps)
+    check_finite(guidance=guidance)
+    check_whole_latent(conditioning, "The inversion prompt (PnP Flux Inversion's `conditioning`)")
+    sigmas = flux_schedule.sampling_sigmas(model_patcher, scheduler, steps, latent.shape)
     check_schedule(sigmas)
-    if not 0 <= inject <= steps:
-        raise PnPError(f"`inject` is {inject}; it counts sampling steps with the source's features: give 0 to {steps}.")
+    if not 0 <= keep_steps <= steps:
+        raise PnPError(f"`keep_steps` is {keep_steps}; it counts sampling steps whose features the bank keeps: "
+                       f"give 0 to {steps}.")
 
     evaluations = solvers.EVALUATIONS[solver]
-    recorder = Recorder(layers)
+    slots = keep_steps * evaluations
+    text_tokens = max(context.shape[1] for context, _ in conditioning)
+    placement.check_fits(estimate_bytes(model_patcher, layers, latent.shape, text_tokens, slots),
+                         placement.storage_device())
+    tables = placement.Tables(lambda key: slots, device_for=lambda t: placement.storage_device())
+    recorder = Recorder(layers, lambda sigma: inversion_slot(sigmas, sigma, evaluations, keep_steps), tables)
     patched = without_wrappers(model_patcher, INJECTION_KEY)  # invert the plain network, never an injected one
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, RECORDER_KEY, recorder)
     progress = Progress(steps)
     result = {}
+    started = time.perf_counter()
 
     def loop(model, x, ascending):
         ones = x.new_ones(x.shape[0])
-        for k in range(steps):
-            upper = steps - 1 - k  # the sampling step at this inversion step's upper end
 
-            def velocity(x_, sigma, evaluation):
-                recorder.slot = upper * evaluations + evaluation if upper < inject else None
-                model(x_, sigma * ones)
-                return recorder.velocity
+        def velocity(x_, sigma, evaluation):
+            model(x_, sigma * ones)
+            return recorder.velocity
+        for k in range(steps):
             x = solvers.step(solver, velocity, x, float(ascending[k]), float(ascending[k + 1]))
             progress.step()
         result["noise"] = x
         return torch.zeros_like(x)  # ComfyUI divides the result by 1 - sigma_last = 0: not used
 
     run_loop(patched, with_guidance(conditioning, guidance), latent, sigmas.flip(0), loop)
-
-    def table(key: str) -> torch.Tensor:
-        kept = recorder.kept[key]
-        if len(kept) != inject * evaluations:
-            raise PnPError(f"The inversion did not reach layer {key}: this model does not run it; choose other layers.")
-        return placement.stack([kept[s] for s in range(inject * evaluations)]) if inject else torch.empty(0)
-
-    return FeatureBank(
+    bank = FeatureBank(
         sigmas=sigmas, noise=placement.keep(result["noise"].float()),
-        tables={key: table(key) for key in layers.keys()}, layers=layers, solver=solver, steps_kept=inject,
-        text_tokens=int(recorder.text_tokens), architecture=flux_layers.signature(model_patcher),
+        tables={key: tables.complete(key, slots, key) for key in layers.keys()}, layers=layers, solver=solver,
+        steps_kept=keep_steps, text_tokens=int(recorder.text_tokens), architecture=flux_layers.signature(model_patcher),
     )
+    logging.info(f"PnP Flux Inversion: bank {placement.summary([*bank.tables.values(), bank.noise])}, {steps} steps "
+                 f"of {solver} in {time.perf_counter() - started:.1f} s")
+    return bank

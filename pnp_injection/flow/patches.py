@@ -12,14 +12,19 @@ from __future__ import annotations
 
 from typing import Callable
 
+import logging
+
 import comfy.patcher_extension as ext
 import torch
 
 from .. import placement
 from ..errors import PnPError
-from ..model_calls import call_sigma, outside_compiler, rows_from_source, without_wrappers
+from ..inputs import check_whole_latent_prompts
+from ..model_calls import (SamplingRun, call_sigma, outside_compiler, rows_from_source, run_feed, sampling_run,
+                           without_wrappers)
 from . import layers as flux_layers
 from .bank import FeatureBank
+from .solvers import EVALUATIONS, sample_rf_solver
 
 WRAPPER_KEY = "pnp_flux_injection"
 
@@ -54,27 +59,25 @@ def site_hooks(net, layers: flux_layers.FluxLayerSet, text_tokens: int,
 
 
 class Recorder:
-    """DIFFUSION_MODEL wrapper of the inversion: keeps the sites' tensors under `slot` (set by
-    the inversion loop before each call; None keeps nothing) and the raw model output (the
-    velocity, readable at sigma 0 too, where the denoised estimate carries none)."""
+    """DIFFUSION_MODEL wrapper of the inversion: writes the sites' tensors of each call into
+    the bank's tables under the slot its sigma belongs to (`inversion_slot`; calls outside the
+    kept steps keep nothing), and keeps the raw model output (the velocity, readable at sigma 0
+    too, where the denoised estimate carries none)."""
 
-    def __init__(self, layers: flux_layers.FluxLayerSet):
-        self.layers = layers
-        self.slot: int | None = None
-        self.kept: dict[str, dict[int, torch.Tensor]] = {key: {} for key in layers.keys()}
+    def __init__(self, layers: flux_layers.FluxLayerSet, slot_of: Callable[[float], int | None],
+                 tables: placement.Tables):
+        self.layers, self.slot_of, self.tables = layers, slot_of, tables
         self.velocity: torch.Tensor | None = None
         self.text_tokens: int | None = None
 
     def __call__(self, executor, *args, **kwargs):
-        context, _ = call_parts(args, kwargs)
+        context, options = call_parts(args, kwargs)
         self.text_tokens = context.shape[1]
+        slot = self.slot_of(call_sigma(options))
         hooks = {}
-        if self.slot is not None:
-            slot = self.slot
-
-            def keep(key, view):  # the first evaluation at a slot is the source's; extra ones never overwrite it
-                if slot not in self.kept[key]:
-                    self.kept[key][slot] = placement.keep(view)
+        if slot is not None:
+            def keep(key, view):
+                self.tables.put(key, slot, view)
             hooks = site_hooks(executor.class_obj, self.layers, context.shape[1], keep)
         out = outside_compiler(hooks, executor, *args, **kwargs)
         self.velocity = out.float()
@@ -83,29 +86,30 @@ class Recorder:
 
 class Injection:
     """The wrappers of sampling with injection: an OUTER_SAMPLE check (before any model
-    evaluation) that frees the streamed slices when sampling ends, and the DIFFUSION_MODEL
-    wrapper that overwrites the sites with the bank's slot in every row of every cond/uncond
-    chunk."""
+    evaluation) that gives the run its own streaming state (`SamplingRun`), dropped when
+    sampling ends, and the DIFFUSION_MODEL wrapper that overwrites the sites with the bank's
+    slot in every row of every cond/uncond chunk. Immutable: clones of the model share it."""
 
     def __init__(self, bank: FeatureBank, inject: int):
         self.bank, self.inject = bank, inject
-        self.feed = placement.StepFeed(bank.tables)
+
+    def __deepcopy__(self, memo):
+        return self
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-        bank = self.bank
+        bank, guider = self.bank, executor.class_obj
+        bank.check_schedule(sigmas, self.inject)
+        bank.check_latent(latent_image.shape)
+        used = ["positive"] + (["negative"] if getattr(guider, "cfg", 1.0) != 1.0 else [])
+        conds = [cond for name in used for cond in getattr(guider, "conds", {}).get(name, [])]
         if self.inject:
-            bank.check_schedule(sigmas, self.inject)
-            bank.check_latent(latent_image.shape)
-            guider = executor.class_obj
-            used = ["positive"] + (["negative"] if getattr(guider, "cfg", 1.0) != 1.0 else [])
-            for name in used:
-                for cond in getattr(guider, "conds", {}).get(name, []):
-                    if cond.get("cross_attn") is not None:
-                        bank.check_text(cond["cross_attn"].shape[1])
-        try:
+            for cond in conds:
+                if cond.get("cross_attn") is not None:
+                    bank.check_text(cond["cross_attn"].shape[1])
+        check_whole_latent_prompts(getattr(guider, "conds", None))
+        note_departures(bank, self.inject, sampler, conds)
+        with sampling_run(guider, SamplingRun(self, placement.StepFeed(bank.tables))):
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
-        finally:
-            self.feed.release()
 
     def diffusion_model(self, executor, *args, **kwargs):
         context, options = call_parts(args, kwargs)
@@ -115,9 +119,10 @@ class Injection:
         self.bank.check_latent(args[0].shape if args else kwargs["x"].shape)
         self.bank.check_text(context.shape[1])
         chunks = len(options.get("cond_or_uncond", [0]))
+        feed = run_feed(options, self, self.bank.tables)
 
         def replace(key, view):
-            source = rows_from_source(self.feed.get(slot, key, view), view.shape[0], chunks)
+            source = rows_from_source(feed.get(slot, key, view), view.shape[0], chunks)
             if source.shape != view.shape:
                 raise token_mismatch(key, source.shape[1], view.shape[1])
             view.copy_(source)
@@ -125,12 +130,37 @@ class Injection:
         return outside_compiler(hooks, executor, *args, **kwargs)
 
 
+def note_departures(bank: FeatureBank, inject: int, sampler, conds) -> None:
+    """One log line for each way the advanced route departs from the bank's solver or the
+    official guidance without an error: both are valid choices, but a user should know."""
+    second_order = getattr(sampler, "sampler_function", None) is sample_rf_solver
+    if inject and bank.evaluations == EVALUATIONS["rf_solver"] and not second_order:
+        logging.info("PnP Flux: this bank was kept for RF-Solver (two evaluations per step) but the sampler is not "
+                     "RF-Solver Sampler (PnP Flux): each step injects only its first evaluation's features.")
+    if conds and not any("guidance" in cond for cond in conds):
+        logging.info("PnP Flux: the prompt has no Flux guidance set (FluxGuidance); the model uses its default (3.5). "
+                     "RF-Solver-Edit samples the target at guidance 5.")
+
+
 def token_mismatch(key: str, bank_tokens: int, call_tokens: int) -> PnPError:
+    """The error for a site whose token count differs between the bank and this model call.
+
+    By the time a site is replaced, the latent's size and (for all-token layers) the text
+    tokens were checked, and a loaded bank holds at least its source's tokens: the difference
+    is in image tokens beyond the latent's own, i.e. reference latents on one prompt only."""
+    head = (f"PnP Flux cannot inject {key}: the bank holds {bank_tokens} tokens there but this model call has "
+            f"{call_tokens}. Neither the latent's size nor the prompt's text causes this, so")
+    if bank_tokens < call_tokens:
+        return PnPError(
+            f"{head} this call has {call_tokens - bank_tokens} image tokens more than the inversion's: the target "
+            f"prompt carries reference latents (Flux Kontext's ReferenceLatent) that PnP Flux Inversion's prompt did "
+            f"not, or larger ones, or another node adds image tokens. Give PnP Flux Inversion's prompt the same "
+            f"reference latents as the target prompt and invert again, or remove them from the target prompt."
+        )
     return PnPError(
-        f"PnP Flux cannot inject {key}: the bank holds {bank_tokens} tokens there but this model call has "
-        f"{call_tokens}. The inversion's and the target's model calls differ in their tokens: reference latents "
-        f"(Flux Kontext's ReferenceLatent) on one prompt and not on the other, or another node's patch. Give PnP "
-        f"Flux Inversion's prompt and the target prompt the same reference latents."
+        f"{head} the inversion's calls had {bank_tokens - call_tokens} image tokens more than this one: PnP Flux "
+        f"Inversion's prompt carried reference latents (Flux Kontext's ReferenceLatent) that the target prompt lacks, "
+        f"or larger ones. Give the target prompt the same reference latents, or invert again without them."
     )
 
 

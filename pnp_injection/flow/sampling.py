@@ -13,6 +13,8 @@ import latent_preview
 import torch
 
 from .. import passes
+from ..model_calls import target_rows
+from ..inputs import check_finite, check_whole_latent
 from . import solvers
 from .bank import FeatureBank
 from .inversion import with_guidance
@@ -37,16 +39,17 @@ def check_prompt(bank: FeatureBank, conditioning) -> None:
         bank.check_text(context.shape[1])
 
 
-def pnp_sample(model_patcher, bank: FeatureBank, positive, guidance: float = 5.0,
-                    inject: int = 20, batch: int | None = None) -> torch.Tensor:
+def pnp_sample(model_patcher, bank: FeatureBank, positive, guidance: float = 5.0, inject: int = 20) -> torch.Tensor:
     """Sample the target prompt from the bank's inverted latent on the bank's schedule with
     the bank's solver, Flux guidance `guidance` (no classifier-free guidance, as the official
-    code), injecting the first `inject` steps. Returns a LATENT's samples."""
+    code), injecting the first `inject` steps. A batch of prompts gives one latent per prompt.
+    Returns a LATENT's samples."""
+    check_finite(guidance=guidance)
+    check_whole_latent(positive, "The target prompt (PnP Flux Sampler's `positive`)")
     patched = apply_injection(model_patcher, bank, inject)
     if inject:
         check_prompt(bank, positive)
-    batch = batch or bank.noise.shape[0]
-    noise = bank.noise_for(batch)
+    noise = bank.noise_for(target_rows(bank.noise.shape[0], positive))
     conditioning = with_guidance(positive, guidance)
     guider = comfy.samplers.CFGGuider(patched)
     guider.set_conds(conditioning, conditioning)

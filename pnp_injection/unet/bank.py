@@ -3,18 +3,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import logging
+import time
+
 import comfy.patcher_extension as ext
 import torch
 
 from .. import placement
 from ..errors import PnPError
-from ..inputs import check_source_size
+from ..inputs import check_source_size, check_whole_latent
 from ..model_calls import source_rows
 from ..passes import Progress, run_loop
 from ..schedule import check_same_schedule, injected_steps
 from . import layers as layer_sets
 from .inversion import Trajectory
-from .patches import WRAPPER_KEY, Recorder, with_attention_patch_first, without_pnp
+from .patches import WRAPPER_KEY, Recorder, attention_name, resblock_name, with_attention_patch_first, without_pnp
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +64,10 @@ class FeatureBank:
         """Injected step counts for these fractions, or a clear error if the bank cannot serve them."""
         feature = injected_steps(self.steps, feature_injection, "feature_injection")
         attention = injected_steps(self.steps, attention_injection, "attention_injection")
-        here = layer_sets.signature(model_patcher, self.layers)
+        try:
+            here = layer_sets.signature(model_patcher, self.layers)
+        except PnPError:  # the bank's layers are not in this U-Net (an SD 1.5 bank on SDXL): another architecture
+            here = f"{layer_sets.model_name(model_patcher)}, without the bank's layers"
         if here != self.architecture:
             raise PnPError(
                 f"This feature bank was captured on another architecture ({self.architecture}), "
@@ -118,10 +124,16 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
     attention_count = injected_steps(trajectory.steps, attention_steps, "attention_steps")
     passes = max(feature_count, attention_count)
     rows = trajectory.latents.shape[1]
-    recorder = Recorder(trajectory.sigmas, layers, feature_count, attention_count, rows,
-                        store=lambda t: placement.keep(t, dtype, placement.bank_device(device, t)))
+    where = model_patcher.load_device if device == "model" else placement.bank_device(device, trajectory.latents)
+    placement.check_fits(estimate_bytes(model_patcher, layers, trajectory.latents.shape[1:], feature_count,
+                                        attention_count, dtype), where)
+    tables = placement.Tables(lambda key: feature_count if key[0] == "residual" else attention_count,
+                              device_for=lambda t: placement.bank_device(device, t), dtype=dtype)
+    recorder = Recorder(trajectory.sigmas, layers, feature_count, attention_count, rows, tables)
 
     conditioning = conditioning or trajectory.conditioning
+    check_whole_latent(conditioning, "The source prompt of PnP Capture Features")
+    started = time.perf_counter()
     if passes:
         patched = without_pnp(model_patcher)
         patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, recorder)
@@ -139,19 +151,33 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
         latent = torch.zeros_like(trajectory.latents[0])  # unused: the loop reads the trajectory
         run_loop(patched, conditioning, latent, trajectory.sigmas[: passes + 1], loop)
 
-    def stacked(table: dict[int, torch.Tensor], count: int, name) -> torch.Tensor:
-        missing = [i for i in range(count) if i not in table]
-        if missing:
-            raise PnPError(f"The source pass did not reach layer {name} at steps {missing}: "
-                           f"this model does not run that layer; choose other layers.")
-        return placement.stack([table[i] for i in range(count)]) if count else torch.empty(0)
-
-    return FeatureBank(
+    bank = FeatureBank(
         sigmas=trajectory.sigmas,
         start=trajectory.latents[0],
-        residual={b: stacked(t, feature_count, b) for b, t in recorder.residual.items()},
-        attention={k: stacked(t, attention_count, k) for k, t in recorder.attention.items()},
+        residual={b: tables.complete(("residual", b), feature_count, resblock_name(b)) for b in layers.resblocks},
+        attention={k: tables.complete(("attention", k), attention_count, attention_name(k)) for k in layers.attention},
         layers=layers,
         architecture=layer_sets.signature(model_patcher, layers),
         source_prompt=conditioning,
     )
+    logging.info(f"PnP Capture Features: bank {placement.summary(bank.tables.values())}, {passes} source passes "
+                 f"in {time.perf_counter() - started:.1f} s")
+    return bank
+
+
+def estimate_bytes(model_patcher, layers: layer_sets.LayerSet, latent_shape, feature_count: int,
+                   attention_count: int, dtype: torch.dtype | None) -> int:
+    """The bank's size before any U-Net work: each layer's tensor at its decoder resolution,
+    for every kept step and source row, in the dtype it will be kept in."""
+    unet = model_patcher.model.diffusion_model
+    rows, height, width = latent_shape[0], latent_shape[-2], latent_shape[-1]
+    size = (dtype or placement.compute_dtype(model_patcher)).itemsize
+    total = 0
+    for block in layers.resblocks:
+        h, w = layer_sets.output_resolution(unet, block, height, width)
+        total += feature_count * rows * layer_sets.residual_module(unet, block).out_channels * h * w
+    for key in layers.attention:
+        h, w = layer_sets.output_resolution(unet, key[0], height, width)
+        total += attention_count * rows * h * w * layer_sets.attention_module(unet, key).to_q.in_features
+    return total * size
+

@@ -5,16 +5,17 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from ..bank_file import read, write
 from ..errors import PnPError
+from ..inputs import check_bank_tensors, check_falling_sigmas
 from .bank import FeatureBank
 from .layers import LayerSet
 
 FORMAT = "pnp-feature-bank"
 VERSION = 2          # 2: self-attention kept as its input (1 held queries and keys)
 SUFFIX = ".pnpbank.safetensors"  # banks are listed by this suffix: no checkpoint is ever offered as one
+FLUX_FORMAT = "pnp-flux-feature-bank"  # the Flux wing's format (flow/bank_file.py), named here to point at its loader
+FIX = "capture the source again and save the bank with PnP Save Feature Bank."
 
 
 def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
@@ -38,7 +39,8 @@ def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
 
 def load(path: str | os.PathLike) -> FeatureBank:
     """Read a bank file: format and version from the header first, then its tensors, checked
-    against the metadata."""
+    against the metadata, for floating finite values and a schedule falling to 0 (once, here:
+    a damaged bank would otherwise sample a black image)."""
     name = Path(path).name
     tensors, metadata = read(path, check_header, "feature bank", "PnP Save Feature Bank")
     try:
@@ -59,17 +61,24 @@ def load(path: str | os.PathLike) -> FeatureBank:
             and bank.feature_step_count == int(metadata["feature_step_count"])
             and bank.attention_step_count == int(metadata["attention_step_count"])
             and all(t.shape[1] == bank.start.shape[0] for t in bank.tables.values())
-            and bank.sigmas.ndim == 1 and bool(torch.isfinite(bank.sigmas).all())
+            and bank.sigmas.ndim == 1
         )
     except (KeyError, ValueError, TypeError, IndexError):
         consistent = False
     if not consistent:
         raise PnPError(f"{name} is damaged: its tensors do not match its metadata. Save the bank again "
                        f"with PnP Save Feature Bank.")
+    check_bank_tensors(name, {"sigmas": bank.sigmas, "start": bank.start,
+                              **{f"residual.{b}": t for b, t in bank.residual.items()},
+                              **{f"attention.{b}.{i}": t for (b, i), t in bank.attention.items()}}, FIX)
+    check_falling_sigmas(name, bank.sigmas, FIX)
     return bank
 
 
 def check_header(name: str, metadata: dict) -> None:
+    if metadata.get("format") == FLUX_FORMAT:
+        raise PnPError(f"{name} is a Flux feature bank: load it with PnP Flux Load Feature Bank (and sample it with "
+                       f"the PnP Flux nodes), or choose a file written by PnP Save Feature Bank.")
     if metadata.get("format") != FORMAT:
         raise PnPError(f"{name} is not a PnP feature bank file (no '{FORMAT}' metadata): choose a file "
                        f"written by PnP Save Feature Bank.")

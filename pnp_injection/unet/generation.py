@@ -9,7 +9,7 @@ import torch
 
 from .. import passes, schedule
 from ..errors import PnPError
-from ..inputs import check_latent
+from ..inputs import check_finite, check_latent
 from .inversion import Trajectory
 from .layers import family_of
 
@@ -22,6 +22,7 @@ def generate(model_patcher, latent: torch.Tensor, positive, negative, cfg: float
     the source pass later uses the generation prompt.
     """
     family = family_of(model_patcher)
+    check_finite(cfg=cfg)
     check_latent(latent)
     chosen = passes.sampler(sampler_name)
     sigmas = schedule.sampling_sigmas(model_patcher.get_model_object("model_sampling"), scheduler, steps)

@@ -13,6 +13,7 @@ import math
 import comfy.samplers
 
 from ..errors import PnPError
+from ..inputs import check_number
 from ..schedule import step_at
 from .layers import family_of
 
@@ -77,6 +78,9 @@ class NegativeScheduleGuider(comfy.samplers.CFGGuider):
         negative_weight(alpha, schedule, 0, 2)  # validates the schedule name
         super().__init__(model_patcher)
         self.alpha, self.schedule = alpha, schedule
+
+    def set_cfg(self, cfg):
+        super().set_cfg(check_number(cfg, "cfg"))
 
     def set_conds(self, positive, unconditional, negative):
         self.inner_set_conds({"positive": positive, "negative": unconditional,

@@ -1,13 +1,15 @@
 """Deterministic DDIM inversion of the source latent (spec section 2)."""
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
 from .. import placement
-from ..inputs import check_latent
+from ..inputs import check_latent, check_whole_latent
 from ..passes import Progress, run_loop
 from ..schedule import sampling_sigmas
 from . import layers
@@ -42,6 +44,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
     """
     family = layers.family_of(model_patcher)  # DiT/flow models stop here, before any work
     check_latent(latent)
+    check_whole_latent(conditioning, "The inversion prompt (PnP DDIM Inversion's `conditioning`)")
     model_sampling = model_patcher.get_model_object("model_sampling")
     sigmas = sampling_sigmas(model_sampling, scheduler, steps)
     check_inversion_steps(evaluations, steps)
@@ -49,7 +52,15 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
     fine, record = inversion_sigmas(model_sampling, sigmas, max(evaluations, len(sigmas) - 1))
     sigma_data = float(model_sampling.sigma_data)
     progress = Progress(len(fine) - 1)
-    recorded: list[torch.Tensor] = []
+    count = len(sigmas) - 1
+    latents = placement.allocate((count, *latent.shape), torch.float32, placement.storage_device())
+    written = 0
+
+    def keep_latent(x, times: int) -> None:  # x(sigma_i) in sampling order: sigma_0 first, filled from the end
+        nonlocal written
+        for _ in range(times):
+            written += 1
+            latents[count - written].copy_(x)
 
     def vp_scale(sigma):  # x_vp = x_k * vp_scale(sigma)
         return sigma_data / (sigma ** 2 + sigma_data ** 2) ** 0.5
@@ -59,19 +70,21 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
         fine_sigmas = fine_sigmas.float()
         x = x / vp_scale(fine_sigmas[0])
         marks = Counter(record)  # a sampling sigma at timestep 0 is recorded at the start
-        recorded.extend([x] * marks[0])
+        keep_latent(x, marks[0])
         ones = x.new_ones(x.shape[0])
         for j in range(len(fine_sigmas) - 1):
             a, b = fine_sigmas[j], fine_sigmas[j + 1]
             x_in = x * (vp_scale(a) / vp_scale(b))   # VP value x_vp(a), read at level b
             eps = (x_in - model(x_in, b * ones)) / b
             x = x + (b - a) * eps
-            recorded.extend([x] * marks[j + 1])
+            keep_latent(x, marks[j + 1])
             progress.step()
         return x
 
+    started = time.perf_counter()
     run_loop(without_pnp(model_patcher), conditioning, latent, fine, loop)
-    latents = torch.stack(recorded[::-1]).to(placement.storage_device())  # sampling order: sigma_0 first
+    logging.info(f"PnP DDIM Inversion: trajectory {placement.summary([latents])}, {len(fine) - 1} evaluations "
+                 f"in {time.perf_counter() - started:.1f} s")
     return Trajectory(sigmas=sigmas, latents=latents, conditioning=conditioning, family=family)
 
 

@@ -23,8 +23,10 @@ import comfy.patcher_extension as ext
 import torch
 
 from ..errors import PnPError
-from ..model_calls import call_sigma, outside_compiler, rows_from_source, without_wrappers
-from ..placement import StepFeed
+from ..inputs import check_whole_latent_prompts
+from ..model_calls import (SamplingRun, call_sigma, outside_compiler, rows_from_source, run_feed, sampling_run,
+                           without_wrappers)
+from ..placement import StepFeed, Tables
 from ..schedule import step_at
 from . import layers as layer_sets
 
@@ -79,17 +81,27 @@ def unet_call(executor, layers: layer_sets.LayerSet, residual: Callable | None, 
 
 def checked(replacement: torch.Tensor, replaced: torch.Tensor, layer: str, transformer_options) -> torch.Tensor:
     """The replacement, if it has the shape of what it replaces; else a PnPError naming the
-    layer and the model's other patches (one of them changed the U-Net's inner shapes)."""
+    layer and the model's other patches (one of them changed the U-Net's inner shapes), or,
+    with no other patch on the model, the bank (its features were not recorded on this
+    latent's whole grid)."""
     if replacement.shape == replaced.shape:
         return replacement
     others = [f"{kind} {getattr(p, '__qualname__', type(p).__name__)}"
               for kind, chain in transformer_options.get("patches", {}).items()
               for p in chain if p is not attention_patch]
+    mismatch = (f"PnP cannot inject {layer}: the bank holds a tensor of shape {tuple(replacement.shape)} but this "
+                f"U-Net call has {tuple(replaced.shape)} there.")
+    if not others:
+        raise PnPError(
+            f"{mismatch} No patch on the model changes the U-Net's shapes, so the bank's features were not "
+            f"recorded on the whole latent of the source: it was captured with an area prompt (Conditioning "
+            f"(Set Area), or Set Mask with \"mask bounds\") by an earlier version of the pack, or written by other "
+            f"software. Capture the source again with a prompt without area (PnP DDIM Inversion, PnP Capture "
+            f"Features) and save it with PnP Save Feature Bank."
+        )
     raise PnPError(
-        f"PnP cannot inject {layer}: the bank holds a tensor of shape {tuple(replacement.shape)} but this "
-        f"U-Net call has {tuple(replaced.shape)} there. A patch on the model changes the U-Net's inner "
-        f"shapes at PnP's injected steps ({', '.join(others) or 'none found'}): remove it from the model "
-        f"that PnP samples, or apply it after PnP's injected steps."
+        f"{mismatch} A patch on the model changes the U-Net's inner shapes at PnP's injected steps "
+        f"({', '.join(others)}): remove it from the model that PnP samples, or apply it after PnP's injected steps."
     )
 
 
@@ -102,31 +114,26 @@ def attention_name(key: tuple[int, int]) -> str:
 
 
 class Recorder:
-    """DIFFUSION_MODEL wrapper of the source pass: keeps, per step, each ResBlock's residual
-    branch and each attention layer's input. The first evaluation at a step is the one kept:
-    an extra evaluation at the same sigma can neither overwrite nor multiply the bank."""
+    """DIFFUSION_MODEL wrapper of the source pass: writes, per step (found from the call's
+    sigma), each ResBlock's residual branch and each attention layer's input of the first
+    `rows` rows into the bank's tables. The first evaluation at a step is the one kept: an
+    extra evaluation at the same sigma can neither overwrite nor multiply the bank."""
 
     def __init__(self, sigmas: torch.Tensor, layers: layer_sets.LayerSet, feature_count: int,
-                 attention_count: int, rows: int, store: Callable[[torch.Tensor], torch.Tensor]):
-        self.sigmas, self.layers, self.rows, self.store = sigmas, layers, rows, store
+                 attention_count: int, rows: int, tables: Tables):
+        self.sigmas, self.layers, self.rows, self.tables = sigmas, layers, rows, tables
         self.feature_count, self.attention_count = feature_count, attention_count
-        self.residual: dict[int, dict[int, torch.Tensor]] = {b: {} for b in layers.resblocks}
-        self.attention: dict[tuple, dict[int, torch.Tensor]] = {k: {} for k in layers.attention}
-
-    def _keep(self, table: dict[int, torch.Tensor], step: int, t: torch.Tensor) -> None:
-        if step not in table:
-            table[step] = self.store(t[: self.rows])
 
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         step = step_at(self.sigmas, call_sigma(transformer_options))
         residual = attention = None
         if step is not None and step < self.feature_count:
             def residual(block, out):
-                self._keep(self.residual[block], step, out.detach())
+                self.tables.put(("residual", block), step, out[: self.rows])
         if step is not None and step < self.attention_count:
             def attention(key, n):
-                if key in self.attention:
-                    self._keep(self.attention[key], step, n.detach())
+                if key in self.layers.attention:
+                    self.tables.put(("attention", key), step, n[: self.rows])
         return unet_call(executor, self.layers, residual, attention,
                          x, timesteps, context, y, control, transformer_options, **kwargs)
 
@@ -134,21 +141,23 @@ class Recorder:
 class Injection:
     """Target sampling: overwrites the layers with the bank's tensors of the current step, in
     every row of every chunk. `outer_sample` (OUTER_SAMPLE wrapper) refuses a schedule, latent
-    or attention chain the bank cannot serve before any U-Net evaluation and frees the streamed
-    tensors when sampling ends; `diffusion_model` (DIFFUSION_MODEL wrapper) injects per call."""
+    or attention chain the bank cannot serve before any U-Net evaluation and gives the run its
+    own streaming state (`SamplingRun`), dropped when sampling ends; `diffusion_model`
+    (DIFFUSION_MODEL wrapper) injects per call. Immutable: clones of the model share it."""
 
     def __init__(self, bank, feature_count: int, attention_count: int):
         self.bank, self.feature_count, self.attention_count = bank, feature_count, attention_count
-        self.feed = StepFeed(bank.tables)
+
+    def __deepcopy__(self, memo):
+        return self
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
         self.bank.check_schedule(sigmas, max(self.feature_count, self.attention_count))
         self.bank.check_latent(latent_image.shape, batch=True)
+        check_whole_latent_prompts(getattr(executor.class_obj, "conds", None))
         check_attention_chain(executor.class_obj.model_options, needed=self.attention_count > 0)
-        try:
+        with sampling_run(executor.class_obj, SamplingRun(self, StepFeed(self.bank.tables))):
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
-        finally:
-            self.feed.release()
 
     def diffusion_model(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         step = step_at(self.bank.sigmas, call_sigma(transformer_options))
@@ -156,9 +165,10 @@ class Injection:
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         self.bank.check_latent(x.shape, batch=False)
         chunks = len(transformer_options.get("cond_or_uncond", [0]))
+        feed = run_feed(transformer_options, self, self.bank.tables)
 
         def source(kind: str, key, replaced: torch.Tensor, name: str) -> torch.Tensor:
-            step_tensor = self.feed.get(step, (kind, key), replaced)
+            step_tensor = feed.get(step, (kind, key), replaced)
             return checked(rows_from_source(step_tensor, replaced.shape[0], chunks), replaced, name,
                            transformer_options)
 

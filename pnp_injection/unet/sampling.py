@@ -6,7 +6,9 @@ import latent_preview
 import torch
 
 from .. import passes
+from ..model_calls import target_rows
 from ..errors import PnPError
+from ..inputs import check_finite
 from . import guidance
 from .bank import FeatureBank
 from .inversion import to_user_latent
@@ -28,9 +30,12 @@ def pnp_sample(model_patcher, bank: FeatureBank, positive, negative, cfg: float 
     the latent-diffusion negative-prompt schedule applies (spec section 5): `negative` is the
     unconditional prompt and `source_negative` (default: the source prompt) is blended in.
     """
+    check_finite(cfg=cfg)  # the fractions and negative_alpha are range-checked, NaN included
     chosen = passes.sampler(sampler_name)
     patched = apply_injection(model_patcher, bank, feature_injection, attention_injection)
     latent = start_latent(model_patcher, bank)["samples"]
+    rows = target_rows(latent.shape[0], positive, negative)
+    latent = latent.expand(rows, *latent.shape[1:]).clone()  # one latent per prompt of a prompt batch
     if guidance.is_plain(negative_alpha, negative_schedule):
         guider = comfy.samplers.CFGGuider(patched)
         guider.set_conds(positive, negative)
