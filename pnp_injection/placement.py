@@ -81,6 +81,7 @@ class Tables:
         self.slots, self.device_for, self.dtype = slots, device_for, dtype  # slots(key): the table's length
         self.tables: dict[Hashable, torch.Tensor] = {}
         self.filled: dict[Hashable, set[int]] = {}
+        self.queued = False  # copies from the GPU still in flight
 
     def put(self, key: Hashable, slot: int, t: torch.Tensor) -> None:
         if key not in self.tables:
@@ -93,11 +94,17 @@ class Tables:
             raise PnPError(f"The source pass gave {key} the shape {tuple(t.shape)} at one step and "
                            f"{tuple(table.shape[1:])} at another: a patch on the model changes its inner shapes "
                            f"between steps; remove it from the model PnP inverts.")
-        table[slot].copy_(t.detach())
+        # From the GPU the copy is queued on the current stream (ordered before any reuse of
+        # t's memory) and overlaps the model's next kernels; `complete` waits for it.
+        table[slot].copy_(t.detach(), non_blocking=t.is_cuda)
+        self.queued |= t.is_cuda
         self.filled[key].add(slot)
 
     def complete(self, key: Hashable, count: int, name: str) -> torch.Tensor:
         """The table of `key` for slots 0..count-1, all of them written, or a PnPError."""
+        if self.queued:
+            torch.cuda.synchronize()
+            self.queued = False
         if count == 0:
             return torch.empty(0)
         missing = sorted(set(range(count)) - self.filled.get(key, set()))
