@@ -111,3 +111,14 @@ def check_falling_sigmas(name: str, sigmas: torch.Tensor, fix: str, first: float
         raise PnPError(f"{name} has a schedule that does not fall strictly {start}to 0 ({shown}"
                        f"{', ...' if sigmas.numel() > 6 else ''}): the file is damaged or was written by other "
                        f"software; {fix}")
+
+
+def check_same_architecture(bank_signature: str, here: str, redo: str) -> None:
+    """A bank serves only the architecture it was made on; the message names both, by family
+    and config where they differ there, else in full (same family, other widths)."""
+    if bank_signature == here:
+        return
+    short = [s.split(":[")[0] for s in (bank_signature, here)]
+    made, this = short if short[0] != short[1] else (bank_signature, here)
+    raise PnPError(f"This feature bank was made on another architecture ({made}), not on this model ({this}). "
+                   f"{redo} with this model.")

@@ -1,11 +1,13 @@
-"""Where feature banks live, and how each step's tensors reach the model.
+"""Where feature banks live, how they are sized and written, and how each step's tensors reach the model.
 
 A bank is kept on ComfyUI's intermediate device (system memory unless ComfyUI runs with
---gpu-only), pinned where CUDA is present, so it holds no GPU memory between runs; ComfyUI
-keeps node outputs in its cache, outside model management. While sampling, a `StepFeed`
-moves one step's slice to the model's device just before the call that needs it, starts the
-copy of the next step's slice in the background, and drops a slice once sampling has moved
-past its step. `device="model"` at capture keeps a bank on the GPU for users who want that.
+--gpu-only), page-locked where CUDA is present, so it holds no GPU memory between runs; ComfyUI
+keeps node outputs in its cache, outside model management. Before any model work a wing
+estimates its bank's bytes and `check_fits` refuses one that cannot fit. While recording,
+`Tables` allocates each table once and fills it in place. While sampling, a `StepFeed` moves
+one step's slice to the model's device just before the call that needs it, starts the copy
+of the next step's slice in the background, and drops a slice once sampling has moved past
+its step. `device="model"` at capture keeps a bank on the GPU for users who want that.
 """
 from __future__ import annotations
 

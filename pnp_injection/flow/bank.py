@@ -15,7 +15,7 @@ import torch
 
 from .. import placement
 from ..errors import PnPError
-from ..inputs import check_source_size
+from ..inputs import check_same_architecture, check_source_size
 from ..model_calls import source_rows
 from ..schedule import SIGMA_RTOL, check_same_schedule, step_at
 from . import layers as flux_layers
@@ -67,9 +67,7 @@ class FeatureBank:
         """The injected step count, if this bank can serve it on this model, or a clear error."""
         flux_layers.check_flux(model_patcher)
         here = flux_layers.signature(model_patcher)
-        if here != self.architecture:
-            raise PnPError(f"This Flux feature bank was made on another architecture ({self.architecture}), not on "
-                           f"this model ({here}). Invert the source again with this model.")
+        check_same_architecture(self.architecture, here, "Invert the source again")
         if not 0 <= inject <= self.steps:
             raise PnPError(f"`inject` is {inject}; the schedule has {self.steps} steps: give 0 to {self.steps}.")
         if inject > self.steps_kept:

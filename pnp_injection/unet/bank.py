@@ -11,7 +11,7 @@ import torch
 
 from .. import placement
 from ..errors import PnPError
-from ..inputs import check_source_size, check_whole_latent
+from ..inputs import check_same_architecture, check_source_size, check_whole_latent
 from ..model_calls import source_rows
 from ..passes import Progress, run_loop
 from ..schedule import check_same_schedule, injected_steps
@@ -68,11 +68,7 @@ class FeatureBank:
             here = layer_sets.signature(model_patcher, self.layers)
         except PnPError:  # the bank's layers are not in this U-Net (an SD 1.5 bank on SDXL): another architecture
             here = f"{layer_sets.model_name(model_patcher)}, without the bank's layers"
-        if here != self.architecture:
-            raise PnPError(
-                f"This feature bank was captured on another architecture ({self.architecture}), "
-                f"not on this model ({here}). Capture it again with this model."
-            )
+        check_same_architecture(self.architecture, here, "Invert and capture the source again")
         if feature and not self.layers.resblocks:
             raise PnPError("This bank's layer set has no ResBlock: set `feature_injection` to 0 or capture with ResBlock layers.")
         if attention and not self.layers.attention:
