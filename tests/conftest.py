@@ -15,6 +15,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from comfy_server import comfy_server  # noqa: E402,F401  (session fixture: the real server)
+from workflow_runs import workflow_runs  # noqa: E402,F401  (session fixture: each shipped workflow run once)
 
 import folder_paths  # noqa: E402
 import pytest  # noqa: E402

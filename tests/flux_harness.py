@@ -10,7 +10,13 @@ import torch
 
 import comfy.model_base
 import comfy.model_patcher
+import comfy.patcher_extension as ext
 import comfy.supported_models as sm
+from comfy_extras.nodes_custom_sampler import BasicGuider, KSamplerSelect, SamplerCustomAdvanced
+from comfy_extras.nodes_flux import FluxGuidance
+from comfyui_pnp.nodes.flux import PnPFluxInversion, PnPFluxNoise, PnPFluxSampler, PnPRFSolverSampler
+from comfyui_pnp.pnp_injection.flow import patches as flux_patches
+from host import run_node
 
 HIDDEN, HEADS, AXES = 64, 2, [8, 12, 12]     # head dim 32 = sum of the rope axes
 CONTEXT, POOLED = 32, 32                      # text width (T5 in Flux.1) and pooled width (CLIP-L)
@@ -84,3 +90,48 @@ def with_reference(conditioning, seed: int = 7, size: int = 16):
 
     return node_helpers.conditioning_set_values(conditioning, {"reference_latents": [latent(seed=seed, size=size)]},
                                                 append=True)
+
+
+def custom_advanced(model, bank, prompt, sampler_name=None, latent_image=None, guidance=5.0):
+    """The advanced route: SamplerCustomAdvanced with FluxGuidance, BasicGuider, PnP Flux Noise's
+    NOISE and SIGMAS, and the RF-Solver SAMPLER (or a ComfyUI sampler by name)."""
+    noise, sigmas = PnPFluxNoise.execute(bank).result
+    (conditioning,) = run_node(FluxGuidance, prompt, guidance)
+    (guider,) = run_node(BasicGuider, model, conditioning)
+    if sampler_name is None:
+        (sampler,) = PnPRFSolverSampler.execute().result
+    else:
+        (sampler,) = run_node(KSamplerSelect, sampler_name)
+    if latent_image is None:  # any latent of the source's size: it is multiplied by 0
+        h, w = bank.noise.shape[-2:]
+        latent_image = latent(seed=9, size=max(h, w))[..., :h, :w]
+    out, _ = run_node(SamplerCustomAdvanced, noise, guider, sampler, sigmas, {"samples": latent_image})
+    return out["samples"]
+
+
+# --- shared by the Flux test modules (moved here from test_flux_engine) ---
+
+STEPS, INJECT = 6, 5  # the Flux tests' default steps and injected (kept) steps
+
+
+def invert(model, source=None, prompt=None, solver="rf_solver", layers="rf-solver-edit", steps=STEPS, keep_steps=INJECT,
+           custom=""):
+    """PnP Flux Inversion of `source` (default: `latent()`) with `prompt` (default: `conditioning(seed=5)`)."""
+    source = latent() if source is None else source
+    prompt = prompt or conditioning(seed=5)
+    (bank,) = PnPFluxInversion.execute(model, {"samples": source}, prompt, steps, keep_steps, 1.0, layers, solver,
+                                       "simple", custom).result
+    return bank
+
+
+def pnp(model, bank, prompt, inject=INJECT, guidance=5.0):
+    """PnP Flux Sampler's latent."""
+    (out,) = PnPFluxSampler.execute(model, bank, prompt, guidance, inject).result
+    return out["samples"]
+
+
+def assert_clean(model):
+    """No PnP wrapper on the model and no hook left on any of its modules."""
+    for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL):
+        assert model.get_wrappers(kind, flux_patches.WRAPPER_KEY) == []
+    assert not any(m._forward_hooks for m in model.model.diffusion_model.modules())

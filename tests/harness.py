@@ -10,11 +10,18 @@ from __future__ import annotations
 import math
 
 import torch
+import torch._dynamo
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
+import comfy.samplers
 import comfy.supported_models as sm
+from comfyui_pnp.nodes.bank_files import PnPSaveFeatureBank
+from comfyui_pnp.pnp_injection import model_calls
+from comfyui_pnp.pnp_injection.unet import layers as unet_layers
 
 CONTEXT = 64
 
@@ -131,3 +138,95 @@ class CountCalls:
 
     def __exit__(self, *exc):
         self.handle.remove()
+
+
+# --- shared by the U-Net test modules (moved here from test_engine, test_bank_files, test_compile) ---
+
+def plain_sample(model, start, sigmas, positive, negative, cfg, sampler="ddim"):
+    """The same sampler without any PnP patch, from the same start latent."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    return guider.sample(torch.zeros_like(start), start, comfy.samplers.sampler_object(sampler), sigmas,
+                         disable_pbar=True, seed=0)
+
+
+class Probe:
+    """An inner DIFFUSION_MODEL wrapper: its hooks run after ours, so they see what the
+    injected layers compute with: the ResBlock's residual output, and the inputs of attn1's
+    query, key and value projections."""
+
+    def __init__(self, bank):
+        self.bank, self.calls = bank, []
+
+    def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        seen = {}
+
+        def keep(key, of_input):
+            return lambda mod, args, out: seen.__setitem__(key, (args[0] if of_input else out).detach().clone())
+
+        unet = executor.class_obj
+        hooks = {unet_layers.residual_module(unet, b): keep(("res", b), False) for b in self.bank.layers.resblocks}
+        for k in self.bank.layers.attention:
+            attn = unet_layers.attention_module(unet, k)
+            hooks.update({attn.to_q: keep(("q", k), True), attn.to_k: keep(("k", k), True),
+                          attn.to_v: keep(("v", k), True)})
+        with model_calls.forward_hooks(hooks):
+            out = executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        sigma = float(transformer_options["sigmas"][0])
+        self.calls.append((sigma, len(transformer_options["cond_or_uncond"]), seen))
+        return out
+
+
+def injected_steps(bank, probe, source_rows):
+    """Per kind, the steps at which every row of the call held the bank's tensors: the ResBlock
+    output, and the source's attention input fed to the query ("q") and key ("k") projections.
+    "v" collects steps where the value projection got the source too (it never should)."""
+    found = {"res": set(), "q": set(), "k": set(), "v": set()}
+    step_of = {round(float(s), 5): i for i, s in enumerate(bank.sigmas[:-1])}
+    for sigma, chunks, seen in probe.calls:
+        step = step_of[round(sigma, 5)]
+        for (kind, key), got in seen.items():
+            table = bank.residual if kind == "res" else bank.attention
+            if step >= table[key].shape[0]:
+                continue
+            expected = model_calls.rows_from_source(table[key][step].to(got), got.shape[0], chunks)
+            if torch.equal(got, expected):
+                found[kind].add(step)
+    return found
+
+
+def save_and_stage(bank, folders, prefix="pnp_bank"):
+    """Save a U-Net bank with PnP Save Feature Bank into the `folders` fixture's output folder and
+    copy it into its input folder; returns (saved, staged) paths."""
+    out, inp = folders
+    (ui,) = PnPSaveFeatureBank.execute(bank, prefix).ui["text"]
+    saved = out / ui
+    staged = inp / saved.name
+    staged.write_bytes(saved.read_bytes())
+    return saved, staged
+
+
+def rewrite(path, edit_tensors=None, edit_meta=None):
+    """Rewrite a safetensors file in place, after `edit_tensors(tensors)` and `edit_meta(metadata)`."""
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    if edit_tensors:
+        edit_tensors(tensors)
+    if edit_meta:
+        edit_meta(meta)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def compile_unavailable(backend: str) -> str | None:
+    """Why torch.compile with `backend` cannot run here, or None."""
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile (dynamo) does not support this Python/platform"
+    if backend == "inductor":
+        try:
+            from torch._inductor import cpp_builder
+
+            cpp_builder.get_cpp_compiler()
+        except Exception as e:  # noqa: BLE001 (any failure to find a compiler means: skip)
+            return f"inductor needs a C++ compiler on the CPU: {e}"
+    return None

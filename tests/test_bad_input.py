@@ -11,7 +11,7 @@ import harness
 from comfyui_pnp.pnp_injection import PnPError
 from comfyui_pnp.pnp_injection.unet import bank as banks
 from comfyui_pnp.pnp_injection.unet import inversion, patches, sampling
-from test_engine import plain_sample
+from harness import plain_sample
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_sampler_with_other_sigmas(sd15):
 def test_latent_of_another_size_or_batch(sd15):
     model, empty, _, bank = sd15
     patched = patches.apply_injection(model, bank)
-    refuses(model, r"feature bank was captured at 128x128 px.*upscale after PnP",
+    refuses(model, r"feature bank was made at 128x128 px.*upscale after PnP",
             lambda: plain_sample(patched, torch.zeros(1, 4, 24, 24), bank.sigmas, empty, empty, 7.5))
     two = inversion.invert(model, harness.latent(batch=2), empty, steps=5, evaluations=5)
     bank2 = banks.capture(model, two)
@@ -61,10 +61,10 @@ def test_latent_of_another_size_or_batch(sd15):
 def test_bank_of_another_architecture(sd15):
     _, empty, _, bank = sd15
     other = harness.make_model("sd21")
-    refuses(other, "captured on another architecture.*Capture it again with this model",
+    refuses(other, r"made on another architecture \(sd1:SD15\), not on this model \(sd2:SD20\)\. Invert and capture the source again with this model",
             lambda: patches.apply_injection(other, bank))
     wider = harness.make_model("sd15", channels=64)
-    refuses(wider, "captured on another architecture", lambda: sampling.pnp_sample(wider, bank, empty, empty))
+    refuses(wider, "made on another architecture", lambda: sampling.pnp_sample(wider, bank, empty, empty))
 
 
 @pytest.mark.parametrize("f, a", [(-0.1, 0.5), (0.8, 1.2), (float("nan"), 0.5)])

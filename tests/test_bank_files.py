@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 import harness
+from harness import rewrite, save_and_stage
 from comfyui_pnp.nodes import NODE_IDS, NODES
 from comfyui_pnp.nodes.bank_files import PnPLoadFeatureBank, PnPSaveFeatureBank
 from comfyui_pnp.pnp_injection import PnPError
@@ -20,15 +20,6 @@ def captured():
     empty = harness.conditioning(seed=5)
     trajectory = inversion.invert(model, harness.latent(), empty, steps=5, evaluations=5)
     return model, empty, banks.capture(model, trajectory)
-
-
-def save_and_stage(bank, folders, prefix="pnp_bank"):
-    out, inp = folders
-    (ui,) = PnPSaveFeatureBank.execute(bank, prefix).ui["text"]
-    saved = out / ui
-    staged = inp / saved.name
-    staged.write_bytes(saved.read_bytes())
-    return saved, staged
 
 
 def test_node_ids_list_matches_the_registered_nodes():
@@ -119,16 +110,6 @@ def test_the_header_is_checked_before_any_tensor_is_read(captured, folders, monk
     with pytest.raises(PnPError, match="version '1'"):
         bank_file.load(staged)
     assert reads == []
-
-
-def rewrite(path, edit_tensors=None, edit_meta=None):
-    with safe_open(str(path), "pt") as f:
-        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
-    if edit_tensors:
-        edit_tensors(tensors)
-    if edit_meta:
-        edit_meta(meta)
-    save_file(tensors, str(path), metadata=meta)
 
 
 @pytest.mark.parametrize("damage, message", [

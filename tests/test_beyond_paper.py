@@ -11,7 +11,7 @@ from comfyui_pnp.pnp_injection.unet import bank as banks
 from comfyui_pnp.pnp_injection import passes
 from comfyui_pnp.pnp_injection.unet import generation, guidance, inversion, layers, patches, sampling
 from comfyui_pnp.pnp_injection.unet.inversion import Trajectory
-from test_engine import plain_sample
+from harness import plain_sample
 
 
 # --- layer sets as data --------------------------------------------------------------------
@@ -51,7 +51,7 @@ def test_architecture_round_trip(arch, v):
     model = harness.make_model(arch, v_prediction=v, output_gain=0.03)
     empty = harness.conditioning(arch, seed=5)
     source = harness.latent()
-    runs = [(5, 5), (20, 20)] if v else [(5, 5), (5, 125)]
+    runs = [(5, 5), (20, 20)] if v else [(5, 5), (5, 25)]  # eps, measured: sdxl 0.062 -> 0.040, sd2 0.044 -> 0.024
     errors = []
     for steps, evaluations in runs:
         trajectory = inversion.invert(model, source, empty, steps=steps, evaluations=evaluations)

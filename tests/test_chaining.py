@@ -10,7 +10,7 @@ import harness
 from comfyui_pnp.pnp_injection.unet import bank as banks
 from comfyui_pnp.pnp_injection import model_calls
 from comfyui_pnp.pnp_injection.unet import inversion, layers, patches, sampling
-from test_engine import Probe, injected_steps, plain_sample
+from harness import Probe, injected_steps, plain_sample
 
 
 @pytest.fixture(scope="module")

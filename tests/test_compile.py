@@ -26,25 +26,12 @@ from torch._dynamo.utils import counters
 import comfy.samplers
 from host import run_node
 import harness
+from harness import compile_unavailable
 from comfyui_pnp.pnp_injection.unet import bank as banks
 from comfyui_pnp.pnp_injection.unet import inversion, patches, sampling
 
 STEPS = 6
 CFG = 7.5
-
-
-def compile_unavailable(backend: str) -> str | None:
-    """Why torch.compile with `backend` cannot run here, or None."""
-    if not torch._dynamo.is_dynamo_supported():
-        return "torch.compile (dynamo) does not support this Python/platform"
-    if backend == "inductor":
-        try:
-            from torch._inductor import cpp_builder
-
-            cpp_builder.get_cpp_compiler()
-        except Exception as e:  # noqa: BLE001 (any failure to find a compiler means: skip)
-            return f"inductor needs a C++ compiler on the CPU: {e}"
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ from comfyui_pnp.nodes.bank_files import PnPLoadFeatureBank
 from comfyui_pnp.pnp_injection import PnPError
 from comfyui_pnp.pnp_injection.unet import bank as banks
 from comfyui_pnp.pnp_injection.unet import inversion, layers, patches, sampling
-from test_bank_files import rewrite, save_and_stage
-from test_engine import plain_sample
+from harness import plain_sample, rewrite, save_and_stage
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +56,12 @@ def test_catalogue(setup, folders):
             f"Sigmas to SamplerCustomAdvanced)."),
         "latent size": (
             lambda: plain_sample(patched, torch.zeros(1, 4, 24, 24), bank.sigmas, empty, empty, 7.5),
-            "The latent is 192x192 px but the feature bank was captured at 128x128 px: PnP injects into a "
-            "latent of the source's size. Sample at the source size (upscale after PnP, with the unpatched model)."),
+            "The latent is 192x192 px but the feature bank was made at 128x128 px: PnP injects into a "
+            "latent of the source's size. Sample at the source's size (upscale after PnP, with the unpatched model)."),
         "architecture": (
             lambda: patches.apply_injection(harness.make_model("sd21"), bank),
-            f"This feature bank was captured on another architecture ({bank.architecture}), not on this model "
-            f"({layers.signature(harness.make_model('sd21'), bank.layers)}). Capture it again with "
-            f"this model."),
+            "This feature bank was made on another architecture (sd1:SD15), not on this model (sd2:SD20). "
+            "Invert and capture the source again with this model."),
         "no resblocks": (
             lambda: inversion.invert(flux, torch.zeros(1, 16, 8, 8), empty, 4, 4),
             "PnP needs a U-Net with decoder ResBlocks (SD 1.x, SD 2.x, SDXL); this model is Flux, a transformer "

@@ -102,7 +102,11 @@ def ours(model, source, empty, steps, evaluations):
     return sample
 
 
-@pytest.mark.parametrize("steps, evaluations", [(50, 50), (50, 999)], ids=["fast", "faithful-999"])
+# The 999-evaluation run (the paper's inversion, about 2000 U-Net calls) is `slow`. The default suite covers
+# its parts: "fast" checks the inversion update, capture, injection and guidance against the reference, and
+# test_schedule.py's test_faithful_inversion_visits_every_timestep_up_to_sigma_0 the 999-evaluation grid.
+@pytest.mark.parametrize("steps, evaluations", [(50, 50), pytest.param(50, 999, marks=pytest.mark.slow)],
+                         ids=["fast", "faithful-999"])
 def test_nodes_match_an_independent_diffusers_implementation(steps, evaluations, record_property):
     model = harness.make_model("sd15", seed=3)
     reference = Reference(diffusers_twin(model))

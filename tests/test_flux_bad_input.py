@@ -17,7 +17,7 @@ from comfyui_pnp.pnp_injection import PnPError
 from comfyui_pnp.pnp_injection.flow import layers as flux_layers
 from comfyui_pnp.pnp_injection.unet import bank as unet_banks
 from comfyui_pnp.pnp_injection.unet import inversion as unet_inversion
-from test_flux_engine import INJECT, STEPS, assert_clean, custom_advanced, invert, pnp
+from flux_harness import INJECT, STEPS, assert_clean, custom_advanced, invert, pnp
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +79,10 @@ def test_bad_source_latents(flux):
 
 def test_bad_inject_and_layers(flux):
     model, bank, target = flux
-    refuses(model, "give 0 to 6", lambda: invert(model, inject=7))
+    refuses(model, "give 0 to 6", lambda: invert(model, keep_steps=7))
     refuses(model, "give 0 to 6", lambda: pnp(model, bank, target, inject=9))
-    short = invert(model, inject=2)
-    refuses(model, "holds 2: raise `inject` in PnP Flux Inversion to at least 4", lambda: pnp(model, short, target, 4))
+    short = invert(model, keep_steps=2)
+    refuses(model, "holds 2: raise `keep_steps` in PnP Flux Inversion to at least 4", lambda: pnp(model, short, target, 4))
     refuses(model, "single blocks 0..37; single block 38 does not exist", lambda: invert(model, custom="single.38:v"))
     for text in ("single.20-37", "single.20:x", "double.0:k@all", "triple.1:v", "single.1:v,v"):
         refuses(model, "Cannot read the Flux layer set", lambda: invert(model, custom=text))
@@ -125,12 +125,12 @@ def test_reference_latents_on_one_prompt_only(flux):
 def test_latent_of_another_size_or_batch(flux):
     model, bank, target = flux
     (patched,) = PnPFluxApplyInjection.execute(model, bank, INJECT).result
-    refuses(model, r"latent is 192x192 px but the Flux feature bank was made at 128x128 px",
-            lambda: custom_advanced(patched, bank, target, latent=fh.latent(size=24)))
+    refuses(model, r"latent is 192x192 px but the feature bank was made at 128x128 px",
+            lambda: custom_advanced(patched, bank, target, latent_image=fh.latent(size=24)))
     two = invert(model, torch.cat([fh.latent(), fh.latent(seed=4)]))
     (patched2,) = PnPFluxApplyInjection.execute(model, two, INJECT).result
     refuses(model, r"holds 2 source row\(s\) but the latent batch is 3",
-            lambda: custom_advanced(patched2, two, target, latent=torch.cat([fh.latent()] * 3)))
+            lambda: custom_advanced(patched2, two, target, latent_image=torch.cat([fh.latent()] * 3)))
 
 
 def test_sampler_on_another_schedule(flux):
@@ -217,7 +217,7 @@ def test_bank_files_round_trip(flux, folders):
         PnPFluxLoadBank.execute(f"{unet_file.name} [output]")
     damaged = inputs / "damaged.safetensors"
     damaged.write_bytes(saved.read_bytes()[:-100])
-    with pytest.raises(PnPError, match="not a readable Flux feature bank.*PnP Flux Save Bank"):
+    with pytest.raises(PnPError, match="not a readable Flux feature bank.*PnP Flux Save Feature Bank"):
         PnPFluxLoadBank.execute("damaged.safetensors")
 
 

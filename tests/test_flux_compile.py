@@ -16,18 +16,17 @@ from torch._dynamo.utils import counters
 from host import run_node
 import flux_harness as fh
 import harness
-import test_flux_engine as flux_engine
-from test_compile import compile_unavailable
+from harness import compile_unavailable
 
 STEPS, INJECT = 3, 2
 
 
 def invert(model):
-    return flux_engine.invert(model, fh.latent(size=8), steps=STEPS, inject=INJECT)
+    return fh.invert(model, fh.latent(size=8), steps=STEPS, keep_steps=INJECT)
 
 
 def sample(model, bank, inject=INJECT):
-    return flux_engine.pnp(model, bank, fh.conditioning(seed=1), inject=inject)
+    return fh.pnp(model, bank, fh.conditioning(seed=1), inject=inject)
 
 
 def test_torch_compile_model_with_pnp_flux(steady_free_memory):

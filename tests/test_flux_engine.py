@@ -7,47 +7,13 @@ import copy
 import comfy.patcher_extension as ext
 import pytest
 import torch
-from comfy_extras.nodes_custom_sampler import BasicGuider, KSamplerSelect, SamplerCustomAdvanced
-from comfy_extras.nodes_flux import FluxGuidance
 
-from host import run_node
 import flux_harness as fh
+from flux_harness import INJECT, STEPS, assert_clean, custom_advanced, invert, pnp
 import harness
-from comfyui_pnp.nodes.flux import (PnPFluxApplyInjection, PnPFluxInversion, PnPFluxNoise, PnPFluxSampler,
-                                    PnPRFSolverSampler)
+from comfyui_pnp.nodes.flux import PnPFluxApplyInjection
 from comfyui_pnp.pnp_injection.flow import layers as flux_layers
 from comfyui_pnp.pnp_injection.flow import patches as flux_patches
-
-STEPS, INJECT = 6, 5
-
-
-def invert(model, source=None, prompt=None, solver="rf_solver", layers="rf-solver-edit", steps=STEPS, inject=INJECT,
-           custom=""):
-    source = fh.latent() if source is None else source
-    prompt = prompt or fh.conditioning(seed=5)
-    (bank,) = PnPFluxInversion.execute(model, {"samples": source}, prompt, steps, inject, 1.0, layers, solver,
-                                       "simple", custom).result
-    return bank
-
-
-def pnp(model, bank, prompt, inject=INJECT, guidance=5.0):
-    (out,) = PnPFluxSampler.execute(model, bank, prompt, guidance, inject).result
-    return out["samples"]
-
-
-def custom_advanced(model, bank, prompt, sampler_name=None, latent=None, guidance=5.0):
-    """SamplerCustomAdvanced with FluxGuidance, BasicGuider, our NOISE and SIGMAS, and the
-    RF-Solver SAMPLER (or a ComfyUI sampler by name)."""
-    noise, sigmas = PnPFluxNoise.execute(bank).result
-    (conditioning,) = run_node(FluxGuidance, prompt, guidance)
-    (guider,) = run_node(BasicGuider, model, conditioning)
-    if sampler_name is None:
-        (sampler,) = PnPRFSolverSampler.execute().result
-    else:
-        (sampler,) = run_node(KSamplerSelect, sampler_name)
-    latent = fh.latent(seed=9) if latent is None else latent  # any latent of the source's size: it is multiplied by 0
-    out, _ = run_node(SamplerCustomAdvanced, noise, guider, sampler, sigmas, {"samples": latent})
-    return out["samples"]
 
 
 @pytest.fixture(scope="module")
@@ -56,29 +22,30 @@ def flux():
     return model, invert(model), fh.conditioning(seed=1)
 
 
-def assert_clean(model):
-    """No PnP wrapper on the model and no hook left on any of its modules."""
-    for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL):
-        assert model.get_wrappers(kind, flux_patches.WRAPPER_KEY) == []
-    assert not any(m._forward_hooks for m in model.model.diffusion_model.modules())
+@pytest.fixture(scope="module")
+def pnp_edit(flux):
+    """PnP Flux Sampler's latent for the module's model, bank and target (computed once: the tests
+    below compare other routes against it)."""
+    model, bank, target = flux
+    return pnp(model, bank, target)
 
 
-def test_inject_zero_is_plain_rf_solver_sampling_of_the_inverted_latent(flux):
+def test_inject_zero_is_plain_rf_solver_sampling_of_the_inverted_latent(flux, pnp_edit):
     """PnP Flux Sampler with inject 0 == SamplerCustomAdvanced with the RF-Solver sampler on
     the unpatched model from the inverted latent as NOISE, bit for bit. Fails if the inverted
     latent entered as the latent (scaled by 0) or anything stays patched."""
     model, bank, target = flux
     plain = custom_advanced(model, bank, target)
     assert torch.equal(pnp(model, bank, target, inject=0), plain)
-    assert harness.rel(pnp(model, bank, target), plain) > 0.05  # and injection changes it
+    assert harness.rel(pnp_edit, plain) > 0.05  # and injection changes it
 
 
-def test_custom_advanced_route_equals_the_sampler_node(flux):
-    """PnP Flux Apply Injection + PnP Flux Noise + RF-Solver Sampler in SamplerCustomAdvanced
+def test_custom_advanced_route_equals_the_sampler_node(flux, pnp_edit):
+    """PnP Flux Apply Feature Injection + PnP Flux Noise + RF-Solver Sampler in SamplerCustomAdvanced
     is PnP Flux Sampler, bit for bit."""
     model, bank, target = flux
     (patched,) = PnPFluxApplyInjection.execute(model, bank, INJECT).result
-    assert torch.equal(custom_advanced(patched, bank, target), pnp(model, bank, target))
+    assert torch.equal(custom_advanced(patched, bank, target), pnp_edit)
 
 
 def test_euler_path_matches_comfyui_euler(flux):
@@ -105,19 +72,20 @@ def test_slots_follow_the_official_keys(flux):
     assert bank.slot_at(s[2], 2) is None
 
 
-def test_batches_map_row_to_row_and_a_single_source_broadcasts(flux):
+def test_batches_map_row_to_row_and_a_single_source_broadcasts(flux, pnp_edit):
     """Two sources invert to a two-row bank and sample as two independent edits; a one-row
     bank serves every row of a larger latent batch."""
     model, bank, target = flux
     sources = torch.cat([fh.latent(seed=2), fh.latent(seed=7)])
+    assert torch.equal(sources[0:1], fh.latent())  # row 0 is the module's source: its single edit is pnp_edit
     batch_bank = invert(model, sources)
     both = pnp(model, batch_bank, target)
+    singles = [pnp_edit, pnp(model, invert(model, sources[1:2]), target)]
     for row in range(2):
-        single = pnp(model, invert(model, sources[row:row + 1]), target)
-        assert harness.rel(both[row:row + 1], single) < 1e-5
+        assert harness.rel(both[row:row + 1], singles[row]) < 1e-5
     (patched,) = PnPFluxApplyInjection.execute(model, bank, INJECT).result
-    broadcast = custom_advanced(patched, bank, target, latent=torch.cat([fh.latent(seed=9)] * 2))
-    one = pnp(model, bank, target)
+    broadcast = custom_advanced(patched, bank, target, latent_image=torch.cat([fh.latent(seed=9)] * 2))
+    one = pnp_edit
     assert harness.rel(broadcast[0:1], one) < 1e-5 and harness.rel(broadcast[1:2], one) < 1e-5
 
 
@@ -147,9 +115,9 @@ def lora_like(model):
     return m
 
 
-def test_lora_applies_to_inversion_and_sampling_in_either_order(flux):
+def test_lora_applies_to_inversion_and_sampling_in_either_order(flux, pnp_edit):
     """A LoRA changes the kept features and the result; applied before or after PnP Flux
-    Apply Injection it gives the same latent, and the one-node sampler gives it too."""
+    Apply Feature Injection it gives the same latent, and the one-node sampler gives it too."""
     model, bank, target = flux
     lora = lora_like(model)
     lora_bank = invert(lora)
@@ -160,7 +128,7 @@ def test_lora_applies_to_inversion_and_sampling_in_either_order(flux):
     assert torch.equal(custom_advanced(lora_like(patched), lora_bank, target), edited)
     assert torch.equal(pnp(lora, lora_bank, target), edited)
     assert harness.rel(edited, custom_advanced(lora, lora_bank, target)) > 0.05  # injection acts on the LoRA model
-    assert harness.rel(edited, pnp(model, bank, target)) > 0.02  # and the LoRA, in the whole edit (measured 0.044)
+    assert harness.rel(edited, pnp_edit) > 0.02  # and the LoRA, in the whole edit (measured 0.044)
     assert_clean(model)
 
 
@@ -189,18 +157,18 @@ def test_stable_flow_preset_injects_image_tokens_of_double_and_single_blocks(flu
     assert harness.rel(injected, pnp(model, bank, longer, inject=0)) > 0.05
 
 
-def test_custom_layers_equal_to_a_preset_give_the_preset(flux):
-    model, bank, target = flux
+def test_custom_layers_equal_to_a_preset_give_the_preset(flux, pnp_edit):
+    model, _, target = flux
     custom = invert(model, custom="single.20-37:v")
     assert custom.layers == flux_layers.PRESETS["rf-solver-edit"]
     edited = pnp(model, custom, target)
-    assert torch.equal(edited, pnp(model, bank, target))
+    assert torch.equal(edited, pnp_edit)
     assert harness.rel(edited, pnp(model, custom, target, inject=0)) > 0.05  # and they are injected
     assert flux_layers.parse_custom("double.0,1,17,18:v,k; single.6,9,34,35,37:k,v@image") == \
         flux_layers.PRESETS["stable-flow"]
 
 
-def test_another_packs_block_replace_patch_still_runs(flux):
+def test_another_packs_block_replace_patch_still_runs(flux, pnp_edit):
     """Another pack's ("single_block", 25) replace patch on an injected block runs, and our
     injection still happens inside it: with a pass-through patch the result is PnP's own, bit
     for bit (it would differ if the patch bypassed our hooks on block 25)."""
@@ -213,6 +181,6 @@ def test_another_packs_block_replace_patch_still_runs(flux):
     other = model.clone()
     other.set_model_patch_replace(passthrough, "dit", "single_block", 25)
     edited = pnp(other, bank, target)
-    assert torch.equal(edited, pnp(model, bank, target))
+    assert torch.equal(edited, pnp_edit)
     assert len(calls) == 2 * STEPS
     assert harness.rel(edited, pnp(other, bank, target, inject=0)) > 0.05  # injection acts with the patch on

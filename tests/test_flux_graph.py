@@ -5,16 +5,18 @@ The graphs are the ones a Flux user builds (ComfyUI's Flux dev examples): Load D
 CLIP Text Encode, FluxGuidance, Empty SD3 Latent Image, KSampler at cfg 1 or SamplerCustomAdvanced with
 BasicGuider and ModelSamplingFlux, VAE Decode, Save Image. ``shrink_for_tests`` swaps what
 tests/workflow_api.py documents (file names, the text encoders, steps and size), nothing else: the
-same swap the shipped Flux workflow gets in test_workflows.py and test_frontend.py (``overrides_for_tests``).
+same swap the shipped Flux workflow gets in test_workflows.py and test_frontend.py (``overrides_for_tests``,
+tests/workflow_runs.py).
 
 They fail when ComfyUI does not detect the files as Flux (the loaders raise, or the log lacks
 ``model_type FLUX``), when a core Flux node does not accept what the loaders give, and when the prompt
 or the Flux guidance does not reach the model (the image does not change).
 """
 import numpy as np
+import pytest
 
 from comfy_server import FLUX_CLIP_NAME, FLUX_UNET_NAME, FLUX_VAE_NAME
-from test_workflows import overrides_for_tests, run_image, shrunk
+from workflow_runs import overrides_for_tests, run_image, shrunk
 
 SIZE = 64  # shrink_for_tests' size
 PROMPT = "a red fox sitting in the snow, photograph"
@@ -80,17 +82,23 @@ def test_the_swap_touches_only_file_names_text_encoders_steps_and_size():
     }
 
 
-def test_plain_flux_graph_runs_on_the_detected_flux_model(comfy_server):
-    image = run_image(comfy_server, shrunk(ksampler_graph()))
+@pytest.fixture(scope="module")
+def base_image(comfy_server):
+    """The plain graph's image, run once for the tests below."""
+    return run_image(comfy_server, shrunk(ksampler_graph()))
+
+
+def test_plain_flux_graph_runs_on_the_detected_flux_model(comfy_server, base_image):
+    image = base_image
     assert image.shape == (SIZE, SIZE, 3)
     assert "model_type FLUX" in comfy_server.log_text(), "the diffusion model was not loaded as Flux"
     assert image.std() > 0.02, "a flat image"
 
 
-def test_prompt_and_flux_guidance_reach_the_model(comfy_server):
+def test_prompt_and_flux_guidance_reach_the_model(comfy_server, base_image):
     """Same seed; another prompt, and FluxGuidance 5 instead of 3.5, each change the image visibly
     (measured: 0.09 and 0.09 of the pixel range on average; another seed 0.22)."""
-    base = run_image(comfy_server, shrunk(ksampler_graph()))
+    base = base_image
     other_prompt = run_image(comfy_server, shrunk(ksampler_graph(text="a blue teapot on a wooden table")))
     other_guidance = run_image(comfy_server, shrunk(ksampler_graph(guidance=5.0)))
     other_seed = run_image(comfy_server, shrunk(ksampler_graph(seed=2)))

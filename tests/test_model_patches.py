@@ -23,7 +23,7 @@ import harness
 from comfyui_pnp.pnp_injection import PnPError
 from comfyui_pnp.pnp_injection.unet import bank as banks
 from comfyui_pnp.pnp_injection.unet import inversion, patches, sampling
-from test_engine import Probe, injected_steps, plain_sample
+from harness import Probe, injected_steps, plain_sample
 
 STEPS = 8
 

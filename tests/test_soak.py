@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from comfy_server import CHECKPOINT_NAME
-from test_graph import decode_and_save, pnp_graph
+from workflow_runs import decode_and_save, pnp_graph
 
 RUNS = 100
 

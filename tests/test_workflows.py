@@ -4,31 +4,22 @@ Each file is converted to API format with the server's own node definitions and 
 test models; only file names, steps and the image size are shrunk (``shrink_for_tests``), everything
 else is what a user gets. The Flux workflow also gets the text-encoder swap and the layers that
 tests/flux_files.py explains (no T5-XXL on a test machine; the test model has 2 of Flux.1's 38 single blocks).
+Each file runs once (the session fixture ``workflow_runs`` of tests/workflow_runs.py); the tests here
+assert on that run, and run only the variants they need (a knob changed) themselves.
 """
-import json
-import shutil
-from pathlib import Path
+import copy
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from comfy_server import (CHECKPOINT_NAME, CONTROLNET_NAME, FLUX_CLIP_NAME, FLUX_UNET_NAME, FLUX_VAE_NAME,
-                          INPUT_IMAGE_NAME, PACK_PYTHON_MODULE)
-from flux_files import FLUX_TEST_LAYERS
-from workflow_api import (NOTE_TYPES, UI_ONLY_TYPES, ConversionError, apply_overrides, notes, shrink_for_tests,
-                          to_api, widget_values)
+from comfy_server import PACK_PYTHON_MODULE
+from workflow_api import NOTE_TYPES, UI_ONLY_TYPES, ConversionError, notes, to_api, widget_values
+from workflow_runs import (BANK_WORKFLOW, EXPECTED, FLUX_ADVANCED_WORKFLOW, FLUX_WORKFLOW, FLUX_WORKFLOWS, WORKFLOW_DIR,
+                           image_outputs, load, run_image)
 
-WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
-EXPECTED = ["pnp-basic", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-flux", "pnp-flux-advanced", "pnp-hires",
-            "pnp-multi-prompt", "pnp-save-load-bank"]
 NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 SHIPPED_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SHIPPED_IMAGE = "example.png"
-BANK_WORKFLOW = "pnp-save-load-bank"
-FLUX_WORKFLOW = "pnp-flux"
-FLUX_ADVANCED_WORKFLOW = "pnp-flux-advanced"  # the same edit through SamplerCustomAdvanced
-FLUX_WORKFLOWS = (FLUX_WORKFLOW, FLUX_ADVANCED_WORKFLOW)
 # What a Flux.1 [dev] user loads (ComfyUI's Flux examples), and RF-Solver-Edit's defaults (its edit.py:
 # 25 steps, inject 20, guidance 5 for the target and 1 for the inversion).
 SHIPPED_FLUX_FILES = {"UNETLoader": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"},
@@ -36,35 +27,6 @@ SHIPPED_FLUX_FILES = {"UNETLoader": {"unet_name": "flux1-dev.safetensors", "weig
                                          "type": "flux"},
                       "VAELoader": {"vae_name": "ae.safetensors"}}
 FLUX_SIZE = 1024
-RUN_1_GROUP = "Run 1"  # group titles of the save/load workflow, as its note explains them
-RUN_2_GROUP = "Run 2"
-
-
-def load(name: str) -> dict:
-    return json.loads((WORKFLOW_DIR / f"{name}.json").read_text())
-
-
-def overrides_for_tests(prompt: dict) -> dict:
-    """What the tests change in a shipped prompt: the test files, steps and sizes (``shrink_for_tests``)."""
-    return shrink_for_tests(prompt, checkpoint=CHECKPOINT_NAME, controlnet=CONTROLNET_NAME, image=INPUT_IMAGE_NAME,
-                            flux_unet=FLUX_UNET_NAME, flux_text_encoder=FLUX_CLIP_NAME, flux_vae=FLUX_VAE_NAME,
-                            flux_layers=FLUX_TEST_LAYERS)
-
-
-def shrunk(prompt: dict) -> dict:
-    return apply_overrides(prompt, overrides_for_tests(prompt))
-
-
-def image_outputs(outputs: dict) -> list:
-    return [item for node_out in outputs.values() for item in node_out.get("images", [])]
-
-
-def run_image(comfy_server, prompt: dict) -> np.ndarray:
-    """Run the prompt; its one saved image as floats in [0, 1], [H, W, 3]."""
-    outputs = comfy_server.run(prompt, timeout=300)
-    (path,) = comfy_server.output_files(outputs)
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
 def test_the_shipped_set_is_complete():
@@ -89,7 +51,7 @@ def test_only_core_nodes_and_ours(name, comfy_server):
             f"node {node['id']}: {node['type']} comes from another pack ({module})"
 
 
-KNOBS = {FLUX_WORKFLOW: ("inject", "guidance", "steps", "rf-solver-edit", "rf_solver", "ModelSamplingFlux", "t5xxl"),
+KNOBS = {FLUX_WORKFLOW: ("inject", "keep_steps", "guidance", "steps", "rf-solver-edit", "rf_solver", "ModelSamplingFlux", "t5xxl"),
          FLUX_ADVANCED_WORKFLOW: ("inject", "FluxGuidance", "PnP Flux Noise", "RF-Solver Sampler", "latent_image",
                                   "ModelSamplingFlux", "t5xxl")}
 
@@ -148,7 +110,7 @@ def test_shipped_values_are_the_papers(name, comfy_server):
             assert (values["max_shift"], values["base_shift"], values["width"], values["height"]) == \
                 (1.15, 0.5, FLUX_SIZE, FLUX_SIZE)
         if node["type"] == "PnPFluxInversion":
-            assert (values["steps"], values["inject"], values["guidance"], values["layers"], values["solver"],
+            assert (values["steps"], values["keep_steps"], values["guidance"], values["layers"], values["solver"],
                     values["scheduler"], values["custom_layers"]) == (25, 20, 1.0, "rf-solver-edit", "rf_solver", "simple", "")
         if node["type"] == "PnPFluxSampler":
             assert (values["guidance"], values["inject"]) == (5.0, 20)
@@ -204,43 +166,36 @@ def test_the_hires_pass_uses_the_unpatched_model(comfy_server):
     assert 0.3 <= ksampler["inputs"]["denoise"] <= 0.6
 
 
-@pytest.mark.parametrize("name", [n for n in EXPECTED if n not in (BANK_WORKFLOW, *FLUX_WORKFLOWS)])
-def test_workflow_runs(name, comfy_server):
-    prompt = shrunk(to_api(load(name), comfy_server.object_info()))
-    outputs = comfy_server.run(prompt, timeout=300)
-    saves = [node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"]
-    assert saves and all(len(outputs.get(s, {}).get("images", [])) == 1 for s in saves)
-    assert all(f.is_file() for f in comfy_server.output_files(outputs))
-
-
-def test_flux_workflow_runs_and_injects(comfy_server):
+def test_flux_workflow_runs_and_injects(comfy_server, workflow_runs):
     """The Flux workflow runs; then PnP Flux Sampler at inject 0 (plain RF-Solver sampling of the inverted source,
     the inversion cached) gives another image. Fails if the workflow does not run or injects nothing."""
-    prompt = shrunk(to_api(load(FLUX_WORKFLOW), comfy_server.object_info()))
+    run = workflow_runs[FLUX_WORKFLOW]
+    prompt = copy.deepcopy(run.prompt)
     (sampler,) = [n for n in prompt.values() if n["class_type"] == "PnPFluxSampler"]
     (inversion,) = [n for n in prompt.values() if n["class_type"] == "PnPFluxInversion"]
     assert 0 < sampler["inputs"]["inject"] < inversion["inputs"]["steps"], "the test run has injected and plain steps"
-    injected = run_image(comfy_server, prompt)
+    injected = run.image()
     sampler["inputs"]["inject"] = 0
     plain = run_image(comfy_server, prompt)
     assert injected.shape == plain.shape == (64, 64, 3)
-    # Measured: 0.019 (1 of the test model's 2 single blocks, 3 of 4 steps).
+    # Measured: 0.014 (1 of the test model's 2 single blocks, 2 of 3 steps; 0.019 at 3 of 4).
     change = np.abs(injected - plain).mean()
     assert change > 0.005, f"injection moved pixels by only {change:.4f} on average"
 
 
-def test_the_advanced_flux_workflow_is_the_flux_workflow(comfy_server):
-    """The SamplerCustomAdvanced route (PnP Flux Apply Injection, PnP Flux Noise, RF-Solver Sampler, FluxGuidance,
+def test_the_advanced_flux_workflow_is_the_flux_workflow(comfy_server, workflow_runs):
+    """The SamplerCustomAdvanced route (PnP Flux Apply Feature Injection, PnP Flux Noise, RF-Solver Sampler, FluxGuidance,
     BasicGuider) saves the image of the one-node route, pixel for pixel; at inject 0 it is another image. Fails if
     the inverted source entered as the latent image, or the route injects differently or not at all."""
-    prompt = shrunk(to_api(load(FLUX_ADVANCED_WORKFLOW), comfy_server.object_info()))
+    run = workflow_runs[FLUX_ADVANCED_WORKFLOW]
+    prompt = copy.deepcopy(run.prompt)
     kind = lambda ref: prompt[ref[0]]["class_type"]  # noqa: E731
     (custom,) = [n for n in prompt.values() if n["class_type"] == "SamplerCustomAdvanced"]
     assert kind(custom["inputs"]["noise"]) == kind(custom["inputs"]["sigmas"]) == "PnPFluxNoise"
     assert kind(custom["inputs"]["sampler"]) == "PnPRFSolverSampler"
     assert kind(prompt[custom["inputs"]["guider"][0]]["inputs"]["model"]) == "PnPFluxApplyInjection"
-    advanced = run_image(comfy_server, prompt)
-    one_node = run_image(comfy_server, shrunk(to_api(load(FLUX_WORKFLOW), comfy_server.object_info())))
+    advanced = run.image()
+    one_node = workflow_runs[FLUX_WORKFLOW].image()
     assert np.array_equal(advanced, one_node)
     (apply,) = [n for n in prompt.values() if n["class_type"] == "PnPFluxApplyInjection"]
     assert apply["inputs"]["inject"] > 0
@@ -248,48 +203,26 @@ def test_the_advanced_flux_workflow_is_the_flux_workflow(comfy_server):
     assert np.abs(run_image(comfy_server, prompt) - advanced).mean() > 0.005
 
 
-def group_members(workflow: dict, title_prefix: str) -> set:
-    """Ids of the nodes inside the group whose title starts with `title_prefix` (by position, as the UI does)."""
-    (group,) = [g for g in workflow["groups"] if g["title"].startswith(title_prefix)]
-    x, y, w, h = group["bounding"]
-    return {n["id"] for n in workflow["nodes"]
-            if x <= n["pos"][0] and n["pos"][0] + n["size"][0] <= x + w and y <= n["pos"][1] and n["pos"][1] + n["size"][1] <= y + h}
-
-
-def run_2_of_the_bank_workflow(workflow: dict, bank_file: str) -> dict:
-    """The shipped file with the steps its note gives for later runs: mute run 1, un-mute run 2, pick the bank."""
-    workflow = json.loads(json.dumps(workflow))
-    run_1, run_2 = group_members(workflow, RUN_1_GROUP), group_members(workflow, RUN_2_GROUP)
-    for node in workflow["nodes"]:
-        if node["id"] in run_1:
-            node["mode"] = 2
-        if node["id"] in run_2:
-            node["mode"] = 0
-        if node["type"] == "PnPLoadFeatureBank":
-            node["widgets_values"][0] = bank_file
-    return workflow
-
-
-def saved_bank(comfy_server, outputs: dict) -> Path:
-    (entry,) = [out for out in outputs.values() if "text" in out]
-    return comfy_server.output_dir / entry["text"][0]
-
-
-def test_bank_workflow_captures_once_then_samples_from_the_loaded_bank(comfy_server):
-    workflow = load(BANK_WORKFLOW)
-    object_info = comfy_server.object_info()
-    first = shrunk(to_api(workflow, object_info))
+def test_bank_workflow_captures_once_then_samples_from_the_loaded_bank(workflow_runs):
+    run = workflow_runs[BANK_WORKFLOW]
+    first = run.prompt
     assert {n["class_type"] for n in first.values()} >= {"PnPCaptureFeatures", "PnPSaveFeatureBank"}
     assert not {"PnPLoadFeatureBank", "SaveImage"} & {n["class_type"] for n in first.values()}, \
         "run 2 is muted in the shipped file"
-    outputs = comfy_server.run(first, timeout=300)
-    bank = saved_bank(comfy_server, outputs)
+    bank = run.bank
     assert bank.is_file() and bank.name.startswith("pnp_bank_") and bank.suffix == ".safetensors"
 
-    name = f"pnp-test-{bank.name}"
-    shutil.copy(bank, comfy_server.input_dir / name)  # what the note tells the user to do
-    second = shrunk(to_api(run_2_of_the_bank_workflow(workflow, name), object_info))
-    kinds = {n["class_type"] for n in second.values()}
+    # run 2: the bank copied into input/ (what the note tells the user to do), picked in PnP Load Feature Bank
+    kinds = {n["class_type"] for n in run.second_prompt.values()}
     assert "PnPLoadFeatureBank" in kinds and not kinds & {"PnPInversion", "PnPCaptureFeatures", "PnPSaveFeatureBank"}
-    outputs = comfy_server.run(second, timeout=300)
-    assert len(image_outputs(outputs)) == 1
+    assert len(image_outputs(run.second_outputs)) == 1
+
+
+# After the tests above, which run variants of the Flux workflows while the server still holds their loaded
+# models and inversion in its cache (it keeps the outputs of the latest prompt's nodes).
+@pytest.mark.parametrize("name", [n for n in EXPECTED if n != BANK_WORKFLOW])
+def test_workflow_runs(name, workflow_runs):
+    run = workflow_runs[name]
+    saves = [node_id for node_id, node in run.prompt.items() if node["class_type"] == "SaveImage"]
+    assert saves and all(len(run.outputs.get(s, {}).get("images", [])) == 1 for s in saves)
+    assert all(f.is_file() for f in run.files)

@@ -242,7 +242,8 @@ def notes(workflow: dict) -> list[str]:
 
 def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: str, flux_unet: str | None = None,
                      flux_text_encoder: str | None = None, flux_vae: str | None = None, flux_layers: str | None = None,
-                     steps: int = 4, inversion_steps: int = 8, other_steps: int = 2, size: int = 64) -> dict:
+                     steps: int = 4, inversion_steps: int = 8, other_steps: int = 2, size: int = 64,
+                     flux_steps: int | None = None) -> dict:
     """Overrides {node_id: {input: value}} that make an API prompt fast on the test models.
 
     Model and image names become the test files, PnP DDIM Inversion gets ``steps`` and
@@ -252,9 +253,9 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
     Flux graphs (given the ``flux_*`` test files of tests/flux_files.py): Load Diffusion Model and Load VAE
     get the test files, and DualCLIPLoader ``flux`` (CLIP-L + T5-XXL) becomes DualCLIPLoader ``sd3`` with
     the test CLIP-L in both slots, which gives Flux-shaped conditioning without T5-XXL (flux_files.py says why).
-    PnP Flux Inversion gets ``steps`` and ``inject`` in the shipped proportion (20 of 25 -> 3 of 4), and
-    ``flux_layers`` as its custom layers (the test model has fewer blocks than the presets name); a node
-    linked to its bank scales its own ``inject`` by the same proportion.
+    PnP Flux Inversion gets ``flux_steps`` (default: ``steps``) and ``keep_steps`` in the shipped proportion
+    (20 of 25 -> 3 of 4; 2 of 3), and ``flux_layers`` as its custom layers (the test model has fewer blocks
+    than the presets name); a node linked to its bank scales its own ``inject`` by the same proportion.
     """
     names = {"CheckpointLoaderSimple": {"ckpt_name": checkpoint}, "ControlNetLoader": {"control_net_name": controlnet},
              "LoadImage": {"image": image}}
@@ -263,9 +264,10 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
     if flux_vae:
         names["VAELoader"] = {"vae_name": flux_vae}
     overrides = {}
+    flux_steps = steps if flux_steps is None else flux_steps
 
-    def flux_inject(inject: int, shipped_steps: int) -> int:  # the same fraction of the steps; 0 stays 0
-        return min(steps, max(1, round(inject * steps / shipped_steps))) if inject else 0
+    def flux_inject(count: int, shipped_steps: int) -> int:  # the same fraction of the steps; 0 stays 0
+        return min(flux_steps, max(1, round(count * flux_steps / shipped_steps))) if count else 0
 
     for node_id, node in prompt.items():
         inputs, kind = node["inputs"], node["class_type"]
@@ -274,7 +276,7 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
             change.update(clip_name1=flux_text_encoder, clip_name2=flux_text_encoder, type="sd3")
         bank = inputs.get("feature_bank")
         if kind == "PnPFluxInversion":
-            change.update(steps=steps, inject=flux_inject(inputs["inject"], inputs["steps"]))
+            change.update(steps=flux_steps, keep_steps=flux_inject(inputs["keep_steps"], inputs["steps"]))
             if flux_layers:
                 change["custom_layers"] = flux_layers
         elif isinstance(inputs.get("inject"), int) and isinstance(bank, list) and \

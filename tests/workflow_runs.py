@@ -1,0 +1,202 @@
+"""The shipped workflows (workflows/*.json) and hand-built PnP graphs, run through the real server
+for the tests (tests/comfy_server.py): what test_workflows.py, test_frontend.py, test_flux_graph.py,
+test_graph.py and test_soak.py share.
+
+``shrunk`` makes a prompt fast on the generated test models (``overrides_for_tests``: file names,
+steps and sizes, the Flux text-encoder swap; tests/workflow_api.py's ``shrink_for_tests``).
+
+conftest.py exposes the session fixture ``workflow_runs``: each shipped workflow runs through the server
+once, on first use, and every test that asserts on a run reads that one run (its prompt, outputs and
+saved images). Runs of variants (a knob changed to show what it does) are the tests' own.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_server import (CHECKPOINT_NAME, CONTROLNET_NAME, FLUX_CLIP_NAME, FLUX_UNET_NAME, FLUX_VAE_NAME,
+                          INPUT_IMAGE_NAME)
+from flux_files import FLUX_TEST_LAYERS
+from workflow_api import apply_overrides, shrink_for_tests, to_api
+
+WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
+EXPECTED = ["pnp-basic", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-flux", "pnp-flux-advanced", "pnp-hires",
+            "pnp-multi-prompt", "pnp-save-load-bank"]
+BANK_WORKFLOW = "pnp-save-load-bank"
+FLUX_WORKFLOW = "pnp-flux"
+FLUX_ADVANCED_WORKFLOW = "pnp-flux-advanced"  # the same edit through SamplerCustomAdvanced
+FLUX_WORKFLOWS = (FLUX_WORKFLOW, FLUX_ADVANCED_WORKFLOW)
+RUN_1_GROUP = "Run 1"  # group titles of the save/load workflow, as its note explains them
+RUN_2_GROUP = "Run 2"
+RUN_TIMEOUT = 300
+
+
+def load(name: str) -> dict:
+    return json.loads((WORKFLOW_DIR / f"{name}.json").read_text())
+
+
+# PnP Flux Inversion's steps in the tests: the fewest that keep injected and plain steps (2 of 3 injected).
+# Each step of the RF-Solver costs two evaluations of the test Flux (0.69 B parameters, about 1 s each on a CPU).
+FLUX_TEST_STEPS = 3
+
+
+def overrides_for_tests(prompt: dict) -> dict:
+    """What the tests change in a shipped prompt: the test files, steps and sizes (``shrink_for_tests``)."""
+    return shrink_for_tests(prompt, checkpoint=CHECKPOINT_NAME, controlnet=CONTROLNET_NAME, image=INPUT_IMAGE_NAME,
+                            flux_unet=FLUX_UNET_NAME, flux_text_encoder=FLUX_CLIP_NAME, flux_vae=FLUX_VAE_NAME,
+                            flux_layers=FLUX_TEST_LAYERS, flux_steps=FLUX_TEST_STEPS)
+
+
+def shrunk(prompt: dict) -> dict:
+    return apply_overrides(prompt, overrides_for_tests(prompt))
+
+
+def image_outputs(outputs: dict) -> list:
+    return [item for node_out in outputs.values() for item in node_out.get("images", [])]
+
+
+def read_image(path) -> np.ndarray:
+    """A saved image as floats in [0, 1], [H, W, 3]."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def run_image(comfy_server, prompt: dict) -> np.ndarray:
+    """Run the prompt; its one saved image as floats in [0, 1], [H, W, 3]."""
+    outputs = comfy_server.run(prompt, timeout=RUN_TIMEOUT)
+    (path,) = comfy_server.output_files(outputs)
+    return read_image(path)
+
+
+def group_members(workflow: dict, title_prefix: str) -> set:
+    """Ids of the nodes inside the group whose title starts with `title_prefix` (by position, as the UI does)."""
+    (group,) = [g for g in workflow["groups"] if g["title"].startswith(title_prefix)]
+    x, y, w, h = group["bounding"]
+    return {n["id"] for n in workflow["nodes"]
+            if x <= n["pos"][0] and n["pos"][0] + n["size"][0] <= x + w and y <= n["pos"][1] and n["pos"][1] + n["size"][1] <= y + h}
+
+
+def run_2_of_the_bank_workflow(workflow: dict, bank_file: str) -> dict:
+    """The shipped file with the steps its note gives for later runs: mute run 1, un-mute run 2, pick the bank."""
+    workflow = json.loads(json.dumps(workflow))
+    run_1, run_2 = group_members(workflow, RUN_1_GROUP), group_members(workflow, RUN_2_GROUP)
+    for node in workflow["nodes"]:
+        if node["id"] in run_1:
+            node["mode"] = 2
+        if node["id"] in run_2:
+            node["mode"] = 0
+        if node["type"] == "PnPLoadFeatureBank":
+            node["widgets_values"][0] = bank_file
+    return workflow
+
+
+def saved_bank(comfy_server, outputs: dict) -> Path:
+    """The bank file that PnP Save Feature Bank wrote in a run (named in its text output)."""
+    (entry,) = [out for out in outputs.values() if "text" in out]
+    return comfy_server.output_dir / entry["text"][0]
+
+
+# --- each shipped workflow, run once --------------------------------------------------------------
+
+@dataclass
+class WorkflowRun:
+    """One run of a shipped workflow through the server: the shrunk API prompt and its outputs.
+    The bank workflow runs as its note says: run 1 saves a bank, which is staged in input/ as
+    ``bank_file``; run 2 (``second_prompt``, ``second_outputs``) loads it."""
+    name: str
+    prompt: dict
+    outputs: dict
+    files: list
+    second_prompt: dict | None = None
+    second_outputs: dict | None = None
+    bank: Path | None = None
+    bank_file: str | None = None
+    _images: dict = field(default_factory=dict, repr=False)
+
+    def image(self) -> np.ndarray:
+        """The run's one saved image as floats in [0, 1], [H, W, 3] (fails if it saved several or none)."""
+        if "one" not in self._images:
+            (path,) = self.files
+            self._images["one"] = read_image(path)
+        return self._images["one"]
+
+
+class WorkflowRuns:
+    """Runs each shipped workflow through the server on first use and keeps the run. A run that
+    failed is not retried: every later test on that workflow fails with the same error."""
+
+    def __init__(self, comfy_server):
+        self.server = comfy_server
+        self._runs: dict[str, WorkflowRun | Exception] = {}
+
+    def prompt(self, name: str) -> dict:
+        """The shipped workflow as the server runs it in the tests (API format, shrunk)."""
+        return shrunk(to_api(load(name), self.server.object_info()))
+
+    def __getitem__(self, name: str) -> WorkflowRun:
+        if name not in self._runs:
+            try:
+                self._runs[name] = self._run(name)
+            except Exception as e:  # kept, and raised again for every test on this run
+                self._runs[name] = e
+        run = self._runs[name]
+        if isinstance(run, Exception):
+            raise run
+        return run
+
+    def _run(self, name: str) -> WorkflowRun:
+        prompt = self.prompt(name)
+        outputs = self.server.run(prompt, timeout=RUN_TIMEOUT)
+        run = WorkflowRun(name, prompt, outputs, self.server.output_files(outputs))
+        if name == BANK_WORKFLOW:
+            run.bank = saved_bank(self.server, outputs)
+            run.bank_file = f"pnp-test-{run.bank.name}"
+            shutil.copy(run.bank, self.server.input_dir / run.bank_file)  # what the note tells the user to do
+            run.second_prompt = shrunk(to_api(run_2_of_the_bank_workflow(load(name), run.bank_file),
+                                              self.server.object_info()))
+            run.second_outputs = self.server.run(run.second_prompt, timeout=RUN_TIMEOUT)
+        return run
+
+
+@pytest.fixture(scope="session")
+def workflow_runs(comfy_server):
+    return WorkflowRuns(comfy_server)
+
+
+# --- hand-built PnP graphs (test_graph.py, test_soak.py) -------------------------------------------
+
+GRAPH_STEPS = 8
+
+
+def pnp_graph(sampler_nodes: dict, inversion_steps: int = GRAPH_STEPS, steps: int = GRAPH_STEPS) -> dict:
+    """Load Image -> VAE Encode -> PnP DDIM Inversion -> PnP Capture Features -> (sampler_nodes)."""
+    graph = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+        "image": {"class_type": "LoadImage", "inputs": {"image": INPUT_IMAGE_NAME}},
+        "encode": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
+        "empty": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "target": {"class_type": "CLIPTextEncode", "inputs": {"text": "a watercolor painting", "clip": ["ckpt", 1]}},
+        "negative": {"class_type": "CLIPTextEncode",
+                     "inputs": {"text": "ugly, blurry, black, low res, unrealistic", "clip": ["ckpt", 1]}},
+        "invert": {"class_type": "PnPInversion", "inputs": {
+            "model": ["ckpt", 0], "latent": ["encode", 0], "conditioning": ["empty", 0], "steps": steps,
+            "inversion_steps": inversion_steps, "scheduler": "ddim_uniform"}},
+        "capture": {"class_type": "PnPCaptureFeatures", "inputs": {
+            "model": ["ckpt", 0], "trajectory": ["invert", 0], "feature_steps": 0.8, "attention_steps": 0.5,
+            "layers": "auto"}},
+    }
+    graph.update(sampler_nodes)
+    return graph
+
+
+def decode_and_save(latent_ref, prefix):
+    return {
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": latent_ref, "vae": ["ckpt", 2]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
+    }
