@@ -25,7 +25,7 @@ import harness  # noqa: E402
 from comfyui_pnp.pnp_injection.unet import bank as banks  # noqa: E402
 from comfyui_pnp.pnp_injection import passes, placement  # noqa: E402
 from comfyui_pnp.pnp_injection.unet import inversion, patches, sampling  # noqa: E402
-from test_engine import plain_sample  # noqa: E402
+from harness import plain_sample  # noqa: E402
 
 FULL = {
     "sd15": dict(model_channels=320, channel_mult=[1, 2, 4, 4], num_res_blocks=[2, 2, 2, 2], context_dim=768,

@@ -55,7 +55,7 @@ def fidelity(dtype: torch.dtype) -> tuple[float, float]:
 
 def placement(rounds: int) -> None:
     from bench_pnp import conditioning, full_model, timed
-    from test_engine import plain_sample
+    from harness import plain_sample
 
     model = full_model("sd15", torch.float16)
     empty, target = conditioning("sd15", 5, 512), conditioning("sd15", 1, 512)
