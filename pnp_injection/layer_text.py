@@ -62,3 +62,18 @@ def check_count(total: int, what: str) -> None:
 def expand(spans: list[range]) -> list[int]:
     return [n for r in spans for n in r]
 
+
+
+def read_clauses(text: str, what: str, example: str, read_clause, size, grammar: str) -> list:
+    """The `;`-separated clauses of a layer text, each read by `read_clause` (ValueError on bad
+    grammar), after the length cap and with the total of `size(clause)` layers checked before
+    any range is expanded. Bad grammar is a PnPError that shows `grammar`."""
+    check_length(text, what, example)
+    try:
+        clauses = [read_clause(clause) for clause in filter(str.strip, text.split(";"))]
+        check_count(sum(size(clause) for clause in clauses), what)
+    except ValueError as e:
+        if isinstance(e, PnPError):
+            raise
+        raise PnPError(grammar) from None
+    return clauses

@@ -29,7 +29,7 @@ import comfy.supported_models as sm
 import torch
 
 from ..errors import PnPError
-from ..layer_text import check_count, check_length, count, expand, ranges
+from ..layer_text import count, expand, ranges, read_clauses
 
 TENSORS = ("q", "k", "v")
 SUPPORTED = ("PnP supports SD 1.x, SD 2.x and SDXL U-Nets (PnP DDIM Inversion and the nodes after it) "
@@ -121,19 +121,11 @@ def parse_custom(text: str) -> FluxLayerSet:
 
     Linear in the text's length, which is capped (layer_text.MAX_LENGTH); every range is
     checked before it is expanded."""
-    check_length(text, _WHAT, _EXAMPLE)
-    try:
-        clauses = [_clause(clause) for clause in filter(str.strip, text.split(";"))]
-        check_count(sum(count(spans) for _, spans, _, _ in clauses), _WHAT)  # before expanding any
-    except PnPError:
-        raise
-    except ValueError:
-        raise PnPError(
-            f"Cannot read the Flux layer set {text!r}. Write clauses separated by ';', each "
-            f"'<double|single>.<blocks>:<tensors>' with blocks like 20-37 or 0,1,17 and tensors from q,k,v; "
-            f"single blocks take '@image' for the image tokens only (default all tokens); double blocks "
-            f"are the image stream. Example: 'double.0,1,17,18:k,v; single.6,9,34,35,37:k,v@image'."
-        ) from None
+    clauses = read_clauses(text, _WHAT, _EXAMPLE, _clause, lambda c: count(c[1]),
+                           f"Cannot read the Flux layer set {text!r}. Write clauses separated by ';', each "
+                           f"'<double|single>.<blocks>:<tensors>' with blocks like 20-37 or 0,1,17 and tensors from q,k,v; "
+                           f"single blocks take '@image' for the image tokens only (default all tokens); double blocks "
+                           f"are the image stream. Example: 'double.0,1,17,18:k,v; single.6,9,34,35,37:k,v@image'.")
     sites: list[Site] = []
     for stream, spans, named, tokens in clauses:
         ordered = ",".join(t for t in TENSORS if t in named)

@@ -12,7 +12,7 @@ import comfy.supported_models as sm
 import torch
 
 from ..errors import PnPError
-from ..layer_text import check_count, check_length, count, expand, ranges
+from ..layer_text import count, expand, ranges, read_clauses
 
 
 @dataclass(frozen=True)
@@ -87,18 +87,10 @@ def parse_custom(text: str) -> LayerSet:
 
     Linear in the text's length, which is capped (layer_text.MAX_LENGTH); every range is
     checked before it is expanded."""
-    check_length(text, _WHAT, _EXAMPLE)
-    try:
-        clauses = [_clause(clause) for clause in filter(str.strip, text.split(";"))]
-        check_count(sum(count(blocks) * count(indices) for _, blocks, indices in clauses), _WHAT)  # before expanding
-    except PnPError:
-        raise
-    except ValueError:
-        raise PnPError(
-            f"Cannot read the custom layer set {text!r}. Write it as "
-            f"'res:output.4; attn:output.4-11@0' (ResBlocks by output block number; attention "
-            f"as output blocks @ transformer index, '@*' for all)."
-        ) from None
+    clauses = read_clauses(text, _WHAT, _EXAMPLE, _clause, lambda c: count(c[1]) * count(c[2]),
+                           f"Cannot read the custom layer set {text!r}. Write it as "
+                           f"'res:output.4; attn:output.4-11@0' (ResBlocks by output block number; attention "
+                           f"as output blocks @ transformer index, '@*' for all).")
     res: list[int] = []
     attn: list[tuple[int, int]] = []
     for kind, blocks, indices in clauses:
