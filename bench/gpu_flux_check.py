@@ -37,7 +37,9 @@ def rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def child(keep: int, size: int, rounds: int, steps: int) -> dict:
+def full_flux(size: int):
+    """The host set up, then Flux.1's architecture with random weights (full width in bf16 on CUDA,
+    a narrow one in fp32 elsewhere), two random 256-token prompts and a random source latent."""
     import torch
     sys.path.insert(0, str(HERE.parents[1] / "tests"))
     import host
@@ -46,17 +48,11 @@ def child(keep: int, size: int, rounds: int, steps: int) -> dict:
     import comfy.model_base
     import comfy.model_management
     import comfy.model_patcher
-    import comfy.samplers
     import comfy.supported_models as sm
-
-    from comfyui_pnp.pnp_injection import passes, placement
-    from comfyui_pnp.pnp_injection.flow import bank as flux_banks
-    from comfyui_pnp.pnp_injection.flow import inversion, sampling, solvers
 
     device = comfy.model_management.get_torch_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    full = device.type == "cuda"
-    hidden, heads = (3072, 24) if full else (256, 2)
+    hidden, heads = (3072, 24) if device.type == "cuda" else (256, 2)
     config = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": TEXT_WIDTH,
               "context_in_dim": TEXT_WIDTH, "hidden_size": hidden, "mlp_ratio": 4.0, "num_heads": heads, "depth": 19,
               "depth_single_blocks": 38, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
@@ -78,6 +74,18 @@ def child(keep: int, size: int, rounds: int, steps: int) -> dict:
     prompts = [[[torch.randn(1, 256, TEXT_WIDTH, generator=gen), {"pooled_output": torch.randn(1, TEXT_WIDTH, generator=gen)}]]
                for _ in range(2)]
     latent = 2.0 * torch.randn(1, 16, size, size, generator=gen)
+    return patcher, prompts, latent, device
+
+
+def child(keep: int, size: int, rounds: int, steps: int) -> dict:
+    import torch
+    patcher, prompts, latent, device = full_flux(size)
+    import comfy.samplers
+
+    from comfyui_pnp.pnp_injection import passes, placement
+    from comfyui_pnp.pnp_injection.flow import bank as flux_banks
+    from comfyui_pnp.pnp_injection.flow import inversion, sampling, solvers
+
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

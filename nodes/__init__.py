@@ -13,8 +13,9 @@ NODES = [PnPInversion, PnPGenerateSource, PnPCaptureFeatures, PnPApplyInjection,
          PnPGuider, PnPSaveFeatureBank, PnPLoadFeatureBank, PnPFeaturePreview, *FLUX_NODES]
 NODE_IDS = ["PnPInversion", "PnPGenerateSource", "PnPCaptureFeatures", "PnPApplyInjection", "PnPSampler",
             "PnPSigmas", "PnPGuider", "PnPSaveFeatureBank", "PnPLoadFeatureBank", "PnPFeaturePreview",
-            "PnPFluxInversion", "PnPFluxSampler", "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler",
-            "PnPFluxSaveBank", "PnPFluxLoadBank"]
+            "PnPFluxInversion", "PnPFluxSampler", "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler",
+            "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler", "PnPFireFlowSampler", "PnPFluxSaveBank",
+            "PnPFluxLoadBank"]
 
 
 class PnPExtension(ComfyExtension):

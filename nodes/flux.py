@@ -1,6 +1,6 @@
-"""Flux.1 nodes: RF-Solver inversion with feature keeping, injected sampling, the inverted
-latent as NOISE, the RF-Solver SAMPLER, and Flux bank files. Thin shells over
-`pnp_injection.flow`."""
+"""Flux.1 nodes: RF-Solver and FireFlow inversion with feature keeping, injected sampling, the
+inverted latent as NOISE, the RF-Solver and FireFlow SAMPLERs, and Flux bank files. Thin shells
+over `pnp_injection.flow`."""
 from comfy_api.latest import io
 
 import comfy.samplers
@@ -10,7 +10,8 @@ from ..pnp_injection.flow import layers as flux_layers
 from ..pnp_injection.flow import patches as flux_patches
 from ..pnp_injection.flow import sampling as flux_sampling
 from ..pnp_injection.flow import schedule as flux_schedule
-from ..pnp_injection.flow import solvers as rf_solver
+from ..pnp_injection.errors import PnPError
+from ..pnp_injection.flow import solvers
 from ..pnp_injection.flow.inversion import invert
 from .bank_files import PnPLoadFeatureBank, bank_files, input_path, output_path
 from .types import FLUX_CATEGORY, SAMPLER_CATEGORY
@@ -43,12 +44,15 @@ class PnPFluxInversion(io.ComfyNode):
                 io.Float.Input("guidance", default=1.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Flux guidance of the inversion (official: 1). It replaces any FluxGuidance on the prompt."),
                 io.Combo.Input("layers", options=flux_layers.PRESET_NAMES, default="rf-solver-edit",
-                               tooltip="rf-solver-edit: values of all tokens in single blocks 20-37 (official). stable-flow: keys and "
-                                       "values of the image tokens in double blocks 0,1,17,18 and single blocks 6,9,34,35,37 "
-                                       "(Stable Flow injects them at every step: set `keep_steps` and `inject` to `steps`)."),
-                io.Combo.Input("solver", options=list(rf_solver.SOLVERS), default="rf_solver",
-                               tooltip="rf_solver: the official second-order step (2 model evaluations per step). euler: first order, "
-                                       "1 evaluation per step; sample with euler then."),
+                               tooltip="rf-solver-edit: values of all tokens in single blocks 20-37 (official). fireflow: values "
+                                       "of all tokens in single blocks 0-37 (FireFlow's; PnP Flux Inversion (FireFlow) has its "
+                                       "other strategies). stable-flow: keys and values of the image tokens in double blocks "
+                                       "0,1,17,18 and single blocks 6,9,34,35,37 (Stable Flow injects them at every step: set "
+                                       "`keep_steps` and `inject` to `steps`)."),
+                io.Combo.Input("solver", options=list(solvers.SOLVERS), default="rf_solver",
+                               tooltip="rf_solver: the official second-order step (2 model evaluations per step). fireflow: "
+                                       "FireFlow's midpoint step reusing the previous midpoint's velocity (1 evaluation per step, "
+                                       "plus 1). euler: first order, 1 evaluation per step; sample with euler then."),
                 io.Combo.Input("scheduler", options=flux_schedule.SCHEDULERS, default=flux_schedule.OFFICIAL,
                                tooltip="official: RF-Solver-Edit's schedule, shifted for the source's size, exact at every step "
                                        "count (no ModelSamplingFlux needed). ComfyUI's schedulers (simple, beta, ...) follow the "
@@ -69,8 +73,63 @@ class PnPFluxInversion(io.ComfyNode):
                                     solver, scheduler, guidance))
 
 
-def _inject_input():
-    return io.Int.Input("inject", default=20, min=0, max=1000, tooltip=INJECT_TIP)
+# FireFlow's recommended editing settings: HolmesShuan/FireFlow-Fast-Inversion-of-Rectified-Flow-for-
+# Image-Semantic-Editing, README.md lines 168-176 (guidance 2, 8 steps, inject 1, layers 0-37,
+# sampling_strategy fireflow); the strategy replace_v is src/edit.py lines 277-279 (reuse_v 1).
+FIREFLOW_STEPS, FIREFLOW_INJECT, FIREFLOW_GUIDANCE = 8, 1, 2.0
+
+
+class PnPFluxFireFlowInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PnPFluxFireFlowInversion",
+            display_name="PnP Flux Inversion (FireFlow)",
+            category=FLUX_CATEGORY,
+            description="Inverts a Flux.1 source latent up to pure noise with FireFlow's solver (one model evaluation "
+                        "per step, reusing the previous midpoint's velocity) and keeps the source's attention features "
+                        "on the way, at FireFlow's recommended settings: 8 steps, 1 kept step, single blocks 0-37. "
+                        "The feature bank for PnP Flux Sampler (FireFlow).",
+            inputs=[
+                io.Model.Input("model", tooltip="A Flux.1 dev model. Use the same model for sampling."),
+                io.Latent.Input("latent", tooltip="The source image, VAE-encoded with the Flux VAE."),
+                io.Conditioning.Input("conditioning", tooltip="The source prompt (a description of the source image, or empty)."),
+                io.Int.Input("steps", default=FIREFLOW_STEPS, min=1, max=1000,
+                             tooltip="Steps of the inversion and of the sampling (FireFlow: 8; 15 for hard edits). "
+                                     "Each costs one model evaluation, plus one per pass."),
+                io.Int.Input("keep_steps", default=FIREFLOW_INJECT, min=0, max=1000,
+                             tooltip="Sampling steps (from the first) whose features the bank keeps: the most `inject` of "
+                                     "the sampler can use (FireFlow: 1; 2 keeps more of the source)."),
+                io.Float.Input("guidance", default=1.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Flux guidance of the inversion (FireFlow: 1). It replaces any FluxGuidance on the prompt."),
+                io.Combo.Input("strategy", options=list(flux_layers.STRATEGIES), default="replace_v",
+                               tooltip="How the source's features act in single blocks 0-37. replace_v (FireFlow's default): the "
+                                       "source's values replace the target's. add_q / add_k / add_v: the source's queries, keys "
+                                       "or values are added (q and k after the QK-norm), for edits replace_v resists, at the cost "
+                                       "of the source's structure; with replace_v they add control back."),
+                io.Combo.Input("scheduler", options=flux_schedule.SCHEDULERS, default=flux_schedule.OFFICIAL,
+                               tooltip="official: FireFlow's schedule (Flux's get_schedule, shifted for the source's size), exact "
+                                       "at every step count. ComfyUI's schedulers follow the model's ModelSamplingFlux."),
+                io.String.Input("custom_layers", default="", optional=True,
+                                tooltip="Overrides `strategy`'s layers, e.g. 'single.0-37:v' or 'single.0-37:+q,v' ('+': the "
+                                        "source's tensor is added instead of replacing; '@image' keeps a single block's image "
+                                        "tokens only)."),
+            ],
+            outputs=[FluxFeatureBank.Output("feature_bank", display_name="feature_bank",
+                                            tooltip="The inverted latent and the kept features: feed PnP Flux Sampler (FireFlow), "
+                                                    "or PnP Flux Apply Feature Injection and PnP Flux Noise with FireFlow Sampler "
+                                                    "(PnP Flux).")],
+        )
+
+    @classmethod
+    def execute(cls, model, latent, conditioning, steps, keep_steps, guidance, strategy, scheduler,
+                custom_layers="") -> io.NodeOutput:
+        return io.NodeOutput(invert(model, latent["samples"], conditioning, steps, keep_steps,
+                                    flux_layers.fireflow_preset(strategy), custom_layers, "fireflow", scheduler, guidance))
+
+
+def _inject_input(default: int = 20, tip: str = INJECT_TIP):
+    return io.Int.Input("inject", default=default, min=0, max=1000, tooltip=tip)
 
 
 class PnPFluxSampler(io.ComfyNode):
@@ -95,6 +154,39 @@ class PnPFluxSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, feature_bank, positive, guidance, inject) -> io.NodeOutput:
+        return io.NodeOutput({"samples": flux_sampling.pnp_sample(model, feature_bank, positive, guidance, inject)})
+
+
+class PnPFluxFireFlowSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PnPFluxFireFlowSampler",
+            display_name="PnP Flux Sampler (FireFlow)",
+            category=FLUX_CATEGORY,
+            description="Samples the target prompt from a FireFlow-inverted source with FireFlow's solver, replacing "
+                        "the kept features at the first `inject` steps, at FireFlow's recommended settings (guidance 2, "
+                        "inject 1).",
+            inputs=[
+                io.Model.Input("model", tooltip="The unpatched Flux model of the inversion."),
+                FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux Inversion (FireFlow)."),
+                io.Conditioning.Input("positive", tooltip="The target prompt."),
+                io.Float.Input("guidance", default=FIREFLOW_GUIDANCE, min=0.0, max=100.0, step=0.1,
+                               tooltip="Flux guidance of the target (FireFlow: 2; 3 for edits it resists). It replaces any "
+                                       "FluxGuidance on the prompt."),
+                _inject_input(FIREFLOW_INJECT, "Sampling steps (from the first) with the source's kept features injected "
+                                               "(FireFlow: 1; 2 keeps more of the source, with 15 steps). At most the bank's "
+                                               "`keep_steps`. Higher keeps more of the source's structure; lower lets the "
+                                               "prompt change more."),
+            ],
+            outputs=[io.Latent.Output("latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")],
+        )
+
+    @classmethod
+    def execute(cls, model, feature_bank, positive, guidance, inject) -> io.NodeOutput:
+        if feature_bank.solver != "fireflow":
+            raise PnPError(f"This bank was inverted with {feature_bank.solver}, not FireFlow: sample it with PnP Flux "
+                           f"Sampler, or invert with PnP Flux Inversion (FireFlow).")
         return io.NodeOutput({"samples": flux_sampling.pnp_sample(model, feature_bank, positive, guidance, inject)})
 
 
@@ -144,26 +236,42 @@ class PnPFluxNoise(io.ComfyNode):
         return io.NodeOutput(flux_sampling.InvertedNoise(feature_bank), feature_bank.sigmas.clone())
 
 
+def _sampler_schema(node_id: str, display_name: str, description: str) -> io.Schema:
+    """A SAMPLER node of ours, with ComfyUI's own SAMPLER nodes; this host's schema has no search
+    aliases, so the display name carries "PnP Flux" for the node search (which matches node ids
+    and display names)."""
+    return io.Schema(
+        node_id=node_id, display_name=display_name, category=SAMPLER_CATEGORY, description=description, inputs=[],
+        outputs=[io.Sampler.Output("sampler", display_name="sampler", tooltip="For SamplerCustomAdvanced.")],
+    )
+
+
 class PnPRFSolverSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="PnPRFSolverSampler",
-            display_name="RF-Solver Sampler (PnP Flux)",
-            # With ComfyUI's own SAMPLER nodes; this host's schema has no search aliases, so the display
-            # name carries "PnP Flux" for the node search (which matches node ids and display names).
-            category=SAMPLER_CATEGORY,
-            description="The second-order RF-Solver step of RF-Solver-Edit as a SAMPLER for SamplerCustomAdvanced "
-                        "(two model evaluations per step; for flow models such as Flux). Part of the PnP Flux nodes, "
-                        "it sits with ComfyUI's samplers in sampling/custom_sampling/samplers; search \"pnp flux\" "
-                        "or \"rf-solver\" to find it.",
-            inputs=[],
-            outputs=[io.Sampler.Output("sampler", display_name="sampler", tooltip="For SamplerCustomAdvanced.")],
-        )
+        return _sampler_schema(
+            "PnPRFSolverSampler", "RF-Solver Sampler (PnP Flux)",
+            "The second-order RF-Solver step of RF-Solver-Edit as a SAMPLER for SamplerCustomAdvanced (two model "
+            "evaluations per step; for flow models such as Flux). Part of the PnP Flux nodes, it sits with ComfyUI's "
+            "samplers in sampling/custom_sampling/samplers; search \"pnp flux\" or \"rf-solver\" to find it.")
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        return io.NodeOutput(rf_solver.sampler())
+        return io.NodeOutput(solvers.sampler("rf_solver"))
+
+
+class PnPFireFlowSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return _sampler_schema(
+            "PnPFireFlowSampler", "FireFlow Sampler (PnP Flux)",
+            "FireFlow's step as a SAMPLER for SamplerCustomAdvanced: a midpoint step that reuses the previous step's "
+            "midpoint velocity (one model evaluation per step, plus one; for flow models such as Flux). The sampler "
+            "of a bank from PnP Flux Inversion (FireFlow); search \"pnp flux\" or \"fireflow\" to find it.")
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(solvers.sampler("fireflow"))
 
 
 class PnPFluxSaveBank(io.ComfyNode):
@@ -224,5 +332,6 @@ class PnPFluxLoadBank(io.ComfyNode):
         return io.NodeOutput(flux_bank_file.load(input_path(bank_file)))
 
 
-FLUX_NODES = [PnPFluxInversion, PnPFluxSampler, PnPFluxApplyInjection, PnPFluxNoise, PnPRFSolverSampler,
-              PnPFluxSaveBank, PnPFluxLoadBank]
+FLUX_NODES = [PnPFluxInversion, PnPFluxSampler, PnPFluxFireFlowInversion, PnPFluxFireFlowSampler,
+              PnPFluxApplyInjection, PnPFluxNoise, PnPRFSolverSampler, PnPFireFlowSampler, PnPFluxSaveBank,
+              PnPFluxLoadBank]

@@ -82,7 +82,8 @@ FLUX_UNET_CONFIG = {
 # The PnP Flux layers the workflow tests inject on this model: the value tensor of all tokens in the
 # later half of the single-stream blocks, which is what the rf-solver-edit preset takes of Flux.1's 38
 # (blocks 20-37); the preset itself names blocks this model does not have.
-FLUX_TEST_LAYERS = "single.1:v"
+# FireFlow's layers are all the single-stream blocks (0-37 of Flux.1): here both.
+FLUX_TEST_LAYERS = {"PnPFluxInversion": "single.1:v", "PnPFluxFireFlowInversion": "single.0-1:v"}
 
 # ComfyUI's scale and shift for TAEF1 latents (nodes.VAELoader.load_taesd, "taef1").
 TAEF1_SCALE = 0.3611

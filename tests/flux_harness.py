@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 import comfy.model_base
+import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension as ext
 import comfy.supported_models as sm
@@ -135,3 +137,21 @@ def assert_clean(model):
     for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL):
         assert model.get_wrappers(kind, flux_patches.WRAPPER_KEY) == []
     assert not any(m._forward_hooks for m in model.model.diffusion_model.modules())
+
+
+def interrupted_after(model, calls, fn):
+    """Run `fn`, asking ComfyUI to interrupt at model call `calls`; returns the calls made."""
+    seen = {"calls": 0}
+
+    def pre(module, args):
+        seen["calls"] += 1
+        if seen["calls"] == calls:
+            comfy.model_management.interrupt_current_processing(True)
+    handle = model.model.diffusion_model.register_forward_pre_hook(pre)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            fn()
+    finally:
+        handle.remove()
+        comfy.model_management.interrupt_current_processing(False)
+    return seen["calls"]

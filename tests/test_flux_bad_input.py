@@ -1,7 +1,6 @@
 """Flux path guard rails: bad input gets a PnPError naming the fix before any model
 evaluation; interrupts stop each phase promptly and leave nothing patched; progress bars
 count the steps; Flux bank files round-trip."""
-import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models as sm
 import comfy.utils
@@ -151,31 +150,13 @@ def test_sampler_on_another_schedule(flux):
                 lambda: run_node(SamplerCustomAdvanced, noise, guider, sampler, wrong, {"samples": fh.latent()}))
 
 
-def interrupted_after(model, calls, fn):
-    """Run `fn`, asking ComfyUI to interrupt at model call `calls`; returns the calls made."""
-    seen = {"calls": 0}
-
-    def pre(module, args):
-        seen["calls"] += 1
-        if seen["calls"] == calls:
-            comfy.model_management.interrupt_current_processing(True)
-    handle = model.model.diffusion_model.register_forward_pre_hook(pre)
-    try:
-        with pytest.raises(comfy.model_management.InterruptProcessingException):
-            fn()
-    finally:
-        handle.remove()
-        comfy.model_management.interrupt_current_processing(False)
-    return seen["calls"]
-
-
 @pytest.mark.parametrize("phase", ["inversion", "sampler", "custom-advanced"])
 def test_interrupt_in_each_phase(flux, phase):
     model, bank, target = flux
     (patched,) = PnPFluxApplyInjection.execute(model, bank, INJECT).result
     run = {"inversion": lambda: invert(model), "sampler": lambda: pnp(model, bank, target),
            "custom-advanced": lambda: custom_advanced(patched, bank, target)}[phase]
-    calls = interrupted_after(model, 3, run)
+    calls = fh.interrupted_after(model, 3, run)
     assert calls <= 4, f"{calls} model calls after an interrupt at call 3"
     assert_clean(model)
     assert not any(m._forward_hooks for m in patched.model.diffusion_model.modules())

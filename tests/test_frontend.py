@@ -4,7 +4,8 @@ For each workflows/*.json: load it into the page as a user would (``app.loadGrap
 missing-node dialog opens and no node shows an error, check that the frontend's own API conversion is
 the one tests/workflow_api.py makes, shrink steps/sizes/file names (and Flux's text-encoder type) in the
 widgets (``overrides_for_tests``, as test_workflows.py does), queue it from the page and wait for its
-image in the page and in /history.
+image in the page and in /history. The page queues the prompt that the session's server run of the workflow
+(``workflow_runs``, tests/workflow_runs.py) has just run, so the server answers it from its cache.
 
 ``PNP_SCREENSHOTS=1`` also writes docs/screenshots/<workflow>.png (the graph as shipped) and the
 template browser's card picture workflows/<workflow>.jpg. ``PNP_RESAVE_WORKFLOWS=1`` writes each
@@ -235,7 +236,13 @@ FRONTEND_ORDER = sorted(EXPECTED, key=lambda name: name not in FLUX_WORKFLOWS)
 
 
 @pytest.mark.parametrize("name", FRONTEND_ORDER)
-def test_workflow_in_the_frontend(name, page, comfy_server):
+def test_workflow_in_the_frontend(name, page, comfy_server, workflow_runs):
+    """The workflow loads without errors, converts as workflow_api does, and queued from the page (shrunk) runs
+    and shows its images. The server's run of the same prompt (``workflow_runs``, tests/workflow_runs.py) is the
+    server's latest prompt when the page queues it, so the server answers the page from its cache (it keeps the
+    outputs of the latest prompt's nodes): each workflow is computed once, and the page still goes through the
+    server's validation, its execution messages and /history. (The bank workflow's run 1 computes, since it
+    saves a bank of its own and the server run's latest prompt is its run 2.)"""
     workflow = load(name)
     state = load_in_page(page, workflow, name)
     assert state == {"unregistered": [], "nodes_with_errors": [], "dialogs": [], "error_toasts": []}
@@ -251,8 +258,9 @@ def test_workflow_in_the_frontend(name, page, comfy_server):
 
     overrides = overrides_for_tests(prompt)
     page.evaluate(SET_WIDGETS_JS, overrides)
-    assert frontend_prompt(page) == apply_overrides(prompt, overrides)
+    assert frontend_prompt(page) == apply_overrides(prompt, overrides) == workflow_runs.prompt(name)
 
+    workflow_runs[name]  # the server's run of this prompt, last in the server's cache (see the docstring)
     prompt_id, outputs = queue_and_wait(page, comfy_server)
     if name == BANK_WORKFLOW:  # run 1 saved a bank; run 2 loads it (as the workflow's note explains)
         (bank,) = [out["text"][0] for out in outputs.values() if "text" in out]

@@ -32,13 +32,16 @@ from comfyui_pnp.nodes import NODE_IDS, NODES
 from comfyui_pnp.nodes.types import CATEGORY, FLUX_CATEGORY, SAMPLER_CATEGORY
 
 ROOT = Path(__file__).resolve().parents[1]
-FLUX_NODES = {"PnPFluxInversion", "PnPFluxSampler", "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler",
-              "PnPFluxSaveBank", "PnPFluxLoadBank"}
+FLUX_NODES = {"PnPFluxInversion", "PnPFluxSampler", "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler",
+              "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler", "PnPFireFlowSampler", "PnPFluxSaveBank",
+              "PnPFluxLoadBank"}
+SAMPLERS = {"PnPRFSolverSampler", "PnPFireFlowSampler"}  # SAMPLER nodes, with ComfyUI's own
 # A Flux node and its U-Net counterpart: the names run parallel, "Flux" after "PnP".
 COUNTERPARTS = {"PnPFluxInversion": "PnPInversion", "PnPFluxSampler": "PnPSampler",
                 "PnPFluxApplyInjection": "PnPApplyInjection", "PnPFluxSaveBank": "PnPSaveFeatureBank",
-                "PnPFluxLoadBank": "PnPLoadFeatureBank"}
-SOLVERS = ("DDIM ", " (RF-Solver)")  # an inversion's name says its solver
+                "PnPFluxLoadBank": "PnPLoadFeatureBank", "PnPFluxFireFlowInversion": "PnPInversion",
+                "PnPFluxFireFlowSampler": "PnPSampler"}
+SOLVERS = ("DDIM ", " (RF-Solver)", " (FireFlow)")  # an inversion's name says its solver
 # Every input name of the pack and its one meaning. A new input gets a line here; a name already
 # here is used only in this meaning (a second meaning needs a second name).
 MEANINGS = {
@@ -63,6 +66,7 @@ MEANINGS = {
     "scheduler": "ComfyUI's scheduler of the schedule",
     "sampler_name": "ComfyUI's sampler",
     "solver": "the Flux inversion's solver, also the sampler the bank is sampled with",
+    "strategy": "how FireFlow's kept features act: replaced or added, which of q, k, v",
     "seed": "noise seed",
     "cfg": "classifier-free guidance scale",
     "guidance": "Flux guidance (FluxGuidance's value)",
@@ -198,7 +202,7 @@ def test_categories():
     assert (CATEGORY, FLUX_CATEGORY) == ("sampling/pnp", "sampling/pnp/flux")
     assert SAMPLER_CATEGORY == category_of(KSamplerSelect)
     for node_id, schema in schemas().items():
-        expected = (SAMPLER_CATEGORY if node_id == "PnPRFSolverSampler"
+        expected = (SAMPLER_CATEGORY if node_id in SAMPLERS
                     else FLUX_CATEGORY if node_id in FLUX_NODES else CATEGORY)
         assert schema.category == expected, f"{node_id} is in {schema.category}, not {expected}"
 
@@ -210,8 +214,9 @@ def test_node_ids_are_kept_and_names_run_parallel():
     assert list(all_schemas) == NODE_IDS
     assert NODE_IDS == ["PnPInversion", "PnPGenerateSource", "PnPCaptureFeatures", "PnPApplyInjection", "PnPSampler",
                         "PnPSigmas", "PnPGuider", "PnPSaveFeatureBank", "PnPLoadFeatureBank", "PnPFeaturePreview",
-                        "PnPFluxInversion", "PnPFluxSampler", "PnPFluxApplyInjection", "PnPFluxNoise",
-                        "PnPRFSolverSampler", "PnPFluxSaveBank", "PnPFluxLoadBank"]
+                        "PnPFluxInversion", "PnPFluxSampler", "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler",
+                        "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler", "PnPFireFlowSampler",
+                        "PnPFluxSaveBank", "PnPFluxLoadBank"]
 
     def plain(name: str) -> str:
         for solver in SOLVERS:
@@ -225,7 +230,7 @@ def test_node_ids_are_kept_and_names_run_parallel():
     names = [s.display_name for s in all_schemas.values()]
     assert len(set(names)) == len(names), names
     # Outside the PnP categories, the name says where the node belongs (no search aliases on this host).
-    assert "PnP Flux" in all_schemas["PnPRFSolverSampler"].display_name
+    assert all("PnP Flux" in all_schemas[node_id].display_name for node_id in SAMPLERS)
 
 
 def test_each_input_name_has_one_meaning():
@@ -242,5 +247,6 @@ def test_each_input_name_has_one_meaning():
     assert set(MEANINGS) == set(types), f"MEANINGS lists inputs no node has: {sorted(set(MEANINGS) - set(types))}"
     by_node = {node_id: {i.id for i in schema.inputs} for node_id, schema in schemas().items()}
     # `inject` counts injected steps: only the nodes that inject have it; the inversion keeps.
-    assert {n for n, ids in by_node.items() if "inject" in ids} == {"PnPFluxSampler", "PnPFluxApplyInjection"}
-    assert "keep_steps" in by_node["PnPFluxInversion"]
+    assert {n for n, ids in by_node.items() if "inject" in ids} == {"PnPFluxSampler", "PnPFluxFireFlowSampler",
+                                                                     "PnPFluxApplyInjection"}
+    assert "keep_steps" in by_node["PnPFluxInversion"] and "keep_steps" in by_node["PnPFluxFireFlowInversion"]

@@ -5,7 +5,8 @@ test models; only file names, steps and the image size are shrunk (``shrink_for_
 else is what a user gets. The Flux workflow also gets the text-encoder swap and the layers that
 tests/flux_files.py explains (no T5-XXL on a test machine; the test model has 2 of Flux.1's 38 single blocks).
 Each file runs once (the session fixture ``workflow_runs`` of tests/workflow_runs.py); the tests here
-assert on that run, and run only the variants they need (a knob changed) themselves.
+assert on that run. The Flux workflows' runs hold the variant their tests need (injection off, inject 0),
+run by ``workflow_runs`` while the server still has the workflow's models and inversion in its cache.
 """
 import copy
 
@@ -14,8 +15,9 @@ import pytest
 
 from comfy_server import PACK_PYTHON_MODULE
 from workflow_api import NOTE_TYPES, UI_ONLY_TYPES, ConversionError, notes, to_api, widget_values
-from workflow_runs import (BANK_WORKFLOW, EXPECTED, FLUX_ADVANCED_WORKFLOW, FLUX_WORKFLOW, FLUX_WORKFLOWS, WORKFLOW_DIR,
-                           image_outputs, load, run_image)
+from workflow_runs import (BANK_WORKFLOW, EXPECTED, FIREFLOW_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FLUX_WORKFLOW, FLUX_WORKFLOWS,
+                            WORKFLOW_DIR,
+                           image_outputs, load)
 
 NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 SHIPPED_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
@@ -53,7 +55,9 @@ def test_only_core_nodes_and_ours(name, comfy_server):
 
 KNOBS = {FLUX_WORKFLOW: ("inject", "keep_steps", "guidance", "steps", "rf-solver-edit", "rf_solver", "ModelSamplingFlux", "t5xxl"),
          FLUX_ADVANCED_WORKFLOW: ("inject", "FluxGuidance", "PnP Flux Noise", "RF-Solver Sampler", "latent_image",
-                                  "ModelSamplingFlux", "t5xxl")}
+                                  "ModelSamplingFlux", "t5xxl"),
+         FIREFLOW_WORKFLOW: ("steps 8", "inject 1", "keep_steps", "guidance 2", "strategy", "replace_v", "add_q",
+                             "steps 15", "official", "t5xxl")}
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -114,6 +118,11 @@ def test_shipped_values_are_the_papers(name, comfy_server):
                     values["scheduler"], values["custom_layers"]) == (25, 20, 1.0, "rf-solver-edit", "rf_solver", "simple", "")
         if node["type"] == "PnPFluxSampler":
             assert (values["guidance"], values["inject"]) == (5.0, 20)
+        if node["type"] == "PnPFluxFireFlowInversion":  # FireFlow's README.md lines 168-175
+            assert (values["steps"], values["keep_steps"], values["guidance"], values["strategy"], values["scheduler"],
+                    values["custom_layers"]) == (8, 1, 1.0, "replace_v", "official", "")
+        if node["type"] == "PnPFluxFireFlowSampler":
+            assert (values["guidance"], values["inject"]) == (2.0, 1)
         if node["type"] == "PnPFluxApplyInjection":
             assert values["inject"] == 20
         if node["type"] == "FluxGuidance":
@@ -166,27 +175,33 @@ def test_the_hires_pass_uses_the_unpatched_model(comfy_server):
     assert 0.3 <= ksampler["inputs"]["denoise"] <= 0.6
 
 
-def test_flux_workflow_runs_and_injects(comfy_server, workflow_runs):
-    """The Flux workflow runs; then PnP Flux Sampler at inject 0 (plain RF-Solver sampling of the inverted source,
-    the inversion cached) gives another image. Fails if the workflow does not run or injects nothing."""
-    run = workflow_runs[FLUX_WORKFLOW]
+@pytest.mark.parametrize("name, inversion_type, sampler_type", [
+    (FLUX_WORKFLOW, "PnPFluxInversion", "PnPFluxSampler"),
+    (FIREFLOW_WORKFLOW, "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler")])
+def test_flux_workflow_runs_and_injects(name, inversion_type, sampler_type, workflow_runs):
+    """The Flux workflow runs; the same prompt with the sampler at inject 0 (plain sampling of the inverted
+    source with the bank's solver; run just before it, by ``workflow_runs``) gives another image. Fails if the
+    workflow does not run or injects nothing."""
+    run = workflow_runs[name]
     prompt = copy.deepcopy(run.prompt)
-    (sampler,) = [n for n in prompt.values() if n["class_type"] == "PnPFluxSampler"]
-    (inversion,) = [n for n in prompt.values() if n["class_type"] == "PnPFluxInversion"]
+    (sampler,) = [n for n in prompt.values() if n["class_type"] == sampler_type]
+    (inversion,) = [n for n in prompt.values() if n["class_type"] == inversion_type]
     assert 0 < sampler["inputs"]["inject"] < inversion["inputs"]["steps"], "the test run has injected and plain steps"
     injected = run.image()
     sampler["inputs"]["inject"] = 0
-    plain = run_image(comfy_server, prompt)
+    assert run.plain_prompt == prompt, "the plain run is the workflow with its sampler at inject 0, nothing else"
+    plain = run.plain_image()
     assert injected.shape == plain.shape == (64, 64, 3)
-    # Measured: 0.014 (1 of the test model's 2 single blocks, 2 of 3 steps; 0.019 at 3 of 4).
+    # Measured: pnp-flux 0.014 (1 of the test model's 2 single blocks, 2 of 3 steps; 0.019 at 3 of 4);
+    # pnp-flux-fireflow 0.008 (both single blocks, 1 of 3 steps).
     change = np.abs(injected - plain).mean()
     assert change > 0.005, f"injection moved pixels by only {change:.4f} on average"
 
 
-def test_the_advanced_flux_workflow_is_the_flux_workflow(comfy_server, workflow_runs):
+def test_the_advanced_flux_workflow_is_the_flux_workflow(workflow_runs):
     """The SamplerCustomAdvanced route (PnP Flux Apply Feature Injection, PnP Flux Noise, RF-Solver Sampler, FluxGuidance,
-    BasicGuider) saves the image of the one-node route, pixel for pixel; at inject 0 it is another image. Fails if
-    the inverted source entered as the latent image, or the route injects differently or not at all."""
+    BasicGuider) saves the image of the one-node route, pixel for pixel; at inject 0 (its run's ``plain_prompt``) it is
+    another image. Fails if the inverted source entered as the latent image, or the route injects differently or not at all."""
     run = workflow_runs[FLUX_ADVANCED_WORKFLOW]
     prompt = copy.deepcopy(run.prompt)
     kind = lambda ref: prompt[ref[0]]["class_type"]  # noqa: E731
@@ -200,7 +215,8 @@ def test_the_advanced_flux_workflow_is_the_flux_workflow(comfy_server, workflow_
     (apply,) = [n for n in prompt.values() if n["class_type"] == "PnPFluxApplyInjection"]
     assert apply["inputs"]["inject"] > 0
     apply["inputs"]["inject"] = 0
-    assert np.abs(run_image(comfy_server, prompt) - advanced).mean() > 0.005
+    assert run.plain_prompt == prompt, "the plain run is the workflow with inject 0, nothing else"
+    assert np.abs(run.plain_image() - advanced).mean() > 0.005
 
 
 def test_bank_workflow_captures_once_then_samples_from_the_loaded_bank(workflow_runs):
@@ -218,8 +234,6 @@ def test_bank_workflow_captures_once_then_samples_from_the_loaded_bank(workflow_
     assert len(image_outputs(run.second_outputs)) == 1
 
 
-# After the tests above, which run variants of the Flux workflows while the server still holds their loaded
-# models and inversion in its cache (it keeps the outputs of the latest prompt's nodes).
 @pytest.mark.parametrize("name", [n for n in EXPECTED if n != BANK_WORKFLOW])
 def test_workflow_runs(name, workflow_runs):
     run = workflow_runs[name]

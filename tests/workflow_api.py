@@ -240,8 +240,11 @@ def notes(workflow: dict) -> list[str]:
             if node["type"] in NOTE_TYPES]
 
 
+FLUX_INVERSIONS = ("PnPFluxInversion", "PnPFluxFireFlowInversion")
+
+
 def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: str, flux_unet: str | None = None,
-                     flux_text_encoder: str | None = None, flux_vae: str | None = None, flux_layers: str | None = None,
+                     flux_text_encoder: str | None = None, flux_vae: str | None = None, flux_layers: dict | None = None,
                      steps: int = 4, inversion_steps: int = 8, other_steps: int = 2, size: int = 64,
                      flux_steps: int | None = None) -> dict:
     """Overrides {node_id: {input: value}} that make an API prompt fast on the test models.
@@ -253,9 +256,9 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
     Flux graphs (given the ``flux_*`` test files of tests/flux_files.py): Load Diffusion Model and Load VAE
     get the test files, and DualCLIPLoader ``flux`` (CLIP-L + T5-XXL) becomes DualCLIPLoader ``sd3`` with
     the test CLIP-L in both slots, which gives Flux-shaped conditioning without T5-XXL (flux_files.py says why).
-    PnP Flux Inversion gets ``flux_steps`` (default: ``steps``) and ``keep_steps`` in the shipped proportion
-    (20 of 25 -> 3 of 4; 2 of 3), and ``flux_layers`` as its custom layers (the test model has fewer blocks
-    than the presets name); a node linked to its bank scales its own ``inject`` by the same proportion.
+    PnP Flux Inversion (RF-Solver or FireFlow) gets ``flux_steps`` (default: ``steps``) and ``keep_steps`` in the shipped proportion
+    (20 of 25 -> 3 of 4; 2 of 3), and ``flux_layers[its node type]`` as its custom layers (the test model has
+    fewer blocks than the presets name); a node linked to its bank scales its own ``inject`` by the same proportion.
     """
     names = {"CheckpointLoaderSimple": {"ckpt_name": checkpoint}, "ControlNetLoader": {"control_net_name": controlnet},
              "LoadImage": {"image": image}}
@@ -275,12 +278,12 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
         if kind == "DualCLIPLoader" and inputs.get("type") == "flux" and flux_text_encoder:
             change.update(clip_name1=flux_text_encoder, clip_name2=flux_text_encoder, type="sd3")
         bank = inputs.get("feature_bank")
-        if kind == "PnPFluxInversion":
+        if kind in FLUX_INVERSIONS:
             change.update(steps=flux_steps, keep_steps=flux_inject(inputs["keep_steps"], inputs["steps"]))
             if flux_layers:
-                change["custom_layers"] = flux_layers
+                change["custom_layers"] = flux_layers[kind]
         elif isinstance(inputs.get("inject"), int) and isinstance(bank, list) and \
-                prompt[bank[0]]["class_type"] == "PnPFluxInversion":
+                prompt[bank[0]]["class_type"] in FLUX_INVERSIONS:
             change["inject"] = flux_inject(inputs["inject"], prompt[bank[0]]["inputs"]["steps"])
         elif kind == "PnPInversion":
             fast = inputs.get("inversion_steps") == inputs.get("steps")

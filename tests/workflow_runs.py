@@ -7,7 +7,13 @@ steps and sizes, the Flux text-encoder swap; tests/workflow_api.py's ``shrink_fo
 
 conftest.py exposes the session fixture ``workflow_runs``: each shipped workflow runs through the server
 once, on first use, and every test that asserts on a run reads that one run (its prompt, outputs and
-saved images). Runs of variants (a knob changed to show what it does) are the tests' own.
+saved images). The Flux workflows' runs also hold the same prompt with injection off (``inject`` 0), run
+just before it: it shares every node but the sampling with the workflow's prompt, which the server then
+takes from its cache. Other runs of variants (a knob changed to show what it does) are the tests' own.
+
+The server keeps the outputs of the latest prompt's nodes (and drops the others'), so a run queues the
+workflow's own prompt last (the bank workflow: its run 2): test_frontend.py queues the same prompt from the
+page right after the run, and the server answers it from that cache.
 """
 from __future__ import annotations
 
@@ -26,12 +32,13 @@ from flux_files import FLUX_TEST_LAYERS
 from workflow_api import apply_overrides, shrink_for_tests, to_api
 
 WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
-EXPECTED = ["pnp-basic", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-flux", "pnp-flux-advanced", "pnp-hires",
-            "pnp-multi-prompt", "pnp-save-load-bank"]
+EXPECTED = ["pnp-basic", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-flux", "pnp-flux-advanced",
+            "pnp-flux-fireflow", "pnp-hires", "pnp-multi-prompt", "pnp-save-load-bank"]
 BANK_WORKFLOW = "pnp-save-load-bank"
 FLUX_WORKFLOW = "pnp-flux"
 FLUX_ADVANCED_WORKFLOW = "pnp-flux-advanced"  # the same edit through SamplerCustomAdvanced
-FLUX_WORKFLOWS = (FLUX_WORKFLOW, FLUX_ADVANCED_WORKFLOW)
+FIREFLOW_WORKFLOW = "pnp-flux-fireflow"
+FLUX_WORKFLOWS = (FLUX_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FIREFLOW_WORKFLOW)
 RUN_1_GROUP = "Run 1"  # group titles of the save/load workflow, as its note explains them
 RUN_2_GROUP = "Run 2"
 RUN_TIMEOUT = 300
@@ -108,7 +115,8 @@ def saved_bank(comfy_server, outputs: dict) -> Path:
 class WorkflowRun:
     """One run of a shipped workflow through the server: the shrunk API prompt and its outputs.
     The bank workflow runs as its note says: run 1 saves a bank, which is staged in input/ as
-    ``bank_file``; run 2 (``second_prompt``, ``second_outputs``) loads it."""
+    ``bank_file``; run 2 (``second_prompt``, ``second_outputs``) loads it. A Flux workflow's run also
+    holds ``plain_prompt`` (``injection_off(prompt)``) and its outputs and files."""
     name: str
     prompt: dict
     outputs: dict
@@ -117,6 +125,9 @@ class WorkflowRun:
     second_outputs: dict | None = None
     bank: Path | None = None
     bank_file: str | None = None
+    plain_prompt: dict | None = None
+    plain_outputs: dict | None = None
+    plain_files: list | None = None
     _images: dict = field(default_factory=dict, repr=False)
 
     def image(self) -> np.ndarray:
@@ -125,6 +136,24 @@ class WorkflowRun:
             (path,) = self.files
             self._images["one"] = read_image(path)
         return self._images["one"]
+
+    def plain_image(self) -> np.ndarray:
+        """The one image that ``plain_prompt`` saved (Flux workflows), as ``image``."""
+        if "plain" not in self._images:
+            (path,) = self.plain_files
+            self._images["plain"] = read_image(path)
+        return self._images["plain"]
+
+
+def injection_off(prompt: dict) -> dict:
+    """A copy of a Flux workflow's prompt with ``inject`` 0 on the nodes that take the bank (PnP Flux
+    Sampler and its FireFlow twin, PnP Flux Apply Feature Injection): plain sampling of the inverted source."""
+    prompt = json.loads(json.dumps(prompt))
+    nodes = [n for n in prompt.values() if isinstance(n["inputs"].get("inject"), int)]
+    assert nodes, "no node with an inject input"
+    for node in nodes:
+        node["inputs"]["inject"] = 0
+    return prompt
 
 
 class WorkflowRuns:
@@ -152,8 +181,14 @@ class WorkflowRuns:
 
     def _run(self, name: str) -> WorkflowRun:
         prompt = self.prompt(name)
+        plain = {}
+        if name in FLUX_WORKFLOWS:  # before the workflow's own prompt, which stays the server's latest
+            plain_prompt = injection_off(prompt)
+            plain_outputs = self.server.run(plain_prompt, timeout=RUN_TIMEOUT)
+            plain = dict(plain_prompt=plain_prompt, plain_outputs=plain_outputs,
+                         plain_files=self.server.output_files(plain_outputs))
         outputs = self.server.run(prompt, timeout=RUN_TIMEOUT)
-        run = WorkflowRun(name, prompt, outputs, self.server.output_files(outputs))
+        run = WorkflowRun(name, prompt, outputs, self.server.output_files(outputs), **plain)
         if name == BANK_WORKFLOW:
             run.bank = saved_bank(self.server, outputs)
             run.bank_file = f"pnp-test-{run.bank.name}"
@@ -200,3 +235,4 @@ def decode_and_save(latent_ref, prefix):
         "decode": {"class_type": "VAEDecode", "inputs": {"samples": latent_ref, "vae": ["ckpt", 2]}},
         "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
     }
+

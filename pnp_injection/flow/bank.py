@@ -1,10 +1,16 @@
 """The Flux feature bank: the inverted latent and the source's projections at each kept step.
 
-Slots follow the official keys (FLUX_Image_Edit/src/flux/sampling.py line 102): the
-inversion step from sigma_{i+1} up to sigma_i stores under its upper end sigma_i; sampling
-step i (from sigma_i down) reads under its current level sigma_i. The first and second
-evaluation of a step are kept apart. Slot index = step * evaluations + evaluation, for the
-first `steps_kept` sampling steps.
+Slots follow the official keys (RF-Solver-Edit: FLUX_Image_Edit/src/flux/sampling.py line
+102; FireFlow: src/flux/sampling.py line 211): the inversion step from sigma_{i+1} up to
+sigma_i stores under its upper end sigma_i; sampling step i (from sigma_i down) reads under
+its current level sigma_i. The first and second evaluation of a step are kept apart
+(`second_order` in the official keys), for the first `steps_kept` sampling steps:
+
+- rf_solver: both evaluations of each step, slot = 2 * step + evaluation;
+- fireflow: the midpoint of each step (the only evaluation most steps make), slot = step. Its
+  first evaluations happen at the sampling's first step and the inversion's first step, which
+  share a key only when there is one step: then it has one more slot, after the midpoints;
+- euler: one evaluation per step, slot = step.
 """
 from __future__ import annotations
 
@@ -19,7 +25,6 @@ from ..inputs import check_same_architecture, check_source_size
 from ..model_calls import source_rows
 from ..schedule import SIGMA_RTOL, check_same_schedule, step_at
 from . import layers as flux_layers
-from .solvers import EVALUATIONS
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,7 +35,7 @@ class FeatureBank:
     noise: torch.Tensor                  # the inverted latent at sigma_0 = 1, model space [B, C, H, W]
     tables: dict[str, torch.Tensor]      # site key -> [slots, B, tokens, hidden]
     layers: flux_layers.FluxLayerSet
-    solver: str                          # rf_solver or euler: evaluations per step
+    solver: str                          # rf_solver, fireflow or euler (solvers.SOLVERS)
     steps_kept: int                      # first sampling steps whose features are held
     text_tokens: int                     # text tokens of the source prompt
     architecture: str                    # flux_layers.signature of the inversion model
@@ -40,8 +45,8 @@ class FeatureBank:
         return len(self.sigmas) - 1
 
     @property
-    def evaluations(self) -> int:
-        return EVALUATIONS[self.solver]
+    def slots(self) -> int:
+        return slot_count(self.solver, self.steps, self.steps_kept)
 
     def nbytes(self) -> int:
         return placement.nbytes([*self.tables.values(), self.noise])
@@ -53,15 +58,14 @@ class FeatureBank:
         """The slot serving a model call at `sigma` while sampling, or None (not injected).
 
         On a schedule sigma it is that step's first evaluation; strictly between sigma_{i+1}
-        and sigma_i it is step i's second evaluation (RF-Solver's midpoint). Banks of one
-        evaluation per step serve any call within step i from its only slot.
+        and sigma_i it is step i's second evaluation (the midpoint). Euler banks serve any
+        call within step i from its only slot.
         """
         step = step_at(self.sigmas, sigma)
         if step is None or step >= inject:
             return None
         on_schedule = math.isclose(sigma, float(self.sigmas[step]), rel_tol=SIGMA_RTOL)
-        evaluation = 0 if on_schedule or self.evaluations == 1 else 1
-        return step * self.evaluations + evaluation
+        return slot_index(self.solver, self.steps, step, 0 if on_schedule else 1)
 
     def check_injection(self, model_patcher, inject: int) -> int:
         """The injected step count, if this bank can serve it on this model, or a clear error."""
@@ -101,12 +105,33 @@ class FeatureBank:
         return self.noise.expand(batch, *self.noise.shape[1:]).clone()
 
 
-def inversion_slot(sigmas: torch.Tensor, sigma: float, evaluations: int, kept: int) -> int | None:
+def slot_count(solver: str, steps: int, kept: int) -> int:
+    """Slots of a bank keeping the first `kept` of `steps` sampling steps (see the module's docstring)."""
+    if solver == "rf_solver":
+        return 2 * kept
+    if solver == "fireflow":
+        return kept + (1 if steps == 1 and kept else 0)
+    return kept
+
+
+def slot_index(solver: str, steps: int, step: int, evaluation: int) -> int | None:
+    """The slot of `evaluation` (0: at the step's start, 1: midpoint) of sampling step `step`,
+    or None where the bank's solver keeps nothing for it."""
+    if solver == "rf_solver":
+        return 2 * step + evaluation
+    if solver == "fireflow":
+        if evaluation == 1:
+            return step
+        return 1 if steps == 1 and step == 0 else None
+    return step
+
+
+def inversion_slot(sigmas: torch.Tensor, sigma: float, solver: str, kept: int) -> int | None:
     """The slot an inversion call at `sigma` fills, or None (not kept).
 
     The inversion step from sigma_{i+1} up to sigma_i is stored under its upper end sigma_i (the
     official keys, see the module's docstring): its first evaluation is at sigma_{i+1}, its
-    second (RF-Solver's midpoint) strictly between the two. Steps i < `kept` are kept."""
+    second (the midpoint) strictly between the two. Steps i < `kept` are kept."""
     lower = sigmas[1:]
     at_or_below = (lower <= sigma * (1 + SIGMA_RTOL)).nonzero()
     if not len(at_or_below):
@@ -115,7 +140,7 @@ def inversion_slot(sigmas: torch.Tensor, sigma: float, evaluations: int, kept: i
     if step >= kept:
         return None
     on_schedule = math.isclose(sigma, float(lower[step]), rel_tol=SIGMA_RTOL, abs_tol=1e-9)
-    return step * evaluations + (0 if on_schedule or evaluations == 1 else 1)
+    return slot_index(solver, len(sigmas) - 1, step, 0 if on_schedule else 1)
 
 
 def estimate_bytes(model_patcher, layers: flux_layers.FluxLayerSet, latent_shape, text_tokens: int,

@@ -13,6 +13,7 @@ from ..bank_file import read, write
 from ..errors import PnPError
 from ..inputs import check_bank_tensors, check_falling_sigmas
 from . import layers as flux_layers
+from . import solvers
 from .bank import FeatureBank
 
 FORMAT = "pnp-flux-feature-bank"
@@ -48,7 +49,8 @@ def load(path: str | os.PathLike) -> FeatureBank:
             solver=metadata["solver"], steps_kept=int(metadata["steps_kept"]),
             text_tokens=int(metadata["text_tokens"]), architecture=metadata["architecture"],
         )
-        slots = bank.steps_kept * bank.evaluations
+        solvers.check_solver(bank.solver)
+        slots = bank.slots
         consistent = (
             list(bank.noise.shape) == json.loads(metadata["latent_shape"])
             and len(tensors) == 2 + len(bank.tables)

@@ -1,12 +1,12 @@
-"""Inversion of a Flux source with RF-Solver, keeping the source's features on the way.
+"""Inversion of a Flux source with RF-Solver or FireFlow, keeping the source's features on the way.
 
-As the official code (FLUX_Image_Edit/src/edit.py line 157, src/flux/sampling.py lines
-90-134): the encoded source sits at sigma 0; the schedule is walked upwards to sigma 1 with
-the source prompt at Flux guidance 1, one RF-Solver step per sampling step. The features are
-kept during the inversion itself (no separate source pass): at the inversion steps whose
-upper end is one of the first `keep_steps` sampling sigmas, both evaluations of the step, stored
-under that upper end (see bank). The result at sigma 1 is the noise the target is
-sampled from.
+As the official code (RF-Solver-Edit: FLUX_Image_Edit/src/edit.py line 157, src/flux/sampling.py
+lines 90-134; FireFlow: src/edit.py line 182, src/flux/sampling.py lines 185-248): the encoded
+source sits at sigma 0; the schedule is walked upwards to sigma 1 with the source prompt at Flux
+guidance 1, one solver step per sampling step. The features are kept during the inversion
+itself (no separate source pass): at the inversion steps whose upper end is one of the first
+`keep_steps` sampling sigmas, the evaluations the solver makes there, stored under that upper
+end (see bank). The result at sigma 1 is the noise the target is sampled from.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from ..passes import Progress, run_loop
 from . import layers as flux_layers
 from . import schedule as flux_schedule
 from . import solvers
-from .bank import FeatureBank, estimate_bytes, inversion_slot
+from .bank import FeatureBank, estimate_bytes, inversion_slot, slot_count
 from .patches import WRAPPER_KEY as INJECTION_KEY
 from .patches import Recorder
 
@@ -67,13 +67,12 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
         raise PnPError(f"`keep_steps` is {keep_steps}; it counts sampling steps whose features the bank keeps: "
                        f"give 0 to {steps}.")
 
-    evaluations = solvers.EVALUATIONS[solver]
-    slots = keep_steps * evaluations
+    slots = slot_count(solver, steps, keep_steps)
     text_tokens = max(context.shape[1] for context, _ in conditioning)
     placement.check_fits(estimate_bytes(model_patcher, layers, latent.shape, text_tokens, slots),
                          placement.storage_device())
     tables = placement.Tables(lambda key: slots, device_for=lambda t: placement.storage_device())
-    recorder = Recorder(layers, lambda sigma: inversion_slot(sigmas, sigma, evaluations, keep_steps), tables)
+    recorder = Recorder(layers, lambda sigma: inversion_slot(sigmas, sigma, solver, keep_steps), tables)
     patched = without_wrappers(model_patcher, INJECTION_KEY)  # invert the plain network, never an injected one
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, RECORDER_KEY, recorder)
     progress = Progress(steps)
@@ -86,10 +85,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
         def velocity(x_, sigma, evaluation):
             model(x_, sigma * ones)
             return recorder.velocity
-        for k in range(steps):
-            x = solvers.step(solver, velocity, x, float(ascending[k]), float(ascending[k + 1]))
-            progress.step()
-        result["noise"] = x
+        result["noise"] = solvers.walk(solver, velocity, x, ascending, lambda i, x_: progress.step())
         return torch.zeros_like(x)  # ComfyUI divides the result by 1 - sigma_last = 0: not used
 
     run_loop(patched, with_guidance(conditioning, guidance), latent, sigmas.flip(0), loop)
@@ -99,5 +95,6 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
         steps_kept=keep_steps, text_tokens=int(recorder.text_tokens), architecture=flux_layers.signature(model_patcher),
     )
     logging.info(f"PnP Flux Inversion: bank {placement.summary([*bank.tables.values(), bank.noise])}, {steps} steps "
-                 f"of {solver} in {time.perf_counter() - started:.1f} s")
+                 f"of {solver} ({solvers.evaluations(solver, steps)} model evaluations) in "
+                 f"{time.perf_counter() - started:.1f} s")
     return bank

@@ -6,6 +6,11 @@ projection that produces queries, keys and values: a double block's image attent
 `img_attn.qkv` (image tokens only) or a single block's `linear1` (its first 3 * hidden
 columns are q, k, v; the rest feed the MLP). A layer set lists sites with the tensors
 (q, k, v) and, for single blocks, the tokens (all, or the image tokens after the text).
+A tensor is replaced by the source's (the default) or, marked `+`, the source's is added to
+it (FireFlow's add_q, add_k, add_v). The official code adds q and k after the block's
+QK-norm (FireFlow src/flux/modules/layers.py lines 236, 270-278), so an added q or k is read
+and written at the output of the block's `norm.query_norm` / `norm.key_norm`; a replaced q or
+k is taken at the projection (the norm of the source's q is the source's normed q).
 
 Presets:
 - `rf-solver-edit` (RF-Solver-Edit, Wang et al. 2024): V of all tokens in single blocks
@@ -13,6 +18,13 @@ Presets:
   FLUX_Image_Edit/src/flux/modules/layers.py lines 235 and 247-252 (the value tensor of the
   single block's qkv, all tokens, kept when `info['id'] > 19`); the ids are set in
   FLUX_Image_Edit/src/flux/model.py lines 107-113 (single blocks counted from 0, so 20-37).
+- `fireflow` (FireFlow, Deng et al. 2024): V of all tokens in single blocks 0-37. Official
+  code (HolmesShuan/FireFlow-Fast-Inversion-of-Rectified-Flow-for-Image-Semantic-Editing),
+  README.md lines 172-173 (`--start_layer_index 0 --end_layer_index 37`, the recommended
+  editing settings), src/flux/modules/layers.py lines 239 and 243-245 (the single block's value
+  tensor, all tokens, kept for ids from start to end inclusive when `reuse_v`, the default of
+  src/edit.py line 277), src/flux/model.py lines 107-113 (single blocks counted from 0). Its
+  other strategies (`STRATEGIES`) act on the same blocks.
 - `stable-flow` (Avrahami et al. 2025): keys and values of the image tokens in double blocks
   0, 1, 17, 18 and single blocks 6, 9, 34, 35, 37. snap-research/stable-flow at c99ac0e,
   run_stable_flow.py lines 10-11 (single blocks given as [28, 53, 54, 56, 25] - 19), and its
@@ -42,13 +54,15 @@ class Site:
     block: int
     tensors: tuple[str, ...]    # subset of q, k, v, in that order
     tokens: str = "all"         # "all" or "image"; double sites are image tokens by construction
+    added: tuple[str, ...] = ()  # the tensors the source's is added to (the rest are replaced)
 
     def key(self, tensor: str) -> str:
         return f"{self.stream}.{self.block}.{tensor}"
 
     def describe(self) -> str:
         tail = "@image" if self.stream == "single" and self.tokens == "image" else ""
-        return f"{self.stream}.{self.block}:{','.join(self.tensors)}{tail}"
+        named = ",".join(("+" if t in self.added else "") + t for t in self.tensors)
+        return f"{self.stream}.{self.block}:{named}{tail}"
 
 
 @dataclass(frozen=True)
@@ -68,15 +82,46 @@ class FluxLayerSet:
 
 
 def _sites(stream: str, blocks, tensors: str, tokens: str = "all") -> tuple[Site, ...]:
-    return tuple(Site(stream, b, tuple(tensors.split(",")), "image" if stream == "double" else tokens) for b in blocks)
+    """Sites of `blocks` with `tensors` as in 'k,v' or '+q,v' ('+': added)."""
+    named = [t.strip() for t in tensors.split(",")]
+    ordered = tuple(t for t in TENSORS if t in named or "+" + t in named)
+    added = tuple(t for t in ordered if "+" + t in named)
+    return tuple(Site(stream, b, ordered, "image" if stream == "double" else tokens, added) for b in blocks)
+
+
+# FireFlow's editing strategies (README.md lines 212-213 and 248-249: `--editing_strategy` with
+# `--reuse_v 0`; the demo, camenduru/FireFlow-hf app.py, offers replace_v, add_q and add_k in
+# any combination), as the tensors of single blocks 0-37 they keep and how they apply them:
+# src/flux/modules/layers.py lines 249-254 keep q, k, v where the strategy's text contains
+# 'q', 'k', 'v'; lines 261-278 replace or add each.
+STRATEGIES = {
+    "replace_v": "v",
+    "add_q": "+q",
+    "add_k": "+k",
+    "add_v": "+v",
+    "add_q replace_v": "+q,v",
+    "add_k replace_v": "+k,v",
+    "add_q add_k": "+q,+k",
+    "add_q add_k replace_v": "+q,+k,v",
+}
+FIREFLOW_BLOCKS = range(0, 38)
+
+
+def fireflow_preset(strategy: str = "replace_v") -> str:
+    """The preset name of FireFlow's layer set for one of its editing strategies."""
+    if strategy not in STRATEGIES:
+        raise PnPError(f"Unknown FireFlow strategy {strategy!r}: choose one of {list(STRATEGIES)}.")
+    return "fireflow" if strategy == "replace_v" else f"fireflow {strategy}"
 
 
 PRESETS: dict[str, FluxLayerSet] = {
     "rf-solver-edit": FluxLayerSet(_sites("single", range(20, 38), "v")),
+    **{fireflow_preset(name): FluxLayerSet(_sites("single", FIREFLOW_BLOCKS, tensors))
+       for name, tensors in STRATEGIES.items()},
     "stable-flow": FluxLayerSet(_sites("double", (0, 1, 17, 18), "k,v")
                                 + _sites("single", (6, 9, 34, 35, 37), "k,v", "image")),
 }
-PRESET_NAMES = list(PRESETS)
+PRESET_NAMES = ["rf-solver-edit", "fireflow", "stable-flow"]  # offered on PnP Flux Inversion; all resolve
 
 
 def check_flux(model_patcher) -> None:
@@ -98,7 +143,7 @@ _WHAT = "custom Flux layer set"
 
 
 def _clause(clause: str) -> tuple[str, list[range], list[str], str | None]:
-    """'single.6,9:k,v@image' -> ('single', block ranges, ['k', 'v'], 'image'), by plain
+    """'single.6,9:+k,v@image' -> ('single', block ranges, ['+k', 'v'], 'image'), by plain
     splitting (linear time); ValueError where the clause does not follow the grammar."""
     stream, dot, rest = clause.partition(".")
     stream = stream.strip()
@@ -109,7 +154,8 @@ def _clause(clause: str) -> tuple[str, list[range], list[str], str | None]:
         raise ValueError(clause)
     spans = ranges(blocks)
     named = [t.strip() for t in tensors.split(",") if t.strip()]
-    if not spans or not named or any(t not in TENSORS for t in named) or len(set(named)) != len(named):
+    bare = [t.removeprefix("+").strip() for t in named]
+    if not spans or not named or any(t not in TENSORS for t in bare) or len(set(bare)) != len(bare):
         raise ValueError(clause)
     if stream == "double" and tokens == "all":
         raise ValueError(clause)
@@ -123,13 +169,13 @@ def parse_custom(text: str) -> FluxLayerSet:
     checked before it is expanded."""
     clauses = read_clauses(text, _WHAT, _EXAMPLE, _clause, lambda c: count(c[1]),
                            f"Cannot read the Flux layer set {text!r}. Write clauses separated by ';', each "
-                           f"'<double|single>.<blocks>:<tensors>' with blocks like 20-37 or 0,1,17 and tensors from q,k,v; "
+                           f"'<double|single>.<blocks>:<tensors>' with blocks like 20-37 or 0,1,17 and tensors from q,k,v "
+                           f"(a tensor marked '+' gets the source's added instead of replaced, as FireFlow's add_q); "
                            f"single blocks take '@image' for the image tokens only (default all tokens); double blocks "
                            f"are the image stream. Example: 'double.0,1,17,18:k,v; single.6,9,34,35,37:k,v@image'.")
     sites: list[Site] = []
     for stream, spans, named, tokens in clauses:
-        ordered = ",".join(t for t in TENSORS if t in named)
-        sites.extend(_sites(stream, expand(spans), ordered, tokens or "all"))
+        sites.extend(_sites(stream, expand(spans), ",".join(t.replace(" ", "") for t in named), tokens or "all"))
     if not sites:
         raise PnPError("The custom Flux layer set names no layer: give at least one clause, as in 'single.20-37:v'.")
     layers = FluxLayerSet(tuple(sites))
@@ -151,17 +197,32 @@ def resolve(model_patcher, preset: str = "rf-solver-edit", custom: str = "") -> 
     return layers
 
 
-def modules(net, layers: FluxLayerSet) -> dict[Site, torch.nn.Module]:
-    """The projection module of each site."""
-    out = {}
+def modules(net, layers: FluxLayerSet) -> dict[torch.nn.Module, list[tuple[Site, str]]]:
+    """The module whose output holds each site tensor: the site's projection, or for an added
+    q or k its block's query or key norm (outputs [batch, heads, tokens, head_dim])."""
+    out: dict[torch.nn.Module, list[tuple[Site, str]]] = {}
     for site in layers.sites:
         blocks = net.double_blocks if site.stream == "double" else net.single_blocks
         if not 0 <= site.block < len(blocks):
             raise PnPError(f"This Flux model has {site.stream} blocks 0..{len(blocks) - 1}; {site.stream} block "
                            f"{site.block} does not exist. Choose a preset or blocks within that range.")
         block = blocks[site.block]
-        out[site] = block.img_attn.qkv if site.stream == "double" else block.linear1
+        attention = block.img_attn if site.stream == "double" else block
+        for tensor in site.tensors:
+            if is_normed(site, tensor):
+                module = getattr(getattr(attention, "norm", None), f"{'query' if tensor == 'q' else 'key'}_norm", None)
+                if module is None:
+                    raise PnPError(f"This Flux model's {site.stream} block {site.block} has no QK-norm module to add "
+                                   f"the source's {tensor} after; replace {tensor} instead (no '+').")
+            else:
+                module = block.img_attn.qkv if site.stream == "double" else block.linear1
+            out.setdefault(module, []).append((site, tensor))
     return out
+
+
+def is_normed(site: Site, tensor: str) -> bool:
+    """An added q or k acts after the QK-norm (see the module's docstring)."""
+    return tensor in site.added and tensor in ("q", "k")
 
 
 def columns(net, tensor: str) -> slice:

@@ -24,7 +24,7 @@ from ..model_calls import (SamplingRun, call_sigma, outside_compiler, rows_from_
                            without_wrappers)
 from . import layers as flux_layers
 from .bank import FeatureBank
-from .solvers import EVALUATIONS, sample_rf_solver
+from .solvers import NAMES, solver_of
 
 WRAPPER_KEY = "pnp_flux_injection"
 
@@ -37,23 +37,25 @@ def call_parts(args, kwargs):
     return context, options
 
 
-def region(site: flux_layers.Site, output: torch.Tensor, text_tokens: int, cols: slice) -> torch.Tensor:
-    """The view of a projection's output that holds one tensor of the site."""
-    if site.tokens == "image" and site.stream == "single":
-        return output[:, text_tokens:, cols]
-    return output[:, :, cols]
+def region(site: flux_layers.Site, tensor: str, net, output: torch.Tensor, text_tokens: int) -> torch.Tensor:
+    """The view of a module's output that holds one tensor of the site: [batch, tokens, hidden]
+    columns of a projection, or [batch, tokens, heads, head_dim] of a QK-norm's output."""
+    image_only = site.tokens == "image" and site.stream == "single"
+    if flux_layers.is_normed(site, tensor):
+        tokens_first = output.transpose(1, 2)  # the norm's output is [batch, heads, tokens, head_dim]
+        return tokens_first[:, text_tokens:] if image_only else tokens_first
+    cols = flux_layers.columns(net, tensor)
+    return output[:, text_tokens:, cols] if image_only else output[:, :, cols]
 
 
 def site_hooks(net, layers: flux_layers.FluxLayerSet, text_tokens: int,
-               act: Callable[[str, torch.Tensor], None]) -> dict[torch.nn.Module, Callable]:
-    """Forward hooks that call `act(key, view)` for every tensor of every site."""
+               act: Callable[[flux_layers.Site, str, torch.Tensor], None]) -> dict[torch.nn.Module, Callable]:
+    """Forward hooks that call `act(site, tensor, view)` for every tensor of every site."""
     hooks = {}
-    for site, module in flux_layers.modules(net, layers).items():
-        parts = [(site.key(t), flux_layers.columns(net, t)) for t in site.tensors]
-
-        def hook(module, args, output, site=site, parts=parts):
-            for key, cols in parts:
-                act(key, region(site, output, text_tokens, cols))
+    for module, parts in flux_layers.modules(net, layers).items():
+        def hook(module, args, output, parts=parts):
+            for site, tensor in parts:
+                act(site, tensor, region(site, tensor, net, output, text_tokens))
         hooks[module] = hook
     return hooks
 
@@ -76,8 +78,8 @@ class Recorder:
         slot = self.slot_of(call_sigma(options))
         hooks = {}
         if slot is not None:
-            def keep(key, view):
-                self.tables.put(key, slot, view)
+            def keep(site, tensor, view):
+                self.tables.put(site.key(tensor), slot, view.flatten(2))  # [batch, tokens, hidden]
             hooks = site_hooks(executor.class_obj, self.layers, context.shape[1], keep)
         out = outside_compiler(hooks, executor, *args, **kwargs)
         self.velocity = out.float()
@@ -107,6 +109,7 @@ class Injection:
                 if cond.get("cross_attn") is not None:
                     bank.check_text(cond["cross_attn"].shape[1])
         check_whole_latent_prompts(getattr(guider, "conds", None))
+        check_sampler(bank, self.inject, sampler)
         note_departures(bank, self.inject, sampler, conds)
         with sampling_run(guider, SamplingRun(self, placement.StepFeed(bank.tables))):
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
@@ -121,25 +124,47 @@ class Injection:
         chunks = len(options.get("cond_or_uncond", [0]))
         feed = run_feed(options, self, self.bank.tables)
 
-        def replace(key, view):
+        def inject(site, tensor, view):
+            key = site.key(tensor)
             source = rows_from_source(feed.get(slot, key, view), view.shape[0], chunks)
-            if source.shape != view.shape:
+            if source.shape[1] != view.shape[1]:
                 raise token_mismatch(key, source.shape[1], view.shape[1])
-            view.copy_(source)
-        hooks = site_hooks(executor.class_obj, self.bank.layers, context.shape[1], replace)
+            source = source.reshape(view.shape)
+            if tensor in site.added:
+                view.add_(source)
+            else:
+                view.copy_(source)
+        hooks = site_hooks(executor.class_obj, self.bank.layers, context.shape[1], inject)
         return outside_compiler(hooks, executor, *args, **kwargs)
+
+
+def check_sampler(bank: FeatureBank, inject: int, sampler) -> None:
+    """A FireFlow bank holds only the midpoints of FireFlow's steps (other samplers' calls would
+    find nothing), and the FireFlow sampler on an RF-Solver bank is neither algorithm: refuse both."""
+    solver = solver_of(sampler)
+    if not inject or solver == bank.solver:
+        return
+    if bank.solver == "fireflow":
+        raise PnPError(f"This bank was kept for FireFlow (PnP Flux Inversion (FireFlow)): it holds the features of "
+                       f"FireFlow's midpoint evaluations only, which {NAMES.get(solver, 'this sampler')} does not "
+                       f"make. Sample it with FireFlow Sampler (PnP Flux), or with PnP Flux Sampler (FireFlow).")
+    if solver == "fireflow":
+        raise PnPError(f"This bank was kept for {NAMES[bank.solver]} but the sampler is FireFlow Sampler (PnP Flux). "
+                       f"Sample it with {'RF-Solver Sampler (PnP Flux)' if bank.solver == 'rf_solver' else 'euler'}, "
+                       f"or invert with PnP Flux Inversion (FireFlow) for the FireFlow sampler.")
 
 
 def note_departures(bank: FeatureBank, inject: int, sampler, conds) -> None:
     """One log line for each way the advanced route departs from the bank's solver or the
     official guidance without an error: both are valid choices, but a user should know."""
-    second_order = getattr(sampler, "sampler_function", None) is sample_rf_solver
-    if inject and bank.evaluations == EVALUATIONS["rf_solver"] and not second_order:
+    if inject and bank.solver == "rf_solver" and solver_of(sampler) != "rf_solver":
         logging.info("PnP Flux: this bank was kept for RF-Solver (two evaluations per step) but the sampler is not "
                      "RF-Solver Sampler (PnP Flux): each step injects only its first evaluation's features.")
     if conds and not any("guidance" in cond for cond in conds):
-        logging.info("PnP Flux: the prompt has no Flux guidance set (FluxGuidance); the model uses its default (3.5). "
-                     "RF-Solver-Edit samples the target at guidance 5.")
+        official = "FireFlow samples the target at guidance 2" if bank.solver == "fireflow" else \
+            "RF-Solver-Edit samples the target at guidance 5"
+        logging.info(f"PnP Flux: the prompt has no Flux guidance set (FluxGuidance); the model uses its default "
+                     f"(3.5). {official}.")
 
 
 def token_mismatch(key: str, bank_tokens: int, call_tokens: int) -> PnPError:
