@@ -1,6 +1,7 @@
 """Test set-up: the ComfyUI host on sys.path (CPU), and this pack importable as `comfyui_pnp`."""
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -19,6 +20,30 @@ from workflow_runs import workflow_runs  # noqa: E402,F401  (session fixture: ea
 
 import folder_paths  # noqa: E402
 import pytest  # noqa: E402
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's `--dist loadfile` (scripts/test.sh), with every module that uses the real server
+    counted as one file: one worker runs them all against one server (each shipped workflow runs once,
+    and the frontend test finds its run in the server's cache), while the other worker runs the rest;
+    a module's tests stay on one worker, so module fixtures are computed once."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling  # only under pytest-xdist
+
+    class ServerAsOneFile(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "the server's modules" if uses_server(config.rootpath / module) else module
+
+    return ServerAsOneFile(config, log)
+
+
+@functools.cache
+def uses_server(module: Path) -> bool:
+    """A test module that names the session's server fixtures runs on the real server."""
+    text = module.read_text(encoding="utf-8") if module.suffix == ".py" and module.is_file() else ""
+    return "comfy_server" in text or "workflow_runs" in text
 
 
 @pytest.fixture
@@ -47,3 +72,4 @@ def steady_free_memory(monkeypatch):
     def fixed(dev=None, torch_free_too=False):
         return free if torch_free_too else free[0]
     monkeypatch.setattr(mm, "get_free_memory", fixed)
+

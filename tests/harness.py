@@ -67,17 +67,25 @@ def init_weights(module: torch.nn.Module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
 
 
+# The U-Net's transformers that PnP never reads or overwrites: those of the encoder (input blocks) and of the
+# middle block (-1: none there). Without them (``make_model(..., **DECODER_ATTENTION_ONLY)``) a U-Net keeps
+# every block and every layer PnP uses, at a fraction of the modules: for tests whose cost grows with the
+# module count (torch.compile traces every module) and whose property does not depend on the encoder.
+DECODER_ATTENTION_ONLY = dict(transformer_depth=[0] * 8, transformer_depth_middle=-1)
+
+
 def make_model(arch: str = "sd15", v_prediction: bool = False, seed: int = 0, channels: int = 32,
-               output_gain: float = 1.0, dtype: torch.dtype = torch.float32):
+               output_gain: float = 1.0, dtype: torch.dtype = torch.float32, **unet_overrides):
     """A ModelPatcher around a real comfy.model_base model of `arch` with random weights.
 
     `output_gain` scales the final conv: below 1 the noise prediction varies slowly along the
     ODE path, as a trained denoiser's does, so that inversion round trips are well posed.
-    `dtype` is the dtype the U-Net stores its weights in and computes in.
+    `dtype` is the dtype the U-Net stores its weights in and computes in. `unet_overrides`
+    replace entries of the architecture's U-Net config (e.g. ``DECODER_ATTENTION_ONLY``).
     """
     config_cls, model_cls, _ = ARCHS[arch]
-    config = config_cls({**unet_config(arch, channels), "dtype": dtype})
-    config.unet_config.update(ARCHS[arch][2])  # undo the class's own extra config (heads)
+    config = config_cls({**unet_config(arch, channels), "dtype": dtype, **unet_overrides})
+    config.unet_config.update({**ARCHS[arch][2], **unet_overrides})  # undo the class's own extra config (heads)
     config.set_inference_dtype(dtype, None)
     model_type = comfy.model_base.ModelType.V_PREDICTION if v_prediction else comfy.model_base.ModelType.EPS
     model = model_cls(config, model_type=model_type, device="cpu")
