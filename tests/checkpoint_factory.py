@@ -12,6 +12,7 @@ one model; tests use ``cached_checkpoint(NAME)``.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -231,6 +232,15 @@ def cached_model(name: str, models: dict, script, version: int) -> Path:
     if path.is_file():
         return path
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    # One maker per file: another process (a test worker, the set-up) waits for it instead of making it again.
+    with open(CACHE_DIR / f".pnp-test-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            _make(name, path, script)
+    return path
+
+
+def _make(name: str, path: Path, script) -> None:
     for stale in CACHE_DIR.glob(f"pnp-test-{name}.v*.safetensors"):
         if ".tmp-" not in stale.name:
             stale.unlink()
@@ -245,7 +255,6 @@ def cached_model(name: str, models: dict, script, version: int) -> Path:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"generating test model {name!r} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     os.replace(tmp, path)  # atomic: concurrent runs never see a partial file
-    return path
 
 
 def main(argv: list[str], models: dict = MODELS, script: str = "tests/checkpoint_factory.py") -> None:
