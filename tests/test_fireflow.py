@@ -100,27 +100,27 @@ def harder(model, prompts):
     source = fh.latent(size=24)[..., :16]
     expected, _ = ref.fireflow_edit(model, source, *prompts, steps, inject)
     shifted, _ = ref.fireflow_edit(model, source, *prompts, steps, inject, key_shift=1)
-    no_reuse, _ = ref.fireflow_edit(model, source, *prompts, steps, inject, reuse=False)
     bank = invert(model, source, prompts[0], steps, inject)
-    return {"expected": expected, "shifted": shifted, "no_reuse": no_reuse, "bank": bank, "inject": inject,
+    return {"expected": expected, "shifted": shifted, "bank": bank, "inject": inject,
             "plain": edit(model, bank, prompts[1], inject=0)}
 
 
 @pytest.mark.parametrize("route", ["sampler", "advanced"])
 def test_more_steps_on_a_non_square_latent_match_the_official_fireflow(route, model, prompts, harder,
                                                                        record_property):
-    """Both routes within 1e-3 (measured 4.1e-6); the shifted-key mutation (measured 4.5e-2) and
-    the unreused velocity (3.5e-2) are rejected; injection moves the result by more than 5% (8.8%)."""
+    """Both routes within 1e-3 (measured 4.1e-6); the shifted-key mutation (measured 4.5e-2; the
+    unreused velocity, 3.5e-2 here, is the recommended test's mutation) is rejected; injection moves
+    the result by more than 5% (8.8%)."""
     bank, inject = harder["bank"], harder["inject"]
     got = (edit(model, bank, prompts[1], inject) if route == "sampler"
            else advanced(model, bank, prompts[1], inject))
-    error, shifted, no_reuse = (harness.rel(got, harder[k]) for k in ("expected", "shifted", "no_reuse"))
+    error, shifted = (harness.rel(got, harder[k]) for k in ("expected", "shifted"))
     effect = harness.rel(got, harder["plain"])
     record_property("relative_error", error)
     print(f"\nFireFlow 15 steps, inject {inject}, 24x16, {route}: error {error:.2e}; key shifted {shifted:.2e}; "
-          f"velocity not reused {no_reuse:.2e}; injection effect {effect:.3f}")
+          f"injection effect {effect:.3f}")
     assert error < 1e-3
-    assert shifted > 1e-2 and no_reuse > 1e-2
+    assert shifted > 1e-2
     assert effect > 0.05
 
 

@@ -37,6 +37,7 @@ def test_schedule_is_the_official_get_schedule():
         assert torch.allclose(ours.float(), official.float(), rtol=1e-5, atol=1e-6), (ours, official)
 
 
+@pytest.mark.slow  # the official defaults end to end (about 35 s); the 15-step edits below test the same machinery
 def test_nodes_match_an_independent_diffusers_implementation(record_property):
     model = fh.with_shift(fh.make_flux(seed=3), 128, 128)
     source, source_prompt, target_prompt = fh.latent(), fh.conditioning(seed=5), fh.conditioning(seed=1)
