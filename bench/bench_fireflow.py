@@ -21,11 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import conftest  # noqa: E402,F401  (ComfyUI host on sys.path, CPU mode, the pack as comfyui_pnp)
-import comfy.samplers  # noqa: E402
 import torch  # noqa: E402
 
 import flux_harness as fh  # noqa: E402
-from comfyui_pnp.pnp_injection import passes, placement  # noqa: E402
+from comfyui_pnp.pnp_injection import placement  # noqa: E402
 from comfyui_pnp.pnp_injection.flow import inversion as flux_inversion  # noqa: E402
 from comfyui_pnp.pnp_injection.flow import layers as flux_layers  # noqa: E402
 from comfyui_pnp.pnp_injection.flow import sampling as flux_sampling  # noqa: E402
@@ -44,16 +43,6 @@ def full_bank_bytes(method: str, text_tokens: int = 256, image: int = 1024, hidd
     tokens = (image // 16) ** 2 + text_tokens  # 8x VAE, 2x2 patches; the sites hold all tokens
     tensors = len(flux_layers.PRESETS[preset].keys())
     return tensors * slot_count(solver, steps, inject) * tokens * hidden * element
-
-
-def plain_sample(model, bank, prompt, guidance):
-    """Sampling of the inverted latent with the bank's solver on the unpatched model."""
-    conditioning = flux_inversion.with_guidance(prompt, guidance)
-    guider = comfy.samplers.CFGGuider(model)
-    guider.set_conds(conditioning, conditioning)
-    guider.set_cfg(1.0)
-    return passes.sample(guider, torch.zeros_like(bank.noise), solvers.sampler_for(bank.solver), bank.sigmas,
-                         noise=bank.noise, bar=False)
 
 
 def main():
@@ -95,7 +84,7 @@ def main():
     for _ in range(args.rounds):  # alternating, so that machine load affects all sides alike
         for method in METHODS:
             times[method].append(timed(lambda: edit(method)))
-        times["plain"].append(timed(lambda: plain_sample(model, fireflow, target_prompt, 2.0)))
+        times["plain"].append(timed(lambda: fh.plain_sample(model, fireflow, target_prompt, 2.0)))
         times["injected"].append(timed(lambda: flux_sampling.pnp_sample(model, fireflow, target_prompt, 2.0, 1)))
 
     def ratio(a: str, b: str) -> str:

@@ -24,10 +24,9 @@ import conftest  # noqa: E402,F401  (ComfyUI host on sys.path, CPU mode, the pac
 import torch  # noqa: E402
 
 import flux_harness as fh  # noqa: E402
-from comfyui_pnp.pnp_injection import passes, placement  # noqa: E402
+from comfyui_pnp.pnp_injection import placement  # noqa: E402
 from comfyui_pnp.pnp_injection.flow import inversion as flux_inversion  # noqa: E402
 from comfyui_pnp.pnp_injection.flow import sampling as flux_sampling  # noqa: E402
-from comfyui_pnp.pnp_injection.flow import solvers as rf_solver  # noqa: E402
 
 FULL = dict(hidden=3072, single_v_blocks=18, evaluations=2, steps=25, inject=20)
 
@@ -38,18 +37,6 @@ def bank_bytes(image: int, text_tokens: int, element: int = 2, hidden: int = FUL
     """rf-solver-edit's bank: V (all tokens) of 18 single blocks at 2 evaluations of 20 steps."""
     tokens = (image // 16) ** 2 + text_tokens  # 8x VAE, 2x2 patches
     return blocks * evaluations * steps * batch * tokens * hidden * element
-
-
-def plain_sample(model, bank, prompt, guidance):
-    """RF-Solver sampling of the inverted latent on the unpatched model."""
-    import comfy.samplers
-
-    conditioning = flux_inversion.with_guidance(prompt, guidance)
-    guider = comfy.samplers.CFGGuider(model)
-    guider.set_conds(conditioning, conditioning)
-    guider.set_cfg(1.0)
-    return passes.sample(guider, torch.zeros_like(bank.noise), rf_solver.sampler(), bank.sigmas, noise=bank.noise,
-                         bar=False)
 
 
 def timed(fn):
@@ -81,7 +68,7 @@ def main():
     bank = flux_inversion.invert(model, latent, source_prompt, args.steps, inject)  # also the warm-up
     times = {"plain": [], "injected": [], "inversion": []}
     for _ in range(args.rounds):  # alternating, so that machine load affects all sides alike
-        times["plain"].append(timed(lambda: plain_sample(model, bank, target_prompt, 5.0)))
+        times["plain"].append(timed(lambda: fh.plain_sample(model, bank, target_prompt, 5.0)))
         times["injected"].append(timed(lambda: flux_sampling.pnp_sample(model, bank, target_prompt, 5.0, inject)))
         times["inversion"].append(timed(lambda: flux_inversion.invert(model, latent, source_prompt, args.steps, inject)))
 

@@ -13,11 +13,15 @@ import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension as ext
+import comfy.samplers
 import comfy.supported_models as sm
 from comfy_extras.nodes_custom_sampler import BasicGuider, KSamplerSelect, SamplerCustomAdvanced
 from comfy_extras.nodes_flux import FluxGuidance
 from comfyui_pnp.nodes.flux import PnPFluxInversion, PnPFluxNoise, PnPFluxSampler, PnPRFSolverSampler
+from comfyui_pnp.pnp_injection import passes
+from comfyui_pnp.pnp_injection.flow import inversion as flux_inversion
 from comfyui_pnp.pnp_injection.flow import patches as flux_patches
+from comfyui_pnp.pnp_injection.flow import solvers
 from host import run_node
 
 HIDDEN, HEADS, AXES = 64, 2, [8, 12, 12]     # head dim 32 = sum of the rope axes
@@ -130,6 +134,17 @@ def pnp(model, bank, prompt, inject=INJECT, guidance=5.0):
     """PnP Flux Sampler's latent."""
     (out,) = PnPFluxSampler.execute(model, bank, prompt, guidance, inject).result
     return out["samples"]
+
+
+def plain_sample(model, bank, prompt, guidance):
+    """Sampling of the bank's inverted latent with the bank's solver on the unpatched model, at Flux
+    guidance `guidance` (no classifier-free guidance): what PnP sampling at inject 0 must equal."""
+    conditioning = flux_inversion.with_guidance(prompt, guidance)
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(conditioning, conditioning)
+    guider.set_cfg(1.0)
+    return passes.sample(guider, torch.zeros_like(bank.noise), solvers.sampler_for(bank.solver), bank.sigmas,
+                         noise=bank.noise, bar=False)
 
 
 def assert_clean(model):

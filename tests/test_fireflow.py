@@ -51,6 +51,11 @@ def advanced(model, bank, prompt, inject=INJECT, guidance=GUIDANCE, sampler=None
     return out["samples"]
 
 
+def by_route(route, model, bank, prompt, inject=INJECT):
+    """The edit through PnP Flux Sampler (FireFlow) ("sampler") or SamplerCustomAdvanced ("advanced")."""
+    return edit(model, bank, prompt, inject) if route == "sampler" else advanced(model, bank, prompt, inject)
+
+
 @pytest.fixture(scope="module")
 def model():
     return fh.make_flux(seed=3)
@@ -80,7 +85,7 @@ def test_recommended_settings_match_the_official_fireflow(route, model, prompts,
     (measured 6.7e-2). At inject 1 a key shifted by one step finds no feature: that mutation
     equals plain FireFlow sampling, which injection moves by 4.8% on this model."""
     bank = recommended["bank"]
-    got = edit(model, bank, prompts[1]) if route == "sampler" else advanced(model, bank, prompts[1])
+    got = by_route(route, model, bank, prompts[1])
     error = harness.rel(got, recommended["expected"])
     mutated = harness.rel(got, recommended["no_reuse"])
     effect = harness.rel(got, recommended["plain"])
@@ -112,8 +117,7 @@ def test_more_steps_on_a_non_square_latent_match_the_official_fireflow(route, mo
     unreused velocity, 3.5e-2 here, is the recommended test's mutation) is rejected; injection moves
     the result by more than 5% (8.8%)."""
     bank, inject = harder["bank"], harder["inject"]
-    got = (edit(model, bank, prompts[1], inject) if route == "sampler"
-           else advanced(model, bank, prompts[1], inject))
+    got = by_route(route, model, bank, prompts[1], inject)
     error, shifted = (harness.rel(got, harder[k]) for k in ("expected", "shifted"))
     effect = harness.rel(got, harder["plain"])
     record_property("relative_error", error)
