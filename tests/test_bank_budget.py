@@ -118,10 +118,11 @@ def test_each_sampling_run_owns_its_state(sd15):
     spied.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "spy", spy)
     start = sampling.start_latent(sd15, bank)["samples"]
     first = harness_sample(spied, start, bank, target, empty)
-    runs_first = {id(r) for r in seen}
+    seen_first = list(seen)  # held, so that no later object can take a first-run state's id
+    runs_first = {id(r) for r in seen_first}
     seen.clear()
     second = harness_sample(spied, start, bank, target, empty)
-    assert None not in runs_first and len(runs_first) == 1
+    assert None not in seen_first and len(runs_first) == 1
     assert {id(r) for r in seen}.isdisjoint(runs_first)  # a fresh state per run
     assert RUN_KEY not in patched.model_options.get("transformer_options", {})
     assert RUN_KEY not in spied.model_options.get("transformer_options", {})
