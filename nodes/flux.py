@@ -14,10 +14,12 @@ from ..pnp_injection.errors import PnPError
 from ..pnp_injection.flow import solvers
 from ..pnp_injection.flow.inversion import invert
 from .bank_files import PnPLoadFeatureBank, bank_files, input_path, output_path
-from .types import FLUX_CATEGORY, SAMPLER_CATEGORY
+from .types import FLUX_CATEGORY, SAMPLER_CATEGORY, mask_input
 
 FluxFeatureBank = io.Custom("PNP_FLUX_BANK")
 
+SOURCE_TIP = ("The source image, VAE-encoded with the Flux VAE. A noise_mask on it (Set Latent Noise Mask) makes the "
+              "edit regional: outside the mask the result is the source.")
 INJECT_TIP = ("Sampling steps (from the first) with the source's kept features injected (official: 20 of 25; at most "
               "the bank's `keep_steps`). Higher keeps more of the source's structure; lower lets the prompt change more.")
 
@@ -34,7 +36,7 @@ class PnPFluxInversion(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A Flux.1 dev model (ModelSamplingFlux with the image size gives the official schedule). "
                                                 "Use the same model for sampling."),
-                io.Latent.Input("latent", tooltip="The source image, VAE-encoded with the Flux VAE."),
+                io.Latent.Input("latent", tooltip=SOURCE_TIP),
                 io.Conditioning.Input("conditioning", tooltip="The source prompt (a description of the source image, or empty)."),
                 io.Int.Input("steps", default=25, min=1, max=1000,
                              tooltip="Steps of the inversion and of the sampling (official: 25)."),
@@ -70,7 +72,7 @@ class PnPFluxInversion(io.ComfyNode):
     def execute(cls, model, latent, conditioning, steps, keep_steps, guidance, layers, solver, scheduler,
                 custom_layers="") -> io.NodeOutput:
         return io.NodeOutput(invert(model, latent["samples"], conditioning, steps, keep_steps, layers, custom_layers,
-                                    solver, scheduler, guidance))
+                                    solver, scheduler, guidance, latent.get("noise_mask")))
 
 
 # FireFlow's recommended editing settings: HolmesShuan/FireFlow-Fast-Inversion-of-Rectified-Flow-for-
@@ -92,7 +94,7 @@ class PnPFluxFireFlowInversion(io.ComfyNode):
                         "The feature bank for PnP Flux Sampler (FireFlow).",
             inputs=[
                 io.Model.Input("model", tooltip="A Flux.1 dev model. Use the same model for sampling."),
-                io.Latent.Input("latent", tooltip="The source image, VAE-encoded with the Flux VAE."),
+                io.Latent.Input("latent", tooltip=SOURCE_TIP),
                 io.Conditioning.Input("conditioning", tooltip="The source prompt (a description of the source image, or empty)."),
                 io.Int.Input("steps", default=FIREFLOW_STEPS, min=1, max=1000,
                              tooltip="Steps of the inversion and of the sampling (FireFlow: 8; 15 for hard edits). "
@@ -125,7 +127,8 @@ class PnPFluxFireFlowInversion(io.ComfyNode):
     def execute(cls, model, latent, conditioning, steps, keep_steps, guidance, strategy, scheduler,
                 custom_layers="") -> io.NodeOutput:
         return io.NodeOutput(invert(model, latent["samples"], conditioning, steps, keep_steps,
-                                    flux_layers.fireflow_preset(strategy), custom_layers, "fireflow", scheduler, guidance))
+                                    flux_layers.fireflow_preset(strategy), custom_layers, "fireflow", scheduler, guidance,
+                                    latent.get("noise_mask")))
 
 
 def _inject_input(default: int = 20, tip: str = INJECT_TIP):
@@ -148,13 +151,14 @@ class PnPFluxSampler(io.ComfyNode):
                 io.Float.Input("guidance", default=5.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Flux guidance of the target (official: 5). It replaces any FluxGuidance on the prompt."),
                 _inject_input(),
+                mask_input(),
             ],
             outputs=[io.Latent.Output("latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")],
         )
 
     @classmethod
-    def execute(cls, model, feature_bank, positive, guidance, inject) -> io.NodeOutput:
-        return io.NodeOutput({"samples": flux_sampling.pnp_sample(model, feature_bank, positive, guidance, inject)})
+    def execute(cls, model, feature_bank, positive, guidance, inject, mask=None) -> io.NodeOutput:
+        return io.NodeOutput({"samples": flux_sampling.pnp_sample(model, feature_bank, positive, guidance, inject, mask)})
 
 
 class PnPFluxFireFlowSampler(io.ComfyNode):
@@ -178,16 +182,17 @@ class PnPFluxFireFlowSampler(io.ComfyNode):
                                                "(FireFlow: 1; 2 keeps more of the source, with 15 steps). At most the bank's "
                                                "`keep_steps`. Higher keeps more of the source's structure; lower lets the "
                                                "prompt change more."),
+                mask_input(),
             ],
             outputs=[io.Latent.Output("latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")],
         )
 
     @classmethod
-    def execute(cls, model, feature_bank, positive, guidance, inject) -> io.NodeOutput:
+    def execute(cls, model, feature_bank, positive, guidance, inject, mask=None) -> io.NodeOutput:
         if feature_bank.solver != "fireflow":
             raise PnPError(f"This bank was inverted with {feature_bank.solver}, not FireFlow: sample it with PnP Flux "
                            f"Sampler, or invert with PnP Flux Inversion (FireFlow).")
-        return io.NodeOutput({"samples": flux_sampling.pnp_sample(model, feature_bank, positive, guidance, inject)})
+        return io.NodeOutput({"samples": flux_sampling.pnp_sample(model, feature_bank, positive, guidance, inject, mask)})
 
 
 class PnPFluxApplyInjection(io.ComfyNode):
@@ -203,14 +208,15 @@ class PnPFluxApplyInjection(io.ComfyNode):
                 io.Model.Input("model", tooltip="The Flux model of the inversion. It is not modified."),
                 FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux Inversion."),
                 _inject_input(),
+                mask_input(),
             ],
             outputs=[io.Model.Output("patched_model", display_name="model",
                                      tooltip="A patched clone; sample it with the bank's noise and sigmas.")],
         )
 
     @classmethod
-    def execute(cls, model, feature_bank, inject) -> io.NodeOutput:
-        return io.NodeOutput(flux_patches.apply_injection(model, feature_bank, inject))
+    def execute(cls, model, feature_bank, inject, mask=None) -> io.NodeOutput:
+        return io.NodeOutput(flux_patches.apply_injection(model, feature_bank, inject, mask))
 
 
 class PnPFluxNoise(io.ComfyNode):

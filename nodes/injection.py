@@ -4,7 +4,7 @@ import comfy.samplers
 
 from ..pnp_injection import PnPError
 from ..pnp_injection.unet import guidance, patches, sampling
-from .types import CATEGORY, FeatureBank, Trajectory
+from .types import CATEGORY, FeatureBank, Trajectory, mask_input
 
 FEATURE_TIP = ("Fraction of the steps with the source's ResBlock features injected (paper: 0.8). "
                "Higher keeps more of the source's structure; lower follows the prompt more freely.")
@@ -46,13 +46,14 @@ class PnPApplyInjection(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model the bank was captured with. It is not modified."),
                 FeatureBank.Input("feature_bank", tooltip="From PnP Capture Features."),
                 *_injection_inputs(),
+                mask_input(),
             ],
             outputs=[io.Model.Output("patched_model", display_name="model", tooltip="A patched clone; sample it from the inverted latent on the bank's schedule.")],
         )
 
     @classmethod
-    def execute(cls, model, feature_bank, feature_injection, attention_injection) -> io.NodeOutput:
-        return io.NodeOutput(patches.apply_injection(model, feature_bank, feature_injection, attention_injection))
+    def execute(cls, model, feature_bank, feature_injection, attention_injection, mask=None) -> io.NodeOutput:
+        return io.NodeOutput(patches.apply_injection(model, feature_bank, feature_injection, attention_injection, mask))
 
 
 class PnPSampler(io.ComfyNode):
@@ -75,16 +76,18 @@ class PnPSampler(io.ComfyNode):
                 io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="ddim",
                                tooltip="ddim (deterministic, eta 0) is the paper's. Ancestral/SDE samplers add fresh noise and weaken the structure."),
                 *_negative_schedule_inputs(),
+                mask_input(),
             ],
             outputs=[io.Latent.Output("latent", display_name="latent", tooltip="The translated latent: VAE Decode it.")],
         )
 
     @classmethod
     def execute(cls, model, feature_bank, positive, negative, cfg, feature_injection, attention_injection,
-                sampler_name, negative_alpha=1.0, negative_schedule="constant", source_negative=None) -> io.NodeOutput:
+                sampler_name, negative_alpha=1.0, negative_schedule="constant", source_negative=None,
+                mask=None) -> io.NodeOutput:
         samples = sampling.pnp_sample(model, feature_bank, positive, negative, cfg, feature_injection,
                                       attention_injection, sampler_name, negative_alpha, negative_schedule,
-                                      source_negative)
+                                      source_negative, mask)
         return io.NodeOutput({"samples": samples})
 
 

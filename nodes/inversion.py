@@ -17,7 +17,8 @@ class PnPInversion(io.ComfyNode):
                         "PnP reads the source's structure from.",
             inputs=[
                 io.Model.Input("model", tooltip="The SD 1.x / 2.x / SDXL model; use the same one for capture and sampling."),
-                io.Latent.Input("latent", tooltip="The source image, VAE-encoded."),
+                io.Latent.Input("latent", tooltip="The source image, VAE-encoded. A noise_mask on it (Set Latent Noise Mask) "
+                                                 "makes the edit regional: outside the mask the result is the source."),
                 io.Conditioning.Input("conditioning", tooltip="The inversion prompt. The paper uses an empty prompt (CLIP Text Encode of \"\")."),
                 io.Int.Input("steps", default=50, min=1, max=1000,
                              tooltip="Sampling steps of the translation. The bank, PnP Sampler and any sampler you use must have this many steps."),
@@ -35,6 +36,7 @@ class PnPInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, conditioning, steps, inversion_steps, scheduler) -> io.NodeOutput:
-        trajectory = inversion.invert(model, latent["samples"], conditioning, steps, inversion_steps, scheduler)
+        trajectory = inversion.invert(model, latent["samples"], conditioning, steps, inversion_steps, scheduler,
+                                      latent.get("noise_mask"))
         start = {"samples": inversion.to_user_latent(model, trajectory.latents[0])}
         return io.NodeOutput(trajectory, start)

@@ -9,3 +9,11 @@ FLUX_CATEGORY = "sampling/pnp/flux"  # the Flux nodes
 # Where ComfyUI's own SAMPLER nodes sit (comfy_extras/nodes_custom_sampler.py: KSamplerSelect,
 # SamplerEulerAncestral, ...): users look for samplers there.
 SAMPLER_CATEGORY = "sampling/custom_sampling/samplers"
+
+MASK_TIP = ("Optional: where to edit (white, 1) and where to keep the source (black, 0); soft edges blend. Draw it "
+            "on the source in Load Image's mask editor, at the source's size. Outside it the result is the source. "
+            "It wins over a noise_mask the source latent carried into the inversion (Set Latent Noise Mask).")
+
+
+def mask_input():
+    return io.Mask.Input("mask", optional=True, tooltip=MASK_TIP)

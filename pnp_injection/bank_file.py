@@ -96,3 +96,13 @@ def read(path: str | os.PathLike, check: Callable[[str, dict], None], what: str,
         raise PnPError(f"{name} is not a readable {what} ({e}): it may be truncated or not a "
                        f"PnP bank file. Save the bank again with {saver}.") from None
     return tensors, metadata
+
+
+def optional_tensors(bank) -> dict[str, torch.Tensor]:
+    """The tensors of masked edits a bank may hold (its source's path, its source's noise_mask);
+    files written before masks lack them, and such a bank refuses a mask with a clear error."""
+    return {name: t for name, t in (("path", bank.path), ("mask", bank.mask)) if t is not None}
+
+
+def consistent_path(path: torch.Tensor | None, steps: int, latent_shape) -> bool:
+    return path is None or tuple(path.shape) == (steps + 1, *latent_shape)

@@ -15,9 +15,9 @@ from .placement import StepFeed
 
 
 def without_wrappers(model_patcher, key: str):
-    """A clone without the OUTER_SAMPLE and DIFFUSION_MODEL wrappers registered under `key`."""
+    """A clone without the OUTER_SAMPLE, PREDICT_NOISE and DIFFUSION_MODEL wrappers registered under `key`."""
     clean = model_patcher.clone()
-    for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL):
+    for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.PREDICT_NOISE, ext.WrappersMP.DIFFUSION_MODEL):
         clean.remove_wrappers_with_key(kind, key)
     return clean
 

@@ -67,6 +67,7 @@ MEANINGS = {
     "sampler_name": "ComfyUI's sampler",
     "solver": "the Flux inversion's solver, also the sampler the bank is sampled with",
     "strategy": "how FireFlow's kept features act: replaced or added, which of q, k, v",
+    "mask": "where to edit (1) and where to keep the source (0): a regional edit",
     "seed": "noise seed",
     "cfg": "classifier-free guidance scale",
     "guidance": "Flux guidance (FluxGuidance's value)",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import placement
+from .. import placement, region
 from ..errors import PnPError
 from ..inputs import check_same_architecture, check_source_size
 from ..model_calls import source_rows
@@ -39,6 +39,12 @@ class FeatureBank:
     steps_kept: int                      # first sampling steps whose features are held
     text_tokens: int                     # text tokens of the source prompt
     architecture: str                    # flux_layers.signature of the inversion model
+    path: torch.Tensor | None = None     # the inverted path at sigma_0 ... sigma_N = 0 (the source): [N+1, B, C, H, W]
+    mask: torch.Tensor | None = None     # the source latent's noise_mask, if it carried one
+
+    @property
+    def source_path(self) -> region.SourcePath | None:
+        return None if self.path is None else region.SourcePath(self.sigmas, self.path)
 
     @property
     def steps(self) -> int:
@@ -49,7 +55,7 @@ class FeatureBank:
         return slot_count(self.solver, self.steps, self.steps_kept)
 
     def nbytes(self) -> int:
-        return placement.nbytes([*self.tables.values(), self.noise])
+        return placement.nbytes([*self.tables.values(), self.noise, *([self.path] if self.path is not None else [])])
 
     def __deepcopy__(self, memo):
         return self

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from ..bank_file import read, write
+from ..bank_file import consistent_path, optional_tensors, read, write
 from ..errors import PnPError
 from ..inputs import check_bank_tensors, check_falling_sigmas
 from . import layers as flux_layers
@@ -27,6 +27,7 @@ def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
     """Write `bank` to `path` atomically (a partial file never carries the final name)."""
     tensors = {"sigmas": bank.sigmas, "noise": bank.noise}
     tensors.update({f"features.{key}": t for key, t in bank.tables.items()})
+    tensors.update(optional_tensors(bank))
     metadata = {
         "format": FORMAT, "version": str(VERSION), "architecture": bank.architecture,
         "layers": bank.layers.describe(), "solver": bank.solver, "steps_kept": str(bank.steps_kept),
@@ -48,12 +49,14 @@ def load(path: str | os.PathLike) -> FeatureBank:
             tables={key: tensors[f"features.{key}"] for key in layers.keys()}, layers=layers,
             solver=metadata["solver"], steps_kept=int(metadata["steps_kept"]),
             text_tokens=int(metadata["text_tokens"]), architecture=metadata["architecture"],
+            path=tensors.get("path"), mask=tensors.get("mask"),
         )
         solvers.check_solver(bank.solver)
         slots = bank.slots
         consistent = (
             list(bank.noise.shape) == json.loads(metadata["latent_shape"])
-            and len(tensors) == 2 + len(bank.tables)
+            and len(tensors) == 2 + len(bank.tables) + len(optional_tensors(bank))
+            and consistent_path(bank.path, bank.steps, bank.noise.shape)
             and all((t.shape[0] == slots and t.shape[1] == bank.noise.shape[0]) if slots else t.numel() == 0
                     for t in bank.tables.values())
             and bank.sigmas.ndim == 1 and bank.noise.ndim == 4 and bank.steps_kept <= bank.steps
@@ -65,7 +68,7 @@ def load(path: str | os.PathLike) -> FeatureBank:
         raise PnPError(f"{name} is damaged: its tensors do not match its metadata. Save the bank again with "
                        f"PnP Flux Save Feature Bank.")
     check_bank_tensors(name, {"sigmas": bank.sigmas, "noise": bank.noise,
-                              **{f"features.{key}": t for key, t in bank.tables.items()}}, FIX)
+                              **{f"features.{key}": t for key, t in bank.tables.items()}, **optional_tensors(bank)}, FIX)
     check_falling_sigmas(name, bank.sigmas, FIX, first=1.0)
     check_tokens(name, bank)
     return bank

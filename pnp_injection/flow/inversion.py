@@ -16,7 +16,7 @@ import time
 import comfy.patcher_extension as ext
 import torch
 
-from .. import placement
+from .. import placement, region
 from ..errors import PnPError
 from ..inputs import check_finite, check_latent, check_whole_latent
 from ..model_calls import without_wrappers
@@ -53,12 +53,16 @@ def check_source(model_patcher, latent: torch.Tensor) -> None:
 
 def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, keep_steps: int = 20,
            preset: str = "rf-solver-edit", custom_layers: str = "", solver: str = "rf_solver",
-           scheduler: str = flux_schedule.OFFICIAL, guidance: float = 1.0) -> FeatureBank:
+           scheduler: str = flux_schedule.OFFICIAL, guidance: float = 1.0,
+           mask: torch.Tensor | None = None) -> FeatureBank:
     """Invert `latent` (user latent space) and keep the layers' features for the first
-    `keep_steps` sampling steps."""
+    `keep_steps` sampling steps, and the inverted path at every sigma (masked edits). `mask`
+    is the source latent's noise_mask, kept for sampling."""
     layers = flux_layers.resolve(model_patcher, preset, custom_layers)  # other families stop here
     solvers.check_solver(solver)
     check_source(model_patcher, latent)
+    if mask is not None:  # checked now, used when sampling
+        region.check_mask(mask, latent.shape, latent.shape[0])
     check_finite(guidance=guidance)
     check_whole_latent(conditioning, "The inversion prompt (PnP Flux Inversion's `conditioning`)")
     sigmas = flux_schedule.sampling_sigmas(model_patcher, scheduler, steps, latent.shape)
@@ -76,21 +80,26 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
     patched = without_wrappers(model_patcher, INJECTION_KEY)  # invert the plain network, never an injected one
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, RECORDER_KEY, recorder)
     progress = Progress(steps)
-    result = {}
+    path = placement.allocate((steps + 1, *latent.shape), torch.float32, placement.storage_device())
     started = time.perf_counter()
 
     def loop(model, x, ascending):
         ones = x.new_ones(x.shape[0])
+        path[steps].copy_(x)  # the source, at sigma 0
 
         def velocity(x_, sigma, evaluation):
             model(x_, sigma * ones)
             return recorder.velocity
-        result["noise"] = solvers.walk(solver, velocity, x, ascending, lambda i, x_: progress.step())
+
+        def after_step(i, x_):  # x at ascending[i + 1] = sampling sigma_{steps - 1 - i}
+            path[steps - 1 - i].copy_(x_)
+            progress.step()
+        solvers.walk(solver, velocity, x, ascending, after_step)
         return torch.zeros_like(x)  # ComfyUI divides the result by 1 - sigma_last = 0: not used
 
     run_loop(patched, with_guidance(conditioning, guidance), latent, sigmas.flip(0), loop)
     bank = FeatureBank(
-        sigmas=sigmas, noise=placement.keep(result["noise"].float()),
+        sigmas=sigmas, noise=placement.keep(path[0]), path=path, mask=mask,
         tables={key: tables.complete(key, slots, key) for key in layers.keys()}, layers=layers, solver=solver,
         steps_kept=keep_steps, text_tokens=int(recorder.text_tokens), architecture=flux_layers.signature(model_patcher),
     )

@@ -17,7 +17,7 @@ import logging
 import comfy.patcher_extension as ext
 import torch
 
-from .. import placement
+from .. import placement, region
 from ..errors import PnPError
 from ..inputs import check_whole_latent_prompts
 from ..model_calls import (SamplingRun, call_sigma, outside_compiler, rows_from_source, run_feed, sampling_run,
@@ -37,7 +37,7 @@ def call_parts(args, kwargs):
     return context, options
 
 
-def region(site: flux_layers.Site, tensor: str, net, output: torch.Tensor, text_tokens: int) -> torch.Tensor:
+def site_view(site: flux_layers.Site, tensor: str, net, output: torch.Tensor, text_tokens: int) -> torch.Tensor:
     """The view of a module's output that holds one tensor of the site: [batch, tokens, hidden]
     columns of a projection, or [batch, tokens, heads, head_dim] of a QK-norm's output."""
     image_only = site.tokens == "image" and site.stream == "single"
@@ -55,7 +55,7 @@ def site_hooks(net, layers: flux_layers.FluxLayerSet, text_tokens: int,
     for module, parts in flux_layers.modules(net, layers).items():
         def hook(module, args, output, parts=parts):
             for site, tensor in parts:
-                act(site, tensor, region(site, tensor, net, output, text_tokens))
+                act(site, tensor, site_view(site, tensor, net, output, text_tokens))
         hooks[module] = hook
     return hooks
 
@@ -189,12 +189,18 @@ def token_mismatch(key: str, bank_tokens: int, call_tokens: int) -> PnPError:
     )
 
 
-def apply_injection(model_patcher, bank: FeatureBank, inject: int = 20):
+MASK_FIX = "Invert the source again with PnP Flux Inversion, or remove the mask."
+
+
+def apply_injection(model_patcher, bank: FeatureBank, inject: int = 20, mask: torch.Tensor | None = None):
     """A clone of `model_patcher` that injects `bank` at the first `inject` steps; the input
-    is untouched."""
+    is untouched. With a mask (this one, else a noise_mask on the sampled latent, else the
+    source's) the edit is regional (`region`): outside the mask sampling follows the inverted
+    path; injection acts on the whole latent, as without a mask."""
     bank.check_injection(model_patcher, inject)
     injection = Injection(bank, inject)
     patched = without_wrappers(model_patcher, WRAPPER_KEY)  # re-applying replaces, never stacks
     patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, injection.outer_sample)
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, injection.diffusion_model)
+    region.apply(patched, bank.source_path, mask if mask is not None else bank.mask, WRAPPER_KEY, MASK_FIX)
     return patched

@@ -39,14 +39,16 @@ def check_prompt(bank: FeatureBank, conditioning) -> None:
         bank.check_text(context.shape[1])
 
 
-def pnp_sample(model_patcher, bank: FeatureBank, positive, guidance: float = 5.0, inject: int = 20) -> torch.Tensor:
+def pnp_sample(model_patcher, bank: FeatureBank, positive, guidance: float = 5.0, inject: int = 20,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
     """Sample the target prompt from the bank's inverted latent on the bank's schedule with
     the bank's solver, Flux guidance `guidance` (no classifier-free guidance, as the official
     code), injecting the first `inject` steps. A batch of prompts gives one latent per prompt.
-    Returns a LATENT's samples."""
+    With a mask (or the source's noise_mask) the edit is regional (`region`). Returns a
+    LATENT's samples."""
     check_finite(guidance=guidance)
     check_whole_latent(positive, "The target prompt (PnP Flux Sampler's `positive`)")
-    patched = apply_injection(model_patcher, bank, inject)
+    patched = apply_injection(model_patcher, bank, inject, mask)
     if inject:
         check_prompt(bank, positive)
     noise = bank.noise_for(target_rows(bank.noise.shape[0], positive))

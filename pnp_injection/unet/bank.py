@@ -9,7 +9,7 @@ import time
 import comfy.patcher_extension as ext
 import torch
 
-from .. import placement
+from .. import placement, region
 from ..errors import PnPError
 from ..inputs import check_same_architecture, check_source_size, check_whole_latent
 from ..model_calls import source_rows
@@ -35,6 +35,12 @@ class FeatureBank:
     layers: layer_sets.LayerSet
     architecture: str                                     # layers.signature of the capture model
     source_prompt: list | None = None                     # the source pass's conditioning (not saved to files)
+    path: torch.Tensor | None = None                      # x(sigma_0) ... x(sigma_N): [N+1, B, C, H, W] (masked edits)
+    mask: torch.Tensor | None = None                      # the source latent's noise_mask, if it carried one
+
+    @property
+    def source_path(self) -> region.SourcePath | None:
+        return None if self.path is None else region.SourcePath(self.sigmas, self.path)
 
     @property
     def steps(self) -> int:
@@ -55,7 +61,7 @@ class FeatureBank:
                 **{("attention", k): t for k, t in self.attention.items()}}
 
     def nbytes(self) -> int:
-        return placement.nbytes([*self.tables.values(), self.start])
+        return placement.nbytes([*self.tables.values(), self.start, *([self.path] if self.path is not None else [])])
 
     def __deepcopy__(self, memo):
         return self
@@ -155,6 +161,8 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
         layers=layers,
         architecture=layer_sets.signature(model_patcher, layers),
         source_prompt=conditioning,
+        path=trajectory.path,
+        mask=trajectory.mask,
     )
     logging.info(f"PnP Capture Features: bank {placement.summary(bank.tables.values())}, {passes} source passes "
                  f"in {time.perf_counter() - started:.1f} s")

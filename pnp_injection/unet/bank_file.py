@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from ..bank_file import read, write
+from ..bank_file import consistent_path, optional_tensors, read, write
 from ..errors import PnPError
 from ..inputs import check_bank_tensors, check_falling_sigmas
 from .bank import FeatureBank
@@ -23,6 +23,7 @@ def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
     tensors = {"sigmas": bank.sigmas, "start": bank.start}
     tensors.update({f"residual.{b}": t for b, t in bank.residual.items()})
     tensors.update({f"attention.{b}.{i}": t for (b, i), t in bank.attention.items()})
+    tensors.update(optional_tensors(bank))
     metadata = {
         "format": FORMAT,
         "version": str(VERSION),
@@ -54,6 +55,8 @@ def load(path: str | os.PathLike) -> FeatureBank:
             attention={k: tensors[f"attention.{k[0]}.{k[1]}"] for k in layers.attention},
             layers=layers,
             architecture=metadata["architecture"],
+            path=tensors.get("path"),
+            mask=tensors.get("mask"),
         )
         consistent = (
             list(bank.start.shape) == json.loads(metadata["latent_shape"])
@@ -62,6 +65,7 @@ def load(path: str | os.PathLike) -> FeatureBank:
             and bank.attention_step_count == int(metadata["attention_step_count"])
             and all(t.shape[1] == bank.start.shape[0] for t in bank.tables.values())
             and bank.sigmas.ndim == 1
+            and consistent_path(bank.path, bank.steps, bank.start.shape)
         )
     except (KeyError, ValueError, TypeError, IndexError):
         consistent = False
@@ -70,7 +74,8 @@ def load(path: str | os.PathLike) -> FeatureBank:
                        f"with PnP Save Feature Bank.")
     check_bank_tensors(name, {"sigmas": bank.sigmas, "start": bank.start,
                               **{f"residual.{b}": t for b, t in bank.residual.items()},
-                              **{f"attention.{b}.{i}": t for (b, i), t in bank.attention.items()}}, FIX)
+                              **{f"attention.{b}.{i}": t for (b, i), t in bank.attention.items()},
+                              **optional_tensors(bank)}, FIX)
     check_falling_sigmas(name, bank.sigmas, FIX)
     return bank
 

@@ -41,5 +41,6 @@ def generate(model_patcher, latent: torch.Tensor, positive, negative, cfg: float
     if sorted(recorded) != list(range(len(sigmas) - 1)):
         raise PnPError(f"The sampler {sampler_name!r} did not report every step; use ddim or euler.")
     latents = torch.stack([recorded[i] for i in range(len(sigmas) - 1)])
-    trajectory = Trajectory(sigmas=sigmas, latents=latents, conditioning=positive, family=family)
+    source = model_patcher.model.process_latent_in(samples.float()).cpu()
+    trajectory = Trajectory(sigmas=sigmas, latents=latents, conditioning=positive, family=family, source=source)
     return trajectory, samples

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import placement
+from .. import placement, region
 from ..inputs import check_latent, check_whole_latent
 from ..passes import Progress, run_loop
 from ..schedule import sampling_sigmas
@@ -25,6 +25,15 @@ class Trajectory:
     latents: torch.Tensor         # (N, B, C, H, W): x(sigma_i), i = 0..N-1
     conditioning: list            # the inversion prompt, reused for the source pass
     family: str                   # layer-table family of the model it was made with
+    source: torch.Tensor | None = None   # x(sigma_N = 0): the source latent, the path's end
+    mask: torch.Tensor | None = None     # the source latent's noise_mask (Set Latent Noise Mask), if any
+
+    @property
+    def path(self) -> torch.Tensor | None:
+        """x at every sampling sigma, sigma_0 ... sigma_N = 0: [N+1, B, C, H, W]."""
+        if self.source is None:
+            return None
+        return torch.cat([self.latents, self.source.to(self.latents)[None]])
 
     @property
     def steps(self) -> int:
@@ -35,7 +44,7 @@ class Trajectory:
 
 
 def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
-           evaluations: int = 999, scheduler: str = "ddim_uniform") -> Trajectory:
+           evaluations: int = 999, scheduler: str = "ddim_uniform", mask: torch.Tensor | None = None) -> Trajectory:
     """DDIM-invert `latent` (user latent space) with `conditioning` and no guidance.
 
     One step from fine sigma a to the next b evaluates the model at the *higher* level b on
@@ -44,6 +53,8 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
     """
     family = layers.family_of(model_patcher)  # DiT/flow models stop here, before any work
     check_latent(latent)
+    if mask is not None:  # the source latent's noise_mask: checked now, used when sampling
+        region.check_mask(mask, latent.shape, latent.shape[0])
     check_whole_latent(conditioning, "The inversion prompt (PnP DDIM Inversion's `conditioning`)")
     model_sampling = model_patcher.get_model_object("model_sampling")
     sigmas = sampling_sigmas(model_sampling, scheduler, steps)
@@ -85,7 +96,9 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
     run_loop(without_pnp(model_patcher), conditioning, latent, fine, loop)
     logging.info(f"PnP DDIM Inversion: trajectory {placement.summary([latents])}, {len(fine) - 1} evaluations "
                  f"in {time.perf_counter() - started:.1f} s")
-    return Trajectory(sigmas=sigmas, latents=latents, conditioning=conditioning, family=family)
+    source = placement.keep(model_patcher.model.process_latent_in(latent.float()))
+    return Trajectory(sigmas=sigmas, latents=latents, conditioning=conditioning, family=family, source=source,
+                      mask=mask)
 
 
 def to_user_latent(model_patcher, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from typing import Callable
 import comfy.patcher_extension as ext
 import torch
 
+from .. import region
 from ..errors import PnPError
 from ..inputs import check_whole_latent_prompts
 from ..model_calls import (SamplingRun, call_sigma, outside_compiler, rows_from_source, run_feed, sampling_run,
@@ -201,13 +202,22 @@ def check_attention_chain(model_options, needed: bool) -> None:
         )
 
 
-def apply_injection(model_patcher, bank, feature_injection: float = 0.8, attention_injection: float = 0.5):
-    """A clone of `model_patcher` that injects `bank` while sampling; the input is untouched."""
+MASK_FIX = "Invert and capture the source again (PnP DDIM Inversion, PnP Capture Features), or remove the mask."
+
+
+def apply_injection(model_patcher, bank, feature_injection: float = 0.8, attention_injection: float = 0.5,
+                    mask: torch.Tensor | None = None):
+    """A clone of `model_patcher` that injects `bank` while sampling; the input is untouched.
+
+    With a mask (this one, else a noise_mask on the sampled latent, else the source's), the
+    edit is regional (`region`): outside the mask sampling follows the source's trajectory;
+    injection acts on the whole latent, as without a mask."""
     feature_count, attention_count = bank.check_injection(model_patcher, feature_injection, attention_injection)
     patched = without_pnp(model_patcher)  # re-applying replaces, never stacks
     injection = Injection(bank, feature_count, attention_count)
     patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, injection.outer_sample)
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, injection.diffusion_model)
+    region.apply(patched, bank.source_path, mask if mask is not None else bank.mask, WRAPPER_KEY, MASK_FIX)
     if attention_count:
         with_attention_patch_first(patched)
     return patched
