@@ -1,17 +1,20 @@
-"""Regional edits: a mask says where PnP edits (1) and where the source stays (0); soft values
-blend. Shared by the wings.
+"""Regional edits: a mask says where PnP edits (1) and where the source stays (0); a soft value m
+gives m of the edit and 1 - m of the source, so a feather blends. Shared by the wings.
 
 Outside the mask every model call of the sampling run sees the source's own path at the call's
 sigma (the U-Net trajectory of PnP DDIM Inversion or PnP Generate Source, the inverted path kept
 by PnP Flux Inversion), and gets back the prediction whose first-order step (DDIM, Euler,
 RF-Solver) lands on the path's next level, so the sampler's own latent stays on the path too.
-The final latent outside the mask is the path's end: the source. Inside, the edit runs as
-without a mask, injection included.
+The final latent outside the mask is the path's end: the source. Inside (wherever the mask is
+above 0), the edit runs as without a mask, injection included; soft values then blend the edit
+with the source at the end.
 
 This is ComfyUI's inpainting blend (comfy/samplers.py KSamplerX0Inpaint) with the source's
 path in place of the source noised along a straight line: the host's blend is kept out of the
-run (the mask is taken from it), and the host's mask function (Differential Diffusion's
-`denoise_mask_function`) is applied at each call as the host applies it.
+run (the mask is taken from it), and a mask function on the model (Differential Diffusion's
+`denoise_mask_function`) is applied at each call as the host applies it; its own rule then decides
+what soft values do (Differential Diffusion: a cell of value m is edited over the last fraction m
+of the steps), and only cells of 0 are set to the source at the end.
 
 Which mask: the sampler node's MASK input, else the noise_mask of the latent given to the
 sampler (Set Latent Noise Mask, SamplerCustomAdvanced route), else the noise_mask the source
@@ -134,9 +137,13 @@ class Region:
             out = executor(noise, latent_image, sampler, sigmas, None, *args, **kwargs)
         finally:
             guider.model_options = original
-        # Exactly the source where the mask is 0, whatever the sampler's arithmetic did there.
-        end = guider.model_patcher.model.process_latent_out(self.path.latents[-1].float())
-        return torch.where(rows_of(mask, out.shape[0]).to(out.device) > 0, out, rows_of(end, out.shape[0]).to(out))
+        end = rows_of(guider.model_patcher.model.process_latent_out(self.path.latents[-1].float()), out.shape[0]).to(out)
+        m = rows_of(mask, out.shape[0]).to(out)
+        if "denoise_mask_function" in guider.model_options:  # its own soft semantics: only 0 is the source
+            return torch.where(m > 0, out, end)
+        # A feathered composite: m of the edit, 1 - m of the source (exactly each at 1 and 0). PnP keeps
+        # the source's layout, so the two agree in structure and the cross-fade shows no double edges.
+        return out * m + end * (1 - m)
 
     def predict_noise(self, executor, x, timestep, model_options={}, seed=None):
         options = model_options.get("transformer_options", {})
@@ -145,9 +152,12 @@ class Region:
             return executor(x, timestep, model_options, seed)
         sigma = float(timestep.reshape(-1)[0])
         m = rows_of(mask, x.shape[0]).to(x).expand(x.shape)
+        guider, sigmas = executor.class_obj, options.get("sample_sigmas")
         adjust = model_options.get("denoise_mask_function")
         if adjust is not None:  # Differential Diffusion and the like, called as the host calls it
-            m = adjust(timestep, m, extra_options={"model": executor.class_obj, "sigmas": options.get("sample_sigmas")})
+            m = adjust(timestep, m, extra_options={"model": guider, "sigmas": sigmas})
+        else:  # the mask's support: soft cells are blended at the end (outer_sample)
+            m = (m > 0).to(m.dtype)
         here = rows_of(self.path.level(sigma), x.shape[0]).to(x)
         out = executor(x * m + here * (1 - m), timestep, model_options, seed)
         sigma_next, target = self.path.next_level(sigma)
