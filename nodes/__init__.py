@@ -4,18 +4,20 @@ from comfy_api.latest import ComfyExtension, io
 from .bank_files import PnPLoadFeatureBank, PnPSaveFeatureBank
 from .capture import PnPCaptureFeatures
 from .flux import FLUX_NODES
+from .flux_kv_edit import KV_EDIT_NODES
 from .generation import PnPGenerateSource
 from .injection import PnPApplyInjection, PnPGuider, PnPSampler, PnPSigmas
 from .inversion import PnPInversion
 from .preview import PnPFeaturePreview
 
 NODES = [PnPInversion, PnPGenerateSource, PnPCaptureFeatures, PnPApplyInjection, PnPSampler, PnPSigmas,
-         PnPGuider, PnPSaveFeatureBank, PnPLoadFeatureBank, PnPFeaturePreview, *FLUX_NODES]
+         PnPGuider, PnPSaveFeatureBank, PnPLoadFeatureBank, PnPFeaturePreview, *FLUX_NODES,
+         *KV_EDIT_NODES]
 NODE_IDS = ["PnPInversion", "PnPGenerateSource", "PnPCaptureFeatures", "PnPApplyInjection", "PnPSampler",
             "PnPSigmas", "PnPGuider", "PnPSaveFeatureBank", "PnPLoadFeatureBank", "PnPFeaturePreview",
             "PnPFluxInversion", "PnPFluxSampler", "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler",
             "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler", "PnPFireFlowSampler", "PnPFluxSaveBank",
-            "PnPFluxLoadBank"]
+            "PnPFluxLoadBank", "PnPFluxKVEditInversion", "PnPFluxKVEditSampler"]
 
 
 class PnPExtension(ComfyExtension):

@@ -34,14 +34,15 @@ from comfyui_pnp.nodes.types import CATEGORY, FLUX_CATEGORY, SAMPLER_CATEGORY
 ROOT = Path(__file__).resolve().parents[1]
 FLUX_NODES = {"PnPFluxInversion", "PnPFluxSampler", "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler",
               "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler", "PnPFireFlowSampler", "PnPFluxSaveBank",
-              "PnPFluxLoadBank"}
+              "PnPFluxLoadBank", "PnPFluxKVEditInversion", "PnPFluxKVEditSampler"}
 SAMPLERS = {"PnPRFSolverSampler", "PnPFireFlowSampler"}  # SAMPLER nodes, with ComfyUI's own
 # A Flux node and its U-Net counterpart: the names run parallel, "Flux" after "PnP".
 COUNTERPARTS = {"PnPFluxInversion": "PnPInversion", "PnPFluxSampler": "PnPSampler",
                 "PnPFluxApplyInjection": "PnPApplyInjection", "PnPFluxSaveBank": "PnPSaveFeatureBank",
                 "PnPFluxLoadBank": "PnPLoadFeatureBank", "PnPFluxFireFlowInversion": "PnPInversion",
-                "PnPFluxFireFlowSampler": "PnPSampler"}
-SOLVERS = ("DDIM ", " (RF-Solver)", " (FireFlow)")  # an inversion's name says its solver
+                "PnPFluxFireFlowSampler": "PnPSampler", "PnPFluxKVEditInversion": "PnPInversion",
+                "PnPFluxKVEditSampler": "PnPSampler"}
+SOLVERS = ("DDIM ", " (RF-Solver)", " (FireFlow)", " (KV-Edit)")  # an inversion's name says its solver
 # Every input name of the pack and its one meaning. A new input gets a line here; a name already
 # here is used only in this meaning (a second meaning needs a second name).
 MEANINGS = {
@@ -68,6 +69,8 @@ MEANINGS = {
     "solver": "the Flux inversion's solver, also the sampler the bank is sampled with",
     "strategy": "how FireFlow's kept features act: replaced or added, which of q, k, v",
     "mask": "where to edit (1) and where to keep the source (0): a regional edit",
+    "skip_steps": "KV-Edit's steps skipped at the start of the edit",
+    "attn_scale": "KV-Edit's bias on the attention to the background's keys",
     "seed": "noise seed",
     "cfg": "classifier-free guidance scale",
     "guidance": "Flux guidance (FluxGuidance's value)",
@@ -217,7 +220,7 @@ def test_node_ids_are_kept_and_names_run_parallel():
                         "PnPSigmas", "PnPGuider", "PnPSaveFeatureBank", "PnPLoadFeatureBank", "PnPFeaturePreview",
                         "PnPFluxInversion", "PnPFluxSampler", "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler",
                         "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler", "PnPFireFlowSampler",
-                        "PnPFluxSaveBank", "PnPFluxLoadBank"]
+                        "PnPFluxSaveBank", "PnPFluxLoadBank", "PnPFluxKVEditInversion", "PnPFluxKVEditSampler"]
 
     def plain(name: str) -> str:
         for solver in SOLVERS:

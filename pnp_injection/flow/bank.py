@@ -40,7 +40,13 @@ class FeatureBank:
     text_tokens: int                     # text tokens of the source prompt
     architecture: str                    # flux_layers.signature of the inversion model
     path: torch.Tensor | None = None     # the inverted path at sigma_0 ... sigma_N = 0 (the source): [N+1, B, C, H, W]
-    mask: torch.Tensor | None = None     # the source latent's noise_mask, if it carried one
+    mask: torch.Tensor | None = None     # the source latent's noise_mask, if it carried one (KV-Edit: its cells)
+    first_step: int = 0                  # the first kept sampling step (KV-Edit: the skipped steps)
+    tokens: torch.Tensor | None = None   # the image tokens kept (KV-Edit: the background's); None: all
+
+    @property
+    def is_kv_edit(self) -> bool:
+        return self.tokens is not None
 
     @property
     def source_path(self) -> region.SourcePath | None:
@@ -68,10 +74,10 @@ class FeatureBank:
         call within step i from its only slot.
         """
         step = step_at(self.sigmas, sigma)
-        if step is None or step >= inject:
+        if step is None or not self.first_step <= step < self.first_step + inject:
             return None
         on_schedule = math.isclose(sigma, float(self.sigmas[step]), rel_tol=SIGMA_RTOL)
-        return slot_index(self.solver, self.steps, step, 0 if on_schedule else 1)
+        return slot_index(self.solver, self.steps, step - self.first_step, 0 if on_schedule else 1)
 
     def check_injection(self, model_patcher, inject: int) -> int:
         """The injected step count, if this bank can serve it on this model, or a clear error."""
@@ -88,7 +94,7 @@ class FeatureBank:
     def check_schedule(self, sigmas: torch.Tensor, inject: int) -> None:
         """The sampler's sigmas must start with the bank's over the injected steps, sigma_0
         included: the inverted latent is the noise at sigma_0."""
-        check_same_schedule(self.sigmas, sigmas, inject + 1, "Flux feature bank",
+        check_same_schedule(self.sigmas[self.first_step:], sigmas, inject + 1, "Flux feature bank",
                             fix="Sample with the same model (and ModelSamplingFlux), steps and scheduler as PnP Flux "
                                 "Inversion at denoise 1.0, or feed the sigmas of PnP Flux Noise to SamplerCustomAdvanced.")
 
@@ -132,30 +138,36 @@ def slot_index(solver: str, steps: int, step: int, evaluation: int) -> int | Non
     return step
 
 
-def inversion_slot(sigmas: torch.Tensor, sigma: float, solver: str, kept: int) -> int | None:
+def inversion_slot(sigmas: torch.Tensor, sigma: float, solver: str, kept: int, first: int = 0) -> int | None:
     """The slot an inversion call at `sigma` fills, or None (not kept).
 
     The inversion step from sigma_{i+1} up to sigma_i is stored under its upper end sigma_i (the
     official keys, see the module's docstring): its first evaluation is at sigma_{i+1}, its
-    second (the midpoint) strictly between the two. Steps i < `kept` are kept."""
+    second (the midpoint) strictly between the two. Steps `first` <= i < `first` + `kept` are kept."""
     lower = sigmas[1:]
     at_or_below = (lower <= sigma * (1 + SIGMA_RTOL)).nonzero()
     if not len(at_or_below):
         return None
     step = int(at_or_below[0])
-    if step >= kept:
+    if not first <= step < first + kept:
         return None
     on_schedule = math.isclose(sigma, float(lower[step]), rel_tol=SIGMA_RTOL, abs_tol=1e-9)
-    return slot_index(solver, len(sigmas) - 1, step, 0 if on_schedule else 1)
+    return slot_index(solver, len(sigmas) - 1, step - first, 0 if on_schedule else 1)
 
 
 def estimate_bytes(model_patcher, layers: flux_layers.FluxLayerSet, latent_shape, text_tokens: int,
-                   slots: int) -> int:
-    """The bank's size before any model work: every site tensor, its tokens (image tokens, plus
-    the text tokens for all-token single sites) by the hidden width, for every slot and row."""
+                   slots: int, image_tokens: int | None = None) -> int:
+    """The bank's size before any model work: every site tensor, its tokens (the image tokens kept,
+    by default all of them, plus the text tokens for all-token single sites) by the hidden width,
+    for every slot and row."""
     net = model_patcher.model.diffusion_model
-    image = math.ceil(latent_shape[-2] / 2) * math.ceil(latent_shape[-1] / 2)
+    image = image_count(latent_shape) if image_tokens is None else image_tokens
     size = placement.compute_dtype(model_patcher).itemsize
     per_slot = sum(len(site.tensors) * (image + (text_tokens if site.stream == "single" and site.tokens == "all" else 0))
                    for site in layers.sites)
     return slots * latent_shape[0] * per_slot * net.hidden_size * size
+
+
+def image_count(latent_shape) -> int:
+    """Flux's image tokens for a latent: patches of 2x2 cells, padded."""
+    return math.ceil(latent_shape[-2] / 2) * math.ceil(latent_shape[-1] / 2)

@@ -9,12 +9,14 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from ..bank_file import consistent_path, optional_tensors, read, write
 from ..errors import PnPError
 from ..inputs import check_bank_tensors, check_falling_sigmas
 from . import layers as flux_layers
 from . import solvers
-from .bank import FeatureBank
+from .bank import FeatureBank, image_count
 
 FORMAT = "pnp-flux-feature-bank"
 VERSION = 1
@@ -28,10 +30,13 @@ def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
     tensors = {"sigmas": bank.sigmas, "noise": bank.noise}
     tensors.update({f"features.{key}": t for key, t in bank.tables.items()})
     tensors.update(optional_tensors(bank))
+    if bank.tokens is not None:
+        tensors["tokens"] = bank.tokens
     metadata = {
         "format": FORMAT, "version": str(VERSION), "architecture": bank.architecture,
         "layers": bank.layers.describe(), "solver": bank.solver, "steps_kept": str(bank.steps_kept),
         "text_tokens": str(bank.text_tokens), "latent_shape": json.dumps(list(bank.noise.shape)),
+        "first_step": str(bank.first_step),
     }
     return write(tensors, metadata, path)
 
@@ -50,12 +55,14 @@ def load(path: str | os.PathLike) -> FeatureBank:
             solver=metadata["solver"], steps_kept=int(metadata["steps_kept"]),
             text_tokens=int(metadata["text_tokens"]), architecture=metadata["architecture"],
             path=tensors.get("path"), mask=tensors.get("mask"),
+            first_step=int(metadata.get("first_step", "0")), tokens=tensors.get("tokens"),
         )
         solvers.check_solver(bank.solver)
         slots = bank.slots
         consistent = (
             list(bank.noise.shape) == json.loads(metadata["latent_shape"])
-            and len(tensors) == 2 + len(bank.tables) + len(optional_tensors(bank))
+            and len(tensors) == 2 + len(bank.tables) + len(optional_tensors(bank)) + (bank.tokens is not None)
+            and consistent_tokens(bank)
             and consistent_path(bank.path, bank.steps, bank.noise.shape)
             and all((t.shape[0] == slots and t.shape[1] == bank.noise.shape[0]) if slots else t.numel() == 0
                     for t in bank.tables.values())
@@ -74,11 +81,27 @@ def load(path: str | os.PathLike) -> FeatureBank:
     return bank
 
 
+def consistent_tokens(bank: FeatureBank) -> bool:
+    """Kept image tokens (KV-Edit): distinct indices within the image, as many as the tables hold,
+    from a first step that leaves the kept steps within the schedule."""
+    if bank.first_step + bank.steps_kept > bank.steps or bank.first_step < 0:
+        return False
+    if bank.tokens is None:
+        return True
+    t = bank.tokens
+    image = image_count(bank.noise.shape)
+    return (t.dtype == torch.int64 and t.ndim == 1 and (t.numel() == 0 or (int(t.min()) >= 0 and int(t.max()) < image))
+            and len(torch.unique(t)) == len(t) and bank.mask is not None and bank.path is not None
+            and all(table.shape[2] == len(t) for table in bank.tables.values() if table.numel()))
+
+
 def check_tokens(name: str, bank: FeatureBank) -> None:
     """Each table holds at least the tokens its site has for the source latent (image tokens, plus
     the text tokens for all-token sites); reference latents (Kontext) may add more."""
+    if bank.tokens is not None:  # KV-Edit: checked by consistent_tokens
+        return
     height, width = bank.noise.shape[-2:]
-    image = -(-height // 2) * -(-width // 2)  # Flux patches of 2x2 latent cells, padded
+    image = image_count(bank.noise.shape)
     for site in bank.layers.sites:
         needed = image + (bank.text_tokens if site.stream == "single" and site.tokens == "all" else 0)
         for tensor in site.tensors:

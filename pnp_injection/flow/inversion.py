@@ -54,10 +54,12 @@ def check_source(model_patcher, latent: torch.Tensor) -> None:
 def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, keep_steps: int = 20,
            preset: str = "rf-solver-edit", custom_layers: str = "", solver: str = "rf_solver",
            scheduler: str = flux_schedule.OFFICIAL, guidance: float = 1.0,
-           mask: torch.Tensor | None = None) -> FeatureBank:
-    """Invert `latent` (user latent space) and keep the layers' features for the first
-    `keep_steps` sampling steps, and the inverted path at every sigma (masked edits). `mask`
-    is the source latent's noise_mask, kept for sampling."""
+           mask: torch.Tensor | None = None, first_step: int = 0,
+           tokens: torch.Tensor | None = None) -> FeatureBank:
+    """Invert `latent` (user latent space) and keep the layers' features for `keep_steps`
+    sampling steps from `first_step` (of the image tokens `tokens`, default all), and the
+    inverted path at every sigma (masked edits). `mask` is the source latent's noise_mask, kept
+    for sampling."""
     layers = flux_layers.resolve(model_patcher, preset, custom_layers)  # other families stop here
     solvers.check_solver(solver)
     check_source(model_patcher, latent)
@@ -67,16 +69,17 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
     check_whole_latent(conditioning, "The inversion prompt (PnP Flux Inversion's `conditioning`)")
     sigmas = flux_schedule.sampling_sigmas(model_patcher, scheduler, steps, latent.shape)
     check_schedule(sigmas)
-    if not 0 <= keep_steps <= steps:
+    if not 0 <= first_step + keep_steps <= steps:
         raise PnPError(f"`keep_steps` is {keep_steps}; it counts sampling steps whose features the bank keeps: "
                        f"give 0 to {steps}.")
 
     slots = slot_count(solver, steps, keep_steps)
     text_tokens = max(context.shape[1] for context, _ in conditioning)
-    placement.check_fits(estimate_bytes(model_patcher, layers, latent.shape, text_tokens, slots),
-                         placement.storage_device())
+    placement.check_fits(estimate_bytes(model_patcher, layers, latent.shape, text_tokens, slots,
+                                        None if tokens is None else len(tokens)), placement.storage_device())
     tables = placement.Tables(lambda key: slots, device_for=lambda t: placement.storage_device())
-    recorder = Recorder(layers, lambda sigma: inversion_slot(sigmas, sigma, solver, keep_steps), tables)
+    recorder = Recorder(layers, lambda sigma: inversion_slot(sigmas, sigma, solver, keep_steps, first_step), tables,
+                        tokens)
     patched = without_wrappers(model_patcher, INJECTION_KEY)  # invert the plain network, never an injected one
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, RECORDER_KEY, recorder)
     progress = Progress(steps)
@@ -102,6 +105,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
         sigmas=sigmas, noise=placement.keep(path[0]), path=path, mask=mask,
         tables={key: tables.complete(key, slots, key) for key in layers.keys()}, layers=layers, solver=solver,
         steps_kept=keep_steps, text_tokens=int(recorder.text_tokens), architecture=flux_layers.signature(model_patcher),
+        first_step=first_step, tokens=tokens,
     )
     logging.info(f"PnP Flux Inversion: bank {placement.summary([*bank.tables.values(), bank.noise])}, {steps} steps "
                  f"of {solver} ({solvers.evaluations(solver, steps)} model evaluations) in "

@@ -23,7 +23,7 @@ from ..inputs import check_whole_latent_prompts
 from ..model_calls import (SamplingRun, call_sigma, outside_compiler, rows_from_source, run_feed, sampling_run,
                            without_wrappers)
 from . import layers as flux_layers
-from .bank import FeatureBank
+from .bank import FeatureBank, image_count
 from .solvers import NAMES, solver_of
 
 WRAPPER_KEY = "pnp_flux_injection"
@@ -67,8 +67,8 @@ class Recorder:
     too, where the denoised estimate carries none)."""
 
     def __init__(self, layers: flux_layers.FluxLayerSet, slot_of: Callable[[float], int | None],
-                 tables: placement.Tables):
-        self.layers, self.slot_of, self.tables = layers, slot_of, tables
+                 tables: placement.Tables, tokens: torch.Tensor | None = None):
+        self.layers, self.slot_of, self.tables, self.tokens = layers, slot_of, tables, tokens  # tokens: image tokens kept
         self.velocity: torch.Tensor | None = None
         self.text_tokens: int | None = None
 
@@ -79,7 +79,8 @@ class Recorder:
         hooks = {}
         if slot is not None:
             def keep(site, tensor, view):
-                self.tables.put(site.key(tensor), slot, view.flatten(2))  # [batch, tokens, hidden]
+                view = view.flatten(2)  # [batch, tokens, hidden]
+                self.tables.put(site.key(tensor), slot, view if self.tokens is None else view[:, self.tokens])
             hooks = site_hooks(executor.class_obj, self.layers, context.shape[1], keep)
         out = outside_compiler(hooks, executor, *args, **kwargs)
         self.velocity = out.float()
@@ -92,8 +93,8 @@ class Injection:
     sampling ends, and the DIFFUSION_MODEL wrapper that overwrites the sites with the bank's
     slot in every row of every cond/uncond chunk. Immutable: clones of the model share it."""
 
-    def __init__(self, bank: FeatureBank, inject: int):
-        self.bank, self.inject = bank, inject
+    def __init__(self, bank: FeatureBank, inject: int, attn_scale: float = 0.0):
+        self.bank, self.inject, self.attn_scale = bank, inject, attn_scale
 
     def __deepcopy__(self, memo):
         return self
@@ -124,18 +125,38 @@ class Injection:
         chunks = len(options.get("cond_or_uncond", [0]))
         feed = run_feed(options, self, self.bank.tables)
 
+        tokens = self.bank.tokens
+
         def inject(site, tensor, view):
             key = site.key(tensor)
-            source = rows_from_source(feed.get(slot, key, view), view.shape[0], chunks)
-            if source.shape[1] != view.shape[1]:
-                raise token_mismatch(key, source.shape[1], view.shape[1])
-            source = source.reshape(view.shape)
+            target = view if tokens is None else view[:, tokens.to(view.device)]
+            source = rows_from_source(feed.get(slot, key, target), view.shape[0], chunks)
+            if source.shape[1] != target.shape[1]:
+                raise token_mismatch(key, source.shape[1], target.shape[1])
+            source = source.reshape(target.shape)
             if tensor in site.added:
                 view.add_(source)
-            else:
+            elif tokens is None:
                 view.copy_(source)
+            else:  # only the kept tokens (KV-Edit: the background's)
+                view[:, tokens.to(view.device)] = source
         hooks = site_hooks(executor.class_obj, self.bank.layers, context.shape[1], inject)
+        if tokens is not None and self.attn_scale and len(tokens):
+            kwargs["attention_mask"] = self.attention_bias(executor.class_obj, args[0] if args else kwargs["x"],
+                                                           context.shape[1], kwargs.get("attention_mask"))
         return outside_compiler(hooks, executor, *args, **kwargs)
+
+    def attention_bias(self, net, x: torch.Tensor, text_tokens: int, given) -> torch.Tensor:
+        """KV-Edit's attention scale (Xilluill/KV-Edit models/kv_edit.py lines 48-62, used at lines
+        189-193): `attn_scale` added to the attention logits of every query on the kept (background)
+        image tokens' keys, in every block (flux/modules/layers.py lines 315 and 378)."""
+        if given is not None:
+            raise PnPError("KV-Edit's attn_scale adds its own attention mask, and this model call carries one "
+                           "already (another node sets an attention mask): set attn_scale to 0.")
+        bias = torch.zeros(1, 1, text_tokens + image_count(x.shape), device=x.device,
+                           dtype=getattr(net, "dtype", None) or x.dtype)
+        bias[..., text_tokens + self.bank.tokens.to(x.device)] = self.attn_scale
+        return bias
 
 
 def check_sampler(bank: FeatureBank, inject: int, sampler) -> None:
@@ -192,11 +213,25 @@ def token_mismatch(key: str, bank_tokens: int, call_tokens: int) -> PnPError:
 MASK_FIX = "Invert the source again with PnP Flux Inversion, or remove the mask."
 
 
+def apply_kv_injection(model_patcher, bank: FeatureBank, attn_scale: float = 1.0):
+    """A clone of `model_patcher` for KV-Edit's editing: at every edited step the kept
+    (background) tokens' keys and values are the bank's, with `attn_scale` on their attention."""
+    inject = bank.check_injection(model_patcher, bank.steps_kept)
+    injection = Injection(bank, inject, attn_scale)
+    patched = without_wrappers(model_patcher, WRAPPER_KEY)
+    patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, injection.outer_sample)
+    patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, injection.diffusion_model)
+    return patched
+
+
 def apply_injection(model_patcher, bank: FeatureBank, inject: int = 20, mask: torch.Tensor | None = None):
     """A clone of `model_patcher` that injects `bank` at the first `inject` steps; the input
     is untouched. With a mask (this one, else a noise_mask on the sampled latent, else the
     source's) the edit is regional (`region`): outside the mask sampling follows the inverted
     path; injection acts on the whole latent, as without a mask."""
+    if bank.is_kv_edit:
+        raise PnPError("This bank was kept for KV-Edit (PnP Flux Inversion (KV-Edit)): it holds the background's keys "
+                       "and values from the skipped steps on. Sample it with PnP Flux Sampler (KV-Edit).")
     bank.check_injection(model_patcher, inject)
     injection = Injection(bank, inject)
     patched = without_wrappers(model_patcher, WRAPPER_KEY)  # re-applying replaces, never stacks
