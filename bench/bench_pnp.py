@@ -95,14 +95,18 @@ def bank_bytes(arch: str, image: int, steps: int = 50, feature=0.8, attention=0.
     return (int(steps * feature) * res + int(steps * attention) * attn + 4 * latent * latent) * element
 
 
-def run(arch: str, size: int, steps: int, rounds: int) -> None:
-    print(f"\n== {arch}: full-size U-Net, random weights, {size}x{size} px, {steps} steps, CPU "
-          f"({torch.get_num_threads()} threads) ==")
+def built(arch: str, size: int):
+    """The full-size model (its build time printed), an empty and a target prompt, and a source latent."""
     t, model = timed(lambda: full_model(arch))
     params = sum(p.numel() for p in model.model.diffusion_model.parameters())
     print(f"built {params / 1e6:.0f}M-parameter U-Net in {t:.0f} s")
-    empty, target = conditioning(arch, 5, size), conditioning(arch, 1, size)
-    source = harness.latent(size=size // 8)
+    return model, conditioning(arch, 5, size), conditioning(arch, 1, size), harness.latent(size=size // 8)
+
+
+def run(arch: str, size: int, steps: int, rounds: int) -> None:
+    print(f"\n== {arch}: full-size U-Net, random weights, {size}x{size} px, {steps} steps, CPU "
+          f"({torch.get_num_threads()} threads) ==")
+    model, empty, target, source = built(arch, size)
 
     # Inversion evaluations against plain evaluations through the same machinery.
     evaluations = 2 * steps

@@ -141,7 +141,7 @@ class Region:
         m = rows_of(mask, out.shape[0]).to(out)
         if "denoise_mask_function" in guider.model_options:  # its own soft semantics: only 0 is the source
             return torch.where(m > 0, out, end)
-        # A feathered composite: m of the edit, 1 - m of the source (exactly each at 1 and 0). PnP keeps
+        # A feathered composite: m of the edit, 1 - m of the source (each in full at 1 and 0). PnP keeps
         # the source's layout, so the two agree in structure and the cross-fade shows no double edges.
         return out * m + end * (1 - m)
 

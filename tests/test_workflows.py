@@ -15,9 +15,9 @@ import pytest
 
 from comfy_server import PACK_PYTHON_MODULE
 from workflow_api import NOTE_TYPES, UI_ONLY_TYPES, ConversionError, notes, to_api, widget_values
-from workflow_runs import (BANK_WORKFLOW, EXPECTED, FIREFLOW_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FLUX_WORKFLOW, FLUX_WORKFLOWS,
-                            WORKFLOW_DIR,
-                           image_outputs, load)
+from workflow_runs import (BANK_WORKFLOW, CHECK_COMPOSITE, CHECK_LATENT, CHECK_MASK, CHECK_SOURCE, CHECK_SOURCE_LATENT,
+                           EXPECTED, FIREFLOW_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FLUX_WORKFLOW, FLUX_WORKFLOWS,
+                           KV_EDIT_WORKFLOW, MASKED_WORKFLOW, WORKFLOW_DIR, image_outputs, load)
 
 NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 SHIPPED_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
@@ -57,7 +57,10 @@ KNOBS = {FLUX_WORKFLOW: ("inject", "keep_steps", "guidance", "steps", "rf-solver
          FLUX_ADVANCED_WORKFLOW: ("inject", "FluxGuidance", "PnP Flux Noise", "RF-Solver Sampler", "latent_image",
                                   "ModelSamplingFlux", "t5xxl"),
          FIREFLOW_WORKFLOW: ("steps 8", "inject 1", "keep_steps", "guidance 2", "strategy", "replace_v", "add_q",
-                             "steps 15", "official", "t5xxl")}
+                             "steps 15", "official", "t5xxl"),
+         KV_EDIT_WORKFLOW: ("steps 28", "skip_steps 4", "guidance 1.5", "guidance 5.5", "attn_scale 1", "official",
+                            "Fewer skipped steps follow the prompt more", "16 MiB per background token", "32 GiB",
+                            "MaskEditor", "A new mask needs a new inversion", "t5xxl")}
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -127,6 +130,11 @@ def test_shipped_values_are_the_papers(name, comfy_server):
             assert values["inject"] == 20
         if node["type"] == "FluxGuidance":
             assert values["guidance"] == 5.0
+        if node["type"] == "PnPFluxKVEditInversion":  # KV-Edit's demo, gradio_kv_edit.py lines 298, 314-315
+            assert (values["steps"], values["skip_steps"], values["guidance"], values["scheduler"]) == \
+                (28, 4, 1.5, "official")
+        if node["type"] == "PnPFluxKVEditSampler":  # gradio_kv_edit.py lines 316-317
+            assert (values["guidance"], values["attn_scale"]) == (5.5, 1.0)
     for node in prompt.values():
         if node["class_type"] == "PnPInversion":
             assert prompt_text(prompt, node["inputs"]["conditioning"]) == "", "the inversion prompt is the empty prompt"
@@ -217,6 +225,62 @@ def test_the_advanced_flux_workflow_is_the_flux_workflow(workflow_runs):
     apply["inputs"]["inject"] = 0
     assert run.plain_prompt == prompt, "the plain run is the workflow with inject 0, nothing else"
     assert np.abs(run.plain_image() - advanced).mean() > 0.005
+
+
+def test_the_masked_workflow_edits_inside_its_mask_and_keeps_the_source_outside(workflow_runs):
+    """pnp-masked: core mask nodes make the right half white, the workflow's own Resize brings the mask to the
+    source's size, and PnP Sampler takes it. Its run's check prompt (``with_mask_checks``, run just before the
+    workflow's prompt, whose nodes it holds unchanged) saves the mask, the source's VAE round trip, and PnP
+    Sampler's latent with the source latent put back outside the mask by ComfyUI's Latent Composite (Masked).
+    The workflow's image equals that composite to 8-bit rounding: outside the mask the sampled latent is the
+    source's, exactly. (The decoded pixels there are not the round trip's: the test VAE's decoder spreads every
+    latent cell over its neighbours, so the edit shows faintly across the border; measured 0.063 mean on the left
+    quarter, against 0.27 inside.) Inside, the image is edited. Fails if the mask does not reach the sampler, is
+    ignored there, or is not the right half."""
+    run = workflow_runs[MASKED_WORKFLOW]
+    (sampler,) = [n for n in run.prompt.values() if n["class_type"] == "PnPSampler"]
+    assert run.prompt[sampler["inputs"]["mask"][0]]["class_type"] == "ImageToMask"
+    assert all(run.check_prompt[node_id] == node for node_id, node in run.prompt.items())
+    mask = run.check_image(CHECK_MASK)[..., 0]
+    assert mask.shape == (64, 64) and (mask[:, :32] == 0).all() and (mask[:, 32:] == 1).all(), "not the right half"
+    image, source = run.image(), run.check_image(CHECK_SOURCE)
+    # Measured: 2 of 12288 values 1/255 apart (the source latent through the model's latent scale and back),
+    # the rest equal; with the sampler's mask disconnected, up to 1.0 apart (0.24 on average outside the mask).
+    assert np.abs(image - run.check_image(CHECK_COMPOSITE)).max() < 1.5 / 255
+    edit = np.abs(image - source)[:, 32:].mean()  # measured 0.27
+    assert edit > 0.1, f"the edit moved pixels inside the mask by only {edit:.4f} on average"
+
+
+def test_the_kv_edit_workflow_keeps_the_source_latent_outside_its_mask(workflow_runs):
+    """pnp-flux-kv-edit: the mask nodes of pnp-masked (the right half white) reach PnP Flux Inversion (KV-Edit), whose
+    bank PnP Flux Sampler (KV-Edit) edits; the test run inverts 3 steps and skips 1 (2 edited). Its run's check prompt
+    (``with_mask_checks``, run just before the workflow's prompt, whose nodes it holds unchanged) saves the mask,
+    the source latent (VAE Encode's) and the sampled latent. Outside the mask (latent columns 0-3: token columns
+    0-1, none touching the mask) the sampled latent is the source latent to float rounding (the source through
+    the model's latent scale and shift and back); inside it differs, and so does the saved image from the
+    source's VAE round trip. The image equals the composite of the sampled latent on the source through the mask
+    (Latent Composite (Masked)) to 8-bit rounding. Fails if the mask does not reach the inversion, is not the right
+    half, or the edit leaks outside it or changes nothing."""
+    run = workflow_runs[KV_EDIT_WORKFLOW]
+    kinds = {n["class_type"]: n for n in run.prompt.values()}
+    inversion, sampler = kinds["PnPFluxKVEditInversion"], kinds["PnPFluxKVEditSampler"]
+    assert run.prompt[sampler["inputs"]["feature_bank"][0]] is inversion
+    assert run.prompt[inversion["inputs"]["mask"][0]]["class_type"] == "ImageToMask"
+    assert 0 < inversion["inputs"]["skip_steps"] < inversion["inputs"]["steps"], "the test run skips and edits steps"
+    assert all(run.check_prompt[node_id] == node for node_id, node in run.prompt.items())
+    mask = run.check_image(CHECK_MASK)[..., 0]
+    assert mask.shape == (64, 64) and (mask[:, :32] == 0).all() and (mask[:, 32:] == 1).all(), "not the right half"
+    source, sampled = run.check_latent(CHECK_SOURCE_LATENT), run.check_latent(CHECK_LATENT)
+    assert source.shape == sampled.shape == (1, 16, 8, 8)
+    scale = np.abs(source).max()
+    outside = np.abs(sampled - source)[..., :4].max() / scale  # measured MEASURED_OUTSIDE
+    assert outside < 1e-5, f"the sampled latent left the source outside the mask by {outside:.2e} (relative)"
+    inside = np.abs(sampled - source)[..., 4:].mean() / np.abs(source[..., 4:]).mean()  # measured MEASURED_INSIDE
+    assert inside > 0.1, f"the edit moved the latent inside the mask by only {inside:.4f} (relative)"
+    image = run.image()
+    assert np.abs(image - run.check_image(CHECK_COMPOSITE)).max() < 1.5 / 255  # measured MEASURED_COMPOSITE
+    edit = np.abs(image - run.check_image(CHECK_SOURCE))[:, 32:].mean()  # measured MEASURED_EDIT
+    assert edit > 0.05, f"the edit moved pixels inside the mask by only {edit:.4f} on average"
 
 
 def test_bank_workflow_captures_once_then_samples_from_the_loaded_bank(workflow_runs):

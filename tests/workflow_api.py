@@ -28,6 +28,9 @@ WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
 CONTROL_AFTER_GENERATE = "control_after_generate"
 UPLOAD = "upload"
+# Nodes whose width and height draw a mask (no cost to shrink): they keep their size, and the workflow's own
+# Resize brings the mask to the image's size, as it does a mask drawn on a photo of any size.
+MASK_CANVAS_TYPES = frozenset({"SolidMask"})
 
 
 class ConversionError(ValueError):
@@ -241,6 +244,7 @@ def notes(workflow: dict) -> list[str]:
 
 
 FLUX_INVERSIONS = ("PnPFluxInversion", "PnPFluxFireFlowInversion")
+KV_EDIT_INVERSION = "PnPFluxKVEditInversion"  # steps and skip_steps; no layer input (its own set: every block)
 
 
 def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: str, flux_unet: str | None = None,
@@ -251,7 +255,8 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
 
     Model and image names become the test files, PnP DDIM Inversion gets ``steps`` and
     ``inversion_steps`` (equal ones stay equal: the fast mode stays the fast mode), other samplers
-    ``other_steps``, and image/latent sizes ``size``. Linked inputs and everything else stay as shipped.
+    ``other_steps``, and image/latent sizes ``size`` (not a Solid Mask's: ``MASK_CANVAS_TYPES``). Linked inputs
+    and everything else stay as shipped.
 
     Flux graphs (given the ``flux_*`` test files of tests/flux_files.py): Load Diffusion Model and Load VAE
     get the test files, and DualCLIPLoader ``flux`` (CLIP-L + T5-XXL) becomes DualCLIPLoader ``sd3`` with
@@ -259,6 +264,8 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
     PnP Flux Inversion (RF-Solver or FireFlow) gets ``flux_steps`` (default: ``steps``) and ``keep_steps`` in the shipped proportion
     (20 of 25 -> 3 of 4; 2 of 3), and ``flux_layers[its node type]`` as its custom layers (the test model has
     fewer blocks than the presets name); a node linked to its bank scales its own ``inject`` by the same proportion.
+    PnP Flux Inversion (KV-Edit) gets ``flux_steps`` and ``skip_steps`` in the same proportion, at least 1 where the
+    shipped skip is not 0 and at most ``flux_steps`` - 1 (4 of 28 -> 1 of 3: one step skipped, two edited).
     """
     names = {"CheckpointLoaderSimple": {"ckpt_name": checkpoint}, "ControlNetLoader": {"control_net_name": controlnet},
              "LoadImage": {"image": image}}
@@ -282,6 +289,8 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
             change.update(steps=flux_steps, keep_steps=flux_inject(inputs["keep_steps"], inputs["steps"]))
             if flux_layers:
                 change["custom_layers"] = flux_layers[kind]
+        elif kind == KV_EDIT_INVERSION:
+            change.update(steps=flux_steps, skip_steps=min(flux_steps - 1, flux_inject(inputs["skip_steps"], inputs["steps"])))
         elif isinstance(inputs.get("inject"), int) and isinstance(bank, list) and \
                 prompt[bank[0]]["class_type"] in FLUX_INVERSIONS:
             change["inject"] = flux_inject(inputs["inject"], prompt[bank[0]]["inputs"]["steps"])
@@ -291,7 +300,7 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
         elif isinstance(inputs.get("steps"), int):
             change["steps"] = min(inputs["steps"], other_steps)
         for key in ("width", "height"):
-            if isinstance(inputs.get(key), int) and inputs[key] > size:
+            if kind not in MASK_CANVAS_TYPES and isinstance(inputs.get(key), int) and inputs[key] > size:
                 change[key] = size
         change = {k: v for k, v in change.items() if k in inputs and not isinstance(inputs[k], list)}
         if change:

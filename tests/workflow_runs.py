@@ -9,7 +9,9 @@ conftest.py exposes the session fixture ``workflow_runs``: each shipped workflow
 once, on first use, and every test that asserts on a run reads that one run (its prompt, outputs and
 saved images). The Flux workflows' runs also hold the same prompt with injection off (``inject`` 0), run
 just before it: it shares every node but the sampling with the workflow's prompt, which the server then
-takes from its cache. Other runs of variants (a knob changed to show what it does) are the tests' own.
+takes from its cache. The masked workflows' runs (SD 1.5 and KV-Edit on Flux) first run their prompt with checks
+added on its own nodes (``with_mask_checks``), from which the server then answers the workflow's prompt. Other
+runs of variants (a knob changed to show what it does) are the tests' own.
 
 The server keeps the outputs of the latest prompt's nodes (and drops the others'), so a run queues the
 workflow's own prompt last (the bank workflow: its run 2): test_frontend.py queues the same prompt from the
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.numpy import load_file
 
 from comfy_server import (CHECKPOINT_NAME, CONTROLNET_NAME, FLUX_CLIP_NAME, FLUX_UNET_NAME, FLUX_VAE_NAME,
                           INPUT_IMAGE_NAME)
@@ -33,12 +36,15 @@ from workflow_api import apply_overrides, shrink_for_tests, to_api
 
 WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
 EXPECTED = ["pnp-basic", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-flux", "pnp-flux-advanced",
-            "pnp-flux-fireflow", "pnp-hires", "pnp-multi-prompt", "pnp-save-load-bank"]
+            "pnp-flux-fireflow", "pnp-flux-kv-edit", "pnp-hires", "pnp-masked", "pnp-multi-prompt", "pnp-save-load-bank"]
 BANK_WORKFLOW = "pnp-save-load-bank"
 FLUX_WORKFLOW = "pnp-flux"
 FLUX_ADVANCED_WORKFLOW = "pnp-flux-advanced"  # the same edit through SamplerCustomAdvanced
 FIREFLOW_WORKFLOW = "pnp-flux-fireflow"
-FLUX_WORKFLOWS = (FLUX_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FIREFLOW_WORKFLOW)
+KV_EDIT_WORKFLOW = "pnp-flux-kv-edit"  # a regional edit on Flux: the KV-Edit nodes, the mask on the inversion
+FLUX_WORKFLOWS = (FLUX_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FIREFLOW_WORKFLOW, KV_EDIT_WORKFLOW)
+MASKED_WORKFLOW = "pnp-masked"  # a regional edit: PnP Sampler's mask input
+MASKED_WORKFLOWS = (MASKED_WORKFLOW, KV_EDIT_WORKFLOW)  # their runs hold with_mask_checks; the others, if Flux, inject 0
 RUN_1_GROUP = "Run 1"  # group titles of the save/load workflow, as its note explains them
 RUN_2_GROUP = "Run 2"
 RUN_TIMEOUT = 300
@@ -72,6 +78,11 @@ def read_image(path) -> np.ndarray:
     """A saved image as floats in [0, 1], [H, W, 3]."""
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def read_latent(path) -> np.ndarray:
+    """A latent that Save Latent wrote (its ``latent_tensor``), as float32 [B, C, H, W]."""
+    return load_file(str(path))["latent_tensor"].astype(np.float32)
 
 
 def run_image(comfy_server, prompt: dict) -> np.ndarray:
@@ -115,8 +126,10 @@ def saved_bank(comfy_server, outputs: dict) -> Path:
 class WorkflowRun:
     """One run of a shipped workflow through the server: the shrunk API prompt and its outputs.
     The bank workflow runs as its note says: run 1 saves a bank, which is staged in input/ as
-    ``bank_file``; run 2 (``second_prompt``, ``second_outputs``) loads it. A Flux workflow's run also
-    holds ``plain_prompt`` (``injection_off(prompt)``) and its outputs and files."""
+    ``bank_file``; run 2 (``second_prompt``, ``second_outputs``) loads it. A Flux workflow's run (not KV-Edit's)
+    also holds ``plain_prompt`` (``injection_off(prompt)``) and its outputs and files; a masked workflow's
+    run holds ``check_prompt`` (``with_mask_checks(prompt)``) and its outputs, and ``check_files``: the file
+    that each of the check's Save Image and Save Latent nodes wrote, by node id."""
     name: str
     prompt: dict
     outputs: dict
@@ -128,6 +141,9 @@ class WorkflowRun:
     plain_prompt: dict | None = None
     plain_outputs: dict | None = None
     plain_files: list | None = None
+    check_prompt: dict | None = None
+    check_outputs: dict | None = None
+    check_files: dict | None = None
     _images: dict = field(default_factory=dict, repr=False)
 
     def image(self) -> np.ndarray:
@@ -136,6 +152,16 @@ class WorkflowRun:
             (path,) = self.files
             self._images["one"] = read_image(path)
         return self._images["one"]
+
+    def check_image(self, save_id: str) -> np.ndarray:
+        """The image that `save_id` (``CHECK_SOURCE``, ``CHECK_COMPOSITE``, ``CHECK_MASK``) saved in ``check_prompt``."""
+        if save_id not in self._images:
+            self._images[save_id] = read_image(self.check_files[save_id])
+        return self._images[save_id]
+
+    def check_latent(self, save_id: str) -> np.ndarray:
+        """The latent that `save_id` (``CHECK_SOURCE_LATENT``, ``CHECK_LATENT``) saved in ``check_prompt``, [B, C, H, W]."""
+        return read_latent(self.check_files[save_id])
 
     def plain_image(self) -> np.ndarray:
         """The one image that ``plain_prompt`` saved (Flux workflows), as ``image``."""
@@ -153,6 +179,50 @@ def injection_off(prompt: dict) -> dict:
     assert nodes, "no node with an inject input"
     for node in nodes:
         node["inputs"]["inject"] = 0
+    return prompt
+
+
+# with_mask_checks's Save Image nodes: the source's VAE round trip, the workflow's latent with the source put
+# back outside the mask by ComfyUI's own Latent Composite (Masked), and the mask the workflow made; its Save Latent
+# nodes: the source latent and the sampled latent, as they are.
+CHECK_SOURCE, CHECK_COMPOSITE, CHECK_MASK = "check_source_save", "check_composite_save", "check_mask_save"
+CHECK_SOURCE_LATENT, CHECK_LATENT = "check_source_latent_save", "check_latent_save"
+CHECK_SAVES = (CHECK_SOURCE, CHECK_COMPOSITE, CHECK_MASK, CHECK_SOURCE_LATENT, CHECK_LATENT)
+MASKED_SAMPLERS = ("PnPSampler", "PnPFluxKVEditSampler")  # KV-Edit's mask is its inversion's, which the bank carries
+
+
+def edit_mask(prompt: dict, sampler_id: str):
+    """The link of the mask that the masked workflow's sampler edits under: its own ``mask`` input, or for KV-Edit
+    the mask input of the inversion that made its bank."""
+    inputs = prompt[sampler_id]["inputs"]
+    return inputs["mask"] if "mask" in inputs else prompt[inputs["feature_bank"][0]]["inputs"]["mask"]
+
+
+def with_mask_checks(prompt: dict) -> dict:
+    """A masked workflow's prompt with five more outputs (``CHECK_SAVES``) on its own nodes: VAE Decode of the
+    source latent (VAE Encode's), VAE Decode of Latent Composite (Masked) of the sampler's latent onto the source
+    latent through the edit's mask (``edit_mask``), the mask as an image, and Save Latent of the source latent and
+    of the sampler's. Every node of the workflow's prompt is in it, unchanged, so the server then answers the
+    workflow's prompt from its cache."""
+    prompt = json.loads(json.dumps(prompt))
+    (sampler_id,) = [k for k, n in prompt.items() if n["class_type"] in MASKED_SAMPLERS]
+    (encode_id,) = [k for k, n in prompt.items() if n["class_type"] == "VAEEncode"]
+    mask, vae = edit_mask(prompt, sampler_id), prompt[encode_id]["inputs"]["vae"]
+
+    def decode_and_save(node_id, samples, prefix):
+        prompt[f"{node_id}_decode"] = {"class_type": "VAEDecode", "inputs": {"samples": samples, "vae": vae}}
+        prompt[node_id] = {"class_type": "SaveImage", "inputs": {"images": [f"{node_id}_decode", 0],
+                                                                   "filename_prefix": prefix}}
+    decode_and_save(CHECK_SOURCE, [encode_id, 0], "pnp-check-source")
+    prompt["check_composite"] = {"class_type": "LatentCompositeMasked", "inputs": {
+        "destination": [encode_id, 0], "source": [sampler_id, 0], "x": 0, "y": 0, "resize_source": False, "mask": mask}}
+    decode_and_save(CHECK_COMPOSITE, ["check_composite", 0], "pnp-check-composite")
+    prompt["check_mask_image"] = {"class_type": "MaskToImage", "inputs": {"mask": mask}}
+    prompt[CHECK_MASK] = {"class_type": "SaveImage", "inputs": {"images": ["check_mask_image", 0],
+                                                               "filename_prefix": "pnp-check-mask"}}
+    for save_id, samples, prefix in ((CHECK_SOURCE_LATENT, [encode_id, 0], "latents/pnp-check-source"),
+                                     (CHECK_LATENT, [sampler_id, 0], "latents/pnp-check-sampled")):
+        prompt[save_id] = {"class_type": "SaveLatent", "inputs": {"samples": samples, "filename_prefix": prefix}}
     return prompt
 
 
@@ -181,14 +251,21 @@ class WorkflowRuns:
 
     def _run(self, name: str) -> WorkflowRun:
         prompt = self.prompt(name)
-        plain = {}
-        if name in FLUX_WORKFLOWS:  # before the workflow's own prompt, which stays the server's latest
+        variants = {}
+        if name in FLUX_WORKFLOWS and name not in MASKED_WORKFLOWS:  # before the workflow's own prompt, which stays the server's latest
             plain_prompt = injection_off(prompt)
             plain_outputs = self.server.run(plain_prompt, timeout=RUN_TIMEOUT)
-            plain = dict(plain_prompt=plain_prompt, plain_outputs=plain_outputs,
-                         plain_files=self.server.output_files(plain_outputs))
+            variants = dict(plain_prompt=plain_prompt, plain_outputs=plain_outputs,
+                            plain_files=self.server.output_files(plain_outputs))
+        if name in MASKED_WORKFLOWS:  # a superset of the workflow's prompt: the workflow's own then runs from the cache
+            check_prompt = with_mask_checks(prompt)
+            check_outputs = self.server.run(check_prompt, timeout=RUN_TIMEOUT)
+            check_files = {}
+            for save_id in CHECK_SAVES:
+                (check_files[save_id],) = self.server.output_files({save_id: check_outputs[save_id]})
+            variants = dict(check_prompt=check_prompt, check_outputs=check_outputs, check_files=check_files)
         outputs = self.server.run(prompt, timeout=RUN_TIMEOUT)
-        run = WorkflowRun(name, prompt, outputs, self.server.output_files(outputs), **plain)
+        run = WorkflowRun(name, prompt, outputs, self.server.output_files(outputs), **variants)
         if name == BANK_WORKFLOW:
             run.bank = saved_bank(self.server, outputs)
             run.bank_file = f"pnp-test-{run.bank.name}"

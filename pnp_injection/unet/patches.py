@@ -146,8 +146,9 @@ class Injection:
     own streaming state (`SamplingRun`), dropped when sampling ends; `diffusion_model`
     (DIFFUSION_MODEL wrapper) injects per call. Immutable: clones of the model share it."""
 
-    def __init__(self, bank, feature_count: int, attention_count: int):
+    def __init__(self, bank, feature_count: int, attention_count: int, inject_outside: bool = True):
         self.bank, self.feature_count, self.attention_count = bank, feature_count, attention_count
+        self.inject_outside = inject_outside  # False: a masked run injects inside its mask only (README: not chosen)
 
     def __deepcopy__(self, memo):
         return self
@@ -168,10 +169,19 @@ class Injection:
         chunks = len(transformer_options.get("cond_or_uncond", [0]))
         feed = run_feed(transformer_options, self, self.bank.tables)
 
+        mask = None if self.inject_outside else transformer_options.get(region.RUN_KEY)
+
         def source(kind: str, key, replaced: torch.Tensor, name: str) -> torch.Tensor:
             step_tensor = feed.get(step, (kind, key), replaced)
-            return checked(rows_from_source(step_tensor, replaced.shape[0], chunks), replaced, name,
-                           transformer_options)
+            out = checked(rows_from_source(step_tensor, replaced.shape[0], chunks), replaced, name, transformer_options)
+            if mask is None:
+                return out
+            block = key if kind == "residual" else key[0]
+            h, w = layer_sets.output_resolution(executor.class_obj, block, x.shape[-2], x.shape[-1])
+            m = rows_from_source(torch.nn.functional.interpolate(mask.to(out), size=(h, w), mode="bilinear"),
+                                 replaced.shape[0], chunks)
+            m = m if kind == "residual" else m.flatten(2).transpose(1, 2)  # [rows, tokens, 1]
+            return out * m + replaced * (1 - m)
 
         residual = attention = None
         if step < self.feature_count:
@@ -206,15 +216,16 @@ MASK_FIX = "Invert and capture the source again (PnP DDIM Inversion, PnP Capture
 
 
 def apply_injection(model_patcher, bank, feature_injection: float = 0.8, attention_injection: float = 0.5,
-                    mask: torch.Tensor | None = None):
+                    mask: torch.Tensor | None = None, inject_outside: bool = True):
     """A clone of `model_patcher` that injects `bank` while sampling; the input is untouched.
 
     With a mask (this one, else a noise_mask on the sampled latent, else the source's), the
     edit is regional (`region`): outside the mask sampling follows the source's trajectory;
-    injection acts on the whole latent, as without a mask."""
+    injection acts on the whole latent, as without a mask (`inject_outside` False restricts it to
+    the mask: the alternative the README measures)."""
     feature_count, attention_count = bank.check_injection(model_patcher, feature_injection, attention_injection)
     patched = without_pnp(model_patcher)  # re-applying replaces, never stacks
-    injection = Injection(bank, feature_count, attention_count)
+    injection = Injection(bank, feature_count, attention_count, inject_outside)
     patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, injection.outer_sample)
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, injection.diffusion_model)
     region.apply(patched, bank.source_path, mask if mask is not None else bank.mask, WRAPPER_KEY, MASK_FIX)

@@ -23,7 +23,7 @@ def start_latent(model_patcher, bank: FeatureBank) -> dict:
 def pnp_sample(model_patcher, bank: FeatureBank, positive, negative, cfg: float = 7.5,
                feature_injection: float = 0.8, attention_injection: float = 0.5,
                sampler_name: str = "ddim", negative_alpha: float = 1.0, negative_schedule: str = "constant",
-               source_negative=None, mask: torch.Tensor | None = None) -> torch.Tensor:
+               source_negative=None, mask: torch.Tensor | None = None, inject_outside: bool = True) -> torch.Tensor:
     """Sample the target prompt from the bank's start latent on the bank's schedule.
 
     With the default negative_alpha 1 / constant this is ordinary CFG with `negative`. Otherwise
@@ -32,7 +32,7 @@ def pnp_sample(model_patcher, bank: FeatureBank, positive, negative, cfg: float 
     """
     check_finite(cfg=cfg)  # the fractions and negative_alpha are range-checked, NaN included
     chosen = passes.sampler(sampler_name)
-    patched = apply_injection(model_patcher, bank, feature_injection, attention_injection, mask)
+    patched = apply_injection(model_patcher, bank, feature_injection, attention_injection, mask, inject_outside)
     latent = start_latent(model_patcher, bank)["samples"]
     rows = target_rows(latent.shape[0], positive, negative)
     latent = latent.expand(rows, *latent.shape[1:]).clone()  # one latent per prompt of a prompt batch
