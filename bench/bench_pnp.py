@@ -74,7 +74,8 @@ def bank_bytes(arch: str, image: int, steps: int = 50, feature=0.8, attention=0.
                unet: dict | None = None) -> int:
     """Exact bank size from the layer shapes: output block b of a U-Net with L levels and R
     res blocks per level sits at level L-1-b//(R+1), downsampled by 2**level. Each attention
-    layer keeps one tensor (its input) per step; `unet` overrides the full-size config."""
+    layer keeps one tensor (its input) per step; the source's path (float32, one latent per
+    sigma) is kept for masked edits; `unet` overrides the full-size config."""
     from comfyui_pnp.pnp_injection.unet.layers import PAPER_SD, SDXL_STRUCTURE
 
     cfg = unet or FULL[arch]
@@ -92,7 +93,8 @@ def bank_bytes(arch: str, image: int, steps: int = 50, feature=0.8, attention=0.
     for b, i in layers.attention:
         c, hw = block(b)
         attn += c * hw * (depth_out[b] if i == -1 else 1)
-    return (int(steps * feature) * res + int(steps * attention) * attn + 4 * latent * latent) * element
+    path = (steps + 1) * 4 * latent * latent * 4  # the source's path for masked edits, float32
+    return (int(steps * feature) * res + int(steps * attention) * attn + 4 * latent * latent) * element + path
 
 
 def built(arch: str, size: int):

@@ -84,6 +84,7 @@ FLUX_UNET_CONFIG = {
 # later half of the single-stream blocks, which is what the rf-solver-edit preset takes of Flux.1's 38
 # (blocks 20-37); the preset itself names blocks this model does not have.
 # FireFlow's layers are all the single-stream blocks (0-37 of Flux.1): here both.
+# KV-Edit's inversion has no layer input: its set is every block's K and V of the model it runs on.
 FLUX_TEST_LAYERS = {"PnPFluxInversion": "single.1:v", "PnPFluxFireFlowInversion": "single.0-1:v"}
 
 # ComfyUI's scale and shift for TAEF1 latents (nodes.VAELoader.load_taesd, "taef1").

@@ -20,8 +20,8 @@ def test_half_precision_bank_halves_memory_and_barely_moves_the_output():
     (half,) = PnPCaptureFeatures.execute(model, trajectory, 0.8, 0.5, "auto", "", None, "half", "cpu").result
     assert full.residual[4].dtype == torch.float32 and half.residual[4].dtype == torch.float16
     assert half.attention[(9, 0)].device.type == "cpu"
-    start_bytes = full.start.numel() * full.start.element_size()
-    assert half.nbytes() - start_bytes == (full.nbytes() - start_bytes) // 2
+    kept_as_is = sum(t.numel() * t.element_size() for t in (full.start, full.path))  # float32 in both
+    assert half.nbytes() - kept_as_is == (full.nbytes() - kept_as_is) // 2
     a = sampling.pnp_sample(model, full, target, empty)
     b = sampling.pnp_sample(model, half, target, empty)
     off = sampling.pnp_sample(model, full, target, empty, 7.5, 0.0, 0.0)

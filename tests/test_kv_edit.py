@@ -97,6 +97,8 @@ def test_bad_input_names_the_fix(kv):
         kv_edit.invert(model, source, prompt, None, STEPS, SKIP)
     with pytest.raises(PnPError, match="multiples of 16 px"):
         kv_edit.invert(model, source[..., :15], prompt, torch.ones(1, SIZE, 15), STEPS, SKIP)
+    with pytest.raises(PnPError, match="black everywhere"):
+        kv_edit.invert(model, source, prompt, torch.zeros(1, SIZE, SIZE), STEPS, SKIP)
     with pytest.raises(PnPError, match="give one mask"):
         kv_edit.invert(model, source, prompt, torch.ones(2, SIZE, SIZE), STEPS, SKIP)
     with pytest.raises(PnPError, match="skip_steps"):

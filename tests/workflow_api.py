@@ -290,7 +290,8 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
             if flux_layers:
                 change["custom_layers"] = flux_layers[kind]
         elif kind == KV_EDIT_INVERSION:
-            change.update(steps=flux_steps, skip_steps=min(flux_steps - 1, flux_inject(inputs["skip_steps"], inputs["steps"])))
+            skip = min(flux_steps - 1, flux_inject(inputs["skip_steps"], inputs["steps"]))
+            change.update(steps=flux_steps, skip_steps=skip)
         elif isinstance(inputs.get("inject"), int) and isinstance(bank, list) and \
                 prompt[bank[0]]["class_type"] in FLUX_INVERSIONS:
             change["inject"] = flux_inject(inputs["inject"], prompt[bank[0]]["inputs"]["steps"])

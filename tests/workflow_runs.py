@@ -44,7 +44,7 @@ FIREFLOW_WORKFLOW = "pnp-flux-fireflow"
 KV_EDIT_WORKFLOW = "pnp-flux-kv-edit"  # a regional edit on Flux: the KV-Edit nodes, the mask on the inversion
 FLUX_WORKFLOWS = (FLUX_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FIREFLOW_WORKFLOW, KV_EDIT_WORKFLOW)
 MASKED_WORKFLOW = "pnp-masked"  # a regional edit: PnP Sampler's mask input
-MASKED_WORKFLOWS = (MASKED_WORKFLOW, KV_EDIT_WORKFLOW)  # their runs hold with_mask_checks; the others, if Flux, inject 0
+MASKED_WORKFLOWS = (MASKED_WORKFLOW, KV_EDIT_WORKFLOW)  # runs with with_mask_checks; other Flux ones with inject 0
 RUN_1_GROUP = "Run 1"  # group titles of the save/load workflow, as its note explains them
 RUN_2_GROUP = "Run 2"
 RUN_TIMEOUT = 300
@@ -160,7 +160,7 @@ class WorkflowRun:
         return self._images[save_id]
 
     def check_latent(self, save_id: str) -> np.ndarray:
-        """The latent that `save_id` (``CHECK_SOURCE_LATENT``, ``CHECK_LATENT``) saved in ``check_prompt``, [B, C, H, W]."""
+        """The latent that `save_id` (``CHECK_SOURCE_LATENT``, ``CHECK_LATENT``) saved in ``check_prompt``."""
         return read_latent(self.check_files[save_id])
 
     def plain_image(self) -> np.ndarray:
@@ -252,7 +252,8 @@ class WorkflowRuns:
     def _run(self, name: str) -> WorkflowRun:
         prompt = self.prompt(name)
         variants = {}
-        if name in FLUX_WORKFLOWS and name not in MASKED_WORKFLOWS:  # before the workflow's own prompt, which stays the server's latest
+        # Before the workflow's own prompt, which stays the server's latest.
+        if name in FLUX_WORKFLOWS and name not in MASKED_WORKFLOWS:
             plain_prompt = injection_off(prompt)
             plain_outputs = self.server.run(plain_prompt, timeout=RUN_TIMEOUT)
             variants = dict(plain_prompt=plain_prompt, plain_outputs=plain_outputs,

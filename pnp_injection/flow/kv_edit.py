@@ -39,6 +39,7 @@ from .. import passes, region
 from ..errors import PnPError
 from ..inputs import check_finite, check_whole_latent
 from ..model_calls import target_rows
+from . import layers as flux_layers
 from . import schedule as flux_schedule
 from .bank import FeatureBank
 from .inversion import invert as invert_flux
@@ -46,7 +47,6 @@ from .inversion import with_guidance
 from .patches import apply_kv_injection
 from .sampling import check_prompt
 
-PRESET = "kv-edit"
 STEPS, SKIP, INVERSION_GUIDANCE, GUIDANCE, ATTN_SCALE = 28, 4, 1.5, 5.5, 1.0  # gradio_kv_edit.py lines 298, 314-317
 
 
@@ -62,6 +62,9 @@ def foreground(mask: torch.Tensor, latent_shape) -> tuple[torch.Tensor, torch.Te
         raise PnPError(f"KV-Edit keeps one background for the whole batch, and the mask holds {cells.shape[0]} masks: "
                        f"give one mask.")
     cells = (cells > 0).float()
+    if not bool(cells.any()):
+        raise PnPError("The mask is black everywhere: KV-Edit would edit nothing. Paint the region to edit white "
+                       "(Load Image's mask editor), or check that the mask is not inverted (Invert Mask).")
     per_token = torch.nn.functional.max_pool2d(cells, 2)  # 1 where any of the token's cells is set
     return cells, (per_token.flatten() == 0).nonzero().flatten()
 
@@ -74,9 +77,18 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, mask: torch.Tensor
                        "or give the source latent a noise_mask (Set Latent Noise Mask).")
     if not 0 <= skip < steps:
         raise PnPError(f"`skip_steps` is {skip}; KV-Edit edits the steps after the skipped ones: give 0 to {steps - 1}.")
+    flux_layers.check_flux(model_patcher)
     cells, background = foreground(mask, latent.shape)
-    return invert_flux(model_patcher, latent, conditioning, steps, steps - skip, PRESET, "", "euler", scheduler,
-                       guidance, mask=cells, first_step=skip, tokens=background)
+    return invert_flux(model_patcher, latent, conditioning, steps, steps - skip, "", every_block(model_patcher),
+                       "euler", scheduler, guidance, mask=cells, first_step=skip, tokens=background)
+
+
+def every_block(model_patcher) -> str:
+    """KV-Edit's layers: the image tokens' K and V of every block of this model, double
+    (flux/modules/layers.py lines 291-295: the image stream's img_k, img_v) and single (lines
+    351-362: the tokens after the text); 19 and 38 blocks in Flux.1."""
+    net = model_patcher.model.diffusion_model
+    return f"double.0-{len(net.double_blocks) - 1}:k,v; single.0-{len(net.single_blocks) - 1}:k,v@image"
 
 
 def kv_sampler(bank: FeatureBank):

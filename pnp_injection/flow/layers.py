@@ -120,10 +120,6 @@ PRESETS: dict[str, FluxLayerSet] = {
        for name, tensors in STRATEGIES.items()},
     "stable-flow": FluxLayerSet(_sites("double", (0, 1, 17, 18), "k,v")
                                 + _sites("single", (6, 9, 34, 35, 37), "k,v", "image")),
-    # KV-Edit (Xilluill/KV-Edit at 77129a2): the image tokens' K and V of every block, double
-    # (flux/modules/layers.py lines 291-295: img_k, img_v of the image stream) and single
-    # (lines 351-362: the tokens after the text), kept for the background tokens only (pnp flow/kv_edit.py).
-    "kv-edit": FluxLayerSet(_sites("double", range(19), "k,v") + _sites("single", range(38), "k,v", "image")),
 }
 PRESET_NAMES = ["rf-solver-edit", "fireflow", "stable-flow"]  # offered on PnP Flux Inversion; all resolve
 
