@@ -34,7 +34,7 @@ class PnPFluxInversion(io.ComfyNode):
             description="Inverts a Flux.1 source latent up to pure noise with RF-Solver and keeps the source's "
                         "attention features on the way (RF-Solver-Edit): the feature bank for PnP Flux Sampler.",
             inputs=[
-                io.Model.Input("model", tooltip="A Flux.1 dev model (ModelSamplingFlux with the image size gives the official schedule). "
+                io.Model.Input("model", tooltip="A Flux.1 dev model, or Chroma or Flux.2 (with the 'by analogy' layers). "
                                                 "Use the same model for sampling."),
                 io.Latent.Input("latent", tooltip=SOURCE_TIP),
                 io.Conditioning.Input("conditioning", tooltip="The source prompt (a description of the source image, or empty)."),
@@ -46,8 +46,11 @@ class PnPFluxInversion(io.ComfyNode):
                 io.Float.Input("guidance", default=1.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Flux guidance of the inversion (official: 1). It replaces any FluxGuidance on the prompt."),
                 io.Combo.Input("layers", options=flux_layers.PRESET_NAMES, default="rf-solver-edit",
-                               tooltip="rf-solver-edit: values of all tokens in single blocks 20-37 (official). fireflow: values "
-                                       "of all tokens in single blocks 0-37 (FireFlow's; PnP Flux Inversion (FireFlow) has its "
+                               tooltip="rf-solver-edit: values of all tokens in single blocks 20-37 (official, Flux.1). "
+                                       "rf-solver-edit (by analogy): values of all tokens in the second half of the single blocks, "
+                                       "RF-Solver-Edit's rule carried to Chroma and Flux.2, which have no official code (Chroma "
+                                       "19-37, Flux.2 24-47). fireflow: values "
+                                       "of all tokens in every single block (FireFlow's; PnP Flux Inversion (FireFlow) has its "
                                        "other strategies). stable-flow: keys and values of the image tokens in double blocks "
                                        "0,1,17,18 and single blocks 6,9,34,35,37 (Stable Flow injects them at every step: set "
                                        "`keep_steps` and `inject` to `steps`)."),

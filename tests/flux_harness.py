@@ -139,7 +139,7 @@ def pnp(model, bank, prompt, inject=INJECT, guidance=5.0):
 def plain_sample(model, bank, prompt, guidance):
     """Sampling of the bank's inverted latent with the bank's solver on the unpatched model, at Flux
     guidance `guidance` (no classifier-free guidance): what PnP sampling at inject 0 must equal."""
-    conditioning = flux_inversion.with_guidance(prompt, guidance)
+    conditioning = flux_inversion.guided(model, prompt, guidance)
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(conditioning, conditioning)
     guider.set_cfg(1.0)

@@ -33,34 +33,28 @@ def refuses(model, match, fn):
 
 
 def other_families():
-    """Transformer families that are not Flux.1: Flux 2 (four rope axes; on hosts that know it)
-    and Chroma."""
+    """A transformer family the flow wing does not support yet: HunyuanVideo (Flux-style blocks, a
+    video latent), shrunk, built by the host's own classes."""
     import comfy.model_base
 
-    def wrap(model):
-        return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
-    if hasattr(sm, "Flux2"):
-        flux2 = fh.flux_config(double=1, single=1, axes=[8, 8, 8, 8])
-        flux2["image_model"] = "flux2"
-        config = sm.Flux2(flux2)
-        config.set_inference_dtype(torch.float32, None)
-        yield wrap(comfy.model_base.Flux2(config, device="cpu"))
-    chroma = {"image_model": "chroma", "in_channels": 16, "out_channels": 16, "context_in_dim": 32, "hidden_size": 64,
-              "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12],
-              "theta": 10000, "qkv_bias": True, "patch_size": 2, "in_dim": 64, "out_dim": 3072, "hidden_dim": 64,
-              "n_layers": 1}
-    config = sm.Chroma(chroma)
+    config = sm.HunyuanVideo({
+        "image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 16, "context_in_dim": 32,
+        "hidden_size": 32, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 6, 6],
+        "theta": 256, "patch_size": [1, 2, 2], "qkv_bias": True, "guidance_embed": True, "byt5": False,
+        "meanflow": False, "use_cond_type_embedding": False, "vision_in_dim": None})
     config.set_inference_dtype(torch.float32, None)
-    yield wrap(comfy.model_base.Chroma(config, device="cpu"))
+    yield comfy.model_patcher.ModelPatcher(comfy.model_base.HunyuanVideo(config, device="cpu"),
+                                           load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
 def test_wrong_family():
     """U-Nets and other transformer families get an error naming what is supported."""
     sd15 = harness.make_model("sd15")
-    refuses(sd15, r"Flux.1 dev/schnell \(the PnP Flux nodes\).*this model is SD15, a U-Net",
+    refuses(sd15, r"Flux.1 dev/schnell/Kontext, Chroma and Flux.2 \(the PnP Flux nodes\).*HunyuanVideo.*this model is SD15, a U-Net",
             lambda: invert(sd15, fh.latent(), harness.conditioning()))
     for other in other_families():
-        refuses(other, "another transformer family. Load a Flux.1 checkpoint", lambda: invert(other))
+        refuses(other, "not yet .*HunyuanVideo.*another transformer family. Load a Flux.1, Chroma or Flux.2 checkpoint",
+                lambda: invert(other))
     # and the U-Net nodes keep refusing Flux
     flux = fh.make_flux(double=1, single=1)
     with pytest.raises(PnPError, match="no ResBlocks"):

@@ -104,7 +104,9 @@ class FeatureBank:
         source_rows(self.noise.shape[0], shape[0], f"{what} batch")
 
     def check_text(self, tokens: int) -> None:
-        """All-token layers carry the source's text tokens: the target must have as many."""
+        """All-token layers carry the source's text tokens: the target must have as many (counted as
+        the model call sees them: Flux.2 pads its prompts)."""
+        tokens = flux_layers.text_tokens(self.architecture.split(":")[0], tokens)
         if self.layers.needs_same_text_length and tokens != self.text_tokens:
             raise PnPError(f"The target prompt encodes to {tokens} text tokens but the source prompt to "
                            f"{self.text_tokens}; the layers {self.layers.describe()!r} replace all tokens, text "
@@ -161,13 +163,14 @@ def estimate_bytes(model_patcher, layers: flux_layers.FluxLayerSet, latent_shape
     by default all of them, plus the text tokens for all-token single sites) by the hidden width,
     for every slot and row."""
     net = model_patcher.model.diffusion_model
-    image = image_count(latent_shape) if image_tokens is None else image_tokens
+    image = image_count(latent_shape, net.patch_size) if image_tokens is None else image_tokens
     size = placement.compute_dtype(model_patcher).itemsize
     per_slot = sum(len(site.tensors) * (image + (text_tokens if site.stream == "single" and site.tokens == "all" else 0))
                    for site in layers.sites)
     return slots * latent_shape[0] * per_slot * net.hidden_size * size
 
 
-def image_count(latent_shape) -> int:
-    """Flux's image tokens for a latent: patches of 2x2 cells, padded."""
-    return math.ceil(latent_shape[-2] / 2) * math.ceil(latent_shape[-1] / 2)
+def image_count(latent_shape, patch: int = 2) -> int:
+    """The image tokens for a latent: patches of 2x2 cells, padded (Flux.1, Chroma), or one per
+    cell (Flux.2, patch size 1)."""
+    return math.ceil(latent_shape[-2] / patch) * math.ceil(latent_shape[-1] / patch)

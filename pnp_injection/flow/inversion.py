@@ -36,6 +36,16 @@ def with_guidance(conditioning, guidance: float):
     return [[c, {**extras, "guidance": guidance}] for c, extras in conditioning]
 
 
+def guided(model_patcher, conditioning, guidance: float):
+    """The conditioning at `guidance` for a guidance-distilled family (Flux.1, Flux.2). Chroma is not
+    distilled: its guidance input stays the host's default (0), as its pipelines run it, and the
+    nodes' `guidance` does not apply (logged once per run)."""
+    if flux_layers.family_of(model_patcher) is flux_layers.CHROMA:
+        logging.info("PnP Flux: Chroma has no distilled guidance; the `guidance` input is not used on Chroma.")
+        return conditioning
+    return with_guidance(conditioning, guidance)
+
+
 def check_schedule(sigmas: torch.Tensor) -> None:
     if not (abs(float(sigmas[0]) - 1.0) < 1e-6 and float(sigmas[-1]) == 0.0):
         raise PnPError(f"The schedule runs from {float(sigmas[0]):.4f} to {float(sigmas[-1]):.4f}; the Flux inversion "
@@ -100,7 +110,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
         solvers.walk(solver, velocity, x, ascending, after_step)
         return torch.zeros_like(x)  # ComfyUI divides the result by 1 - sigma_last = 0: not used
 
-    run_loop(patched, with_guidance(conditioning, guidance), latent, sigmas.flip(0), loop)
+    run_loop(patched, guided(model_patcher, conditioning, guidance), latent, sigmas.flip(0), loop)
     bank = FeatureBank(
         sigmas=sigmas, noise=placement.keep(path[0]), path=path, mask=mask,
         tables={key: tables.complete(key, slots, key) for key in layers.keys()}, layers=layers, solver=solver,

@@ -77,7 +77,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, mask: torch.Tensor
                        "or give the source latent a noise_mask (Set Latent Noise Mask).")
     if not 0 <= skip < steps:
         raise PnPError(f"`skip_steps` is {skip}; KV-Edit edits the steps after the skipped ones: give 0 to {steps - 1}.")
-    flux_layers.check_flux(model_patcher)
+    flux_layers.check_flux1(model_patcher, "KV-Edit")
     cells, background = foreground(mask, latent.shape)
     return invert_flux(model_patcher, latent, conditioning, steps, steps - skip, "", every_block(model_patcher),
                        "euler", scheduler, guidance, mask=cells, first_step=skip, tokens=background)

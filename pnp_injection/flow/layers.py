@@ -1,4 +1,10 @@
-"""Which Flux.1 projections the Flux path reads and overwrites, as data.
+"""Which projections of a Flux-family transformer the flow path reads and overwrites, as data.
+
+Families (`FAMILIES`): Flux.1 (dev, schnell, Kontext), and its descendants Chroma and Flux.2 as
+the host defines them (comfy/ldm/chroma, Flux2 in comfy/supported_models.py). All three have
+double- and single-stream blocks with the layout below; Flux.2's single `linear1` holds q, k, v
+in its first 3 * hidden columns too (then the SwiGLU's gate and up), its text is padded to 512
+tokens, and its image tokens are latent cells (patch size 1) instead of 2x2 patches.
 
 Flux.1 has 19 double-stream blocks (image and text tokens in separate weights) and 38
 single-stream blocks (text and image tokens concatenated, text first). A *site* is one
@@ -33,7 +39,8 @@ Presets:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from dataclasses import dataclass, replace
 
 import comfy.ldm.flux.model
 import comfy.model_base
@@ -45,7 +52,58 @@ from ..layer_text import count, expand, ranges, read_clauses
 
 TENSORS = ("q", "k", "v")
 SUPPORTED = ("PnP supports SD 1.x, SD 2.x and SDXL U-Nets (PnP DDIM Inversion and the nodes after it) "
-             "and Flux.1 dev/schnell (the PnP Flux nodes)")
+             "and Flux.1 dev/schnell/Kontext, Chroma and Flux.2 (the PnP Flux nodes); not yet Wan, Qwen-Image, "
+             "SD3/SD3.5, HiDream, HunyuanVideo or HunyuanVideo 1.5")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str       # in bank signatures: "flux1", "chroma", "flux2"
+    label: str      # as users know it
+    official: bool  # RF-Solver-Edit's official code exists for it (its presets apply as published)
+
+
+# Text a family pads its prompt to inside the model call: Flux.2 left-pads to 512 tokens
+# (comfy/model_base.py, Flux2.extra_conds).
+TEXT_PADDED_TO = {"flux2": 512}
+
+
+def text_tokens(family_name: str, prompt_tokens: int) -> int:
+    """The text tokens a model call of the family sees for a prompt of `prompt_tokens`."""
+    return max(prompt_tokens, TEXT_PADDED_TO.get(family_name, 0))
+
+
+FLUX1, CHROMA, FLUX2 = Family("flux1", "Flux.1", True), Family("chroma", "Chroma", False), Family("flux2", "Flux.2", False)
+FAMILIES = (FLUX1, CHROMA, FLUX2)
+
+
+def family_of(model_patcher) -> Family:
+    """The model's family, or a PnPError listing what is supported (before any work)."""
+    base = model_patcher.model
+    config = getattr(base, "model_config", None)
+    net = getattr(base, "diffusion_model", None)
+    chroma_model, chroma_net = getattr(comfy.model_base, "Chroma", None), _module_class("comfy.ldm.chroma.model", "Chroma")
+    flux2_model, flux2_config = getattr(comfy.model_base, "Flux2", None), getattr(sm, "Flux2", None)
+    if (type(base) is comfy.model_base.Flux and type(config) in (sm.Flux, sm.FluxSchnell)
+            and type(net) is comfy.ldm.flux.model.Flux and len(net.params.axes_dim) == 3):
+        return FLUX1
+    if chroma_model is not None and type(base) is chroma_model and type(net) is chroma_net:
+        return CHROMA
+    if (flux2_model is not None and type(base) is flux2_model and type(config) is flux2_config
+            and type(net) is comfy.ldm.flux.model.Flux and len(net.params.axes_dim) == 4):
+        return FLUX2
+    name = type(config).__name__ if config is not None else type(base).__name__
+    kind = "a U-Net" if hasattr(net, "output_blocks") else "another transformer family"
+    raise PnPError(f"{SUPPORTED}; this model is {name}, {kind}. Load a Flux.1, Chroma or Flux.2 checkpoint for the "
+                   f"PnP Flux nodes, or use PnP DDIM Inversion with an SD 1.x, 2.x or SDXL checkpoint.")
+
+
+def _module_class(module: str, name: str):
+    """A host class that older hosts may lack (None there)."""
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -121,21 +179,40 @@ PRESETS: dict[str, FluxLayerSet] = {
     "stable-flow": FluxLayerSet(_sites("double", (0, 1, 17, 18), "k,v")
                                 + _sites("single", (6, 9, 34, 35, 37), "k,v", "image")),
 }
-PRESET_NAMES = ["rf-solver-edit", "fireflow", "stable-flow"]  # offered on PnP Flux Inversion; all resolve
+ANALOGY = "rf-solver-edit (by analogy)"
+PRESET_NAMES = ["rf-solver-edit", ANALOGY, "fireflow", "stable-flow"]  # offered on PnP Flux Inversion; all resolve
 
 
-def check_flux(model_patcher) -> None:
-    """Flux.1 (dev, schnell, Kontext: the Flux config with three rope axes), or a clear error."""
-    base = model_patcher.model
-    config = getattr(base, "model_config", None)
-    net = getattr(base, "diffusion_model", None)
-    name = type(config).__name__ if config is not None else type(base).__name__
-    is_flux1 = (type(base) is comfy.model_base.Flux and type(config) in (sm.Flux, sm.FluxSchnell)
-                and type(net) is comfy.ldm.flux.model.Flux and len(net.params.axes_dim) == 3)
-    if not is_flux1:
-        kind = "a U-Net" if hasattr(net, "output_blocks") else "another transformer family"
-        raise PnPError(f"{SUPPORTED}; this model is {name}, {kind}. Load a Flux.1 checkpoint for the PnP Flux "
-                       f"nodes, or use PnP DDIM Inversion with an SD 1.x, 2.x or SDXL checkpoint.")
+def by_analogy(single_blocks: int) -> FluxLayerSet:
+    """RF-Solver-Edit's rule carried to a family without official code: V of all tokens in the second
+    half of the single-stream blocks (on Flux.1 the official blocks are 20-37 of 38)."""
+    return FluxLayerSet(_sites("single", range(single_blocks // 2, single_blocks), "v"))
+
+
+def for_family(preset: str, family: Family, single_blocks: int) -> FluxLayerSet:
+    """A preset's layers on this family: as published on Flux.1; FireFlow's (every single block)
+    over this model's single blocks; RF-Solver-Edit's and Stable Flow's block numbers are Flux.1's."""
+    if family is FLUX1:
+        return PRESETS[preset]
+    if preset.startswith("fireflow"):
+        return FluxLayerSet(tuple(replace(site, block=b) for site in PRESETS[preset].sites[:1]
+                                  for b in range(single_blocks)))
+    raise PnPError(f"The {preset!r} layers are the official code's block numbers for Flux.1, and this model is "
+                   f"{family.label}, for which no official code exists: choose {ANALOGY!r} (V of all tokens in the "
+                   f"second half of the single-stream blocks) or give custom_layers.")
+
+
+def check_flux(model_patcher) -> Family:
+    """A model of a supported family (Flux.1, Chroma, Flux.2), or a clear error."""
+    return family_of(model_patcher)
+
+
+def check_flux1(model_patcher, method: str) -> None:
+    """Methods whose official code runs on Flux.1 only and that have no rule to carry over."""
+    family = family_of(model_patcher)
+    if family is not FLUX1:
+        raise PnPError(f"{method} is built for Flux.1 and this model is {family.label}: use PnP Flux Inversion "
+                       f"(RF-Solver) with the 'rf-solver-edit (by analogy)' layers, or a Flux.1 checkpoint.")
 
 
 _EXAMPLE = "single.20-37:v"
@@ -186,11 +263,14 @@ def parse_custom(text: str) -> FluxLayerSet:
 
 def resolve(model_patcher, preset: str = "rf-solver-edit", custom: str = "") -> FluxLayerSet:
     """The layer set: the custom text if given, else the preset; checked against the model."""
-    check_flux(model_patcher)
+    family = family_of(model_patcher)
+    singles = len(model_patcher.model.diffusion_model.single_blocks)
     if custom.strip():
         layers = parse_custom(custom)
+    elif preset == ANALOGY:
+        layers = by_analogy(singles)
     elif preset in PRESETS:
-        layers = PRESETS[preset]
+        layers = for_family(preset, family, singles)
     else:
         raise PnPError(f"Unknown Flux layer preset {preset!r}: choose one of {PRESET_NAMES}.")
     modules(model_patcher.model.diffusion_model, layers)  # raises if a block does not exist
@@ -235,5 +315,5 @@ def columns(net, tensor: str) -> slice:
 def signature(model_patcher) -> str:
     """Identifies the architecture a bank was made on: block counts and widths."""
     net = model_patcher.model.diffusion_model
-    return (f"flux1:{len(net.double_blocks)}x{len(net.single_blocks)}:hidden{net.hidden_size}:"
+    return (f"{family_of(model_patcher).name}:{len(net.double_blocks)}x{len(net.single_blocks)}:hidden{net.hidden_size}:"
             f"heads{net.num_heads}")

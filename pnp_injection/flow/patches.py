@@ -10,6 +10,8 @@ the image tokens after the text. Injection is keyed by the call's sigma (Feature
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Callable
 
 import logging
@@ -29,12 +31,20 @@ from .solvers import NAMES, solver_of
 WRAPPER_KEY = "pnp_flux_injection"
 
 
-def call_parts(args, kwargs):
-    """context and transformer_options of a Flux DIFFUSION_MODEL call
-    (x, timestep, context, y, guidance, ref_latents, control, transformer_options)."""
-    context = kwargs["context"] if "context" in kwargs else args[2]
-    options = kwargs["transformer_options"] if "transformer_options" in kwargs else args[7]
-    return context, options
+def call_parts(executor, args, kwargs):
+    """context and transformer_options of a DIFFUSION_MODEL call, wherever the family's `_forward`
+    puts them (Flux: x, timestep, context, y, guidance, ref_latents, control, transformer_options;
+    Chroma: x, timestep, context, guidance, control, transformer_options)."""
+    names = _positional_names(type(executor.class_obj))
+
+    def part(name):
+        return kwargs[name] if name in kwargs else args[names.index(name)]
+    return part("context"), part("transformer_options")
+
+
+@functools.cache
+def _positional_names(net_class) -> list[str]:
+    return list(inspect.signature(net_class._forward).parameters)[1:]  # without self
 
 
 def site_view(site: flux_layers.Site, tensor: str, net, output: torch.Tensor, text_tokens: int) -> torch.Tensor:
@@ -73,7 +83,7 @@ class Recorder:
         self.text_tokens: int | None = None
 
     def __call__(self, executor, *args, **kwargs):
-        context, options = call_parts(args, kwargs)
+        context, options = call_parts(executor, args, kwargs)
         self.text_tokens = context.shape[1]
         slot = self.slot_of(call_sigma(options))
         hooks = {}
@@ -116,7 +126,7 @@ class Injection:
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
 
     def diffusion_model(self, executor, *args, **kwargs):
-        context, options = call_parts(args, kwargs)
+        context, options = call_parts(executor, args, kwargs)
         slot = self.bank.slot_at(call_sigma(options), self.inject)
         if slot is None:
             return executor(*args, **kwargs)

@@ -17,7 +17,7 @@ from ..model_calls import target_rows
 from ..inputs import check_finite, check_whole_latent
 from . import solvers
 from .bank import FeatureBank
-from .inversion import with_guidance
+from .inversion import guided
 from .patches import apply_injection
 
 
@@ -52,7 +52,7 @@ def pnp_sample(model_patcher, bank: FeatureBank, positive, guidance: float = 5.0
     if inject:
         check_prompt(bank, positive)
     noise = bank.noise_for(target_rows(bank.noise.shape[0], positive))
-    conditioning = with_guidance(positive, guidance)
+    conditioning = guided(model_patcher, positive, guidance)
     guider = comfy.samplers.CFGGuider(patched)
     guider.set_conds(conditioning, conditioning)
     guider.set_cfg(1.0)

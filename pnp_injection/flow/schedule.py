@@ -22,6 +22,7 @@ import torch
 
 from .. import schedule
 from ..errors import PnPError
+from . import layers
 
 OFFICIAL = "official"
 SCHEDULERS = [OFFICIAL, *comfy.samplers.SCHEDULER_NAMES]
@@ -55,7 +56,10 @@ def official_sigmas(steps: int, tokens: int, shift: bool = True) -> torch.Tensor
 def sampling_sigmas(model_patcher, scheduler: str, steps: int, latent_shape) -> torch.Tensor:
     """The schedule of a Flux edit: `official` (RF-Solver-Edit's, from the latent's size; no
     shift for Flux.1 schnell, as edit.py), or one of ComfyUI's schedulers on the model's own
-    sampling settings (ModelSamplingFlux)."""
+    sampling settings (ModelSamplingFlux). Chroma and Flux.2 have no official edit code:
+    `official` is the model's own `simple` schedule there."""
+    if scheduler == OFFICIAL and layers.family_of(model_patcher) is not layers.FLUX1:
+        scheduler = "simple"
     if scheduler == OFFICIAL:
         schnell = isinstance(model_patcher.model.model_config, sm.FluxSchnell)
         return official_sigmas(steps, image_tokens(latent_shape), shift=not schnell)
