@@ -106,12 +106,14 @@ class FeatureBank:
     def check_text(self, tokens: int) -> None:
         """All-token layers carry the source's text tokens: the target must have as many (counted as
         the model call sees them: Flux.2 pads its prompts)."""
-        tokens = flux_layers.text_tokens(self.architecture.split(":")[0], tokens)
+        family = self.architecture.split(":")[0]
+        tokens = flux_layers.text_tokens(family, tokens)
         if self.layers.needs_same_text_length and tokens != self.text_tokens:
+            fix = ("Chroma's text encoder does not pad: word both prompts to the same token count" if family == "chroma"
+                   else "Keep both prompts under 256 T5 tokens (ComfyUI pads them to 256)")
             raise PnPError(f"The target prompt encodes to {tokens} text tokens but the source prompt to "
                            f"{self.text_tokens}; the layers {self.layers.describe()!r} replace all tokens, text "
-                           f"included. Keep both prompts under 256 T5 tokens (ComfyUI pads them to 256), or use "
-                           f"image-token layers ('@image').")
+                           f"included. {fix}, or use image-token layers (custom_layers with '@image').")
 
     def noise_for(self, batch: int) -> torch.Tensor:
         """The inverted latent for a target batch (a single source broadcasts)."""
