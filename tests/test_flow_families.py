@@ -73,3 +73,35 @@ def test_a_saved_bank_keeps_its_family(family, tmp_path):
     assert all(torch.equal(loaded.tables[k], t) for k, t in bank.tables.items())
     with pytest.raises(PnPError, match="another architecture"):
         loaded.check_injection(flux_harness.make_flux(), 1)
+
+
+def test_limits_interrupts_sizes_and_the_bank_estimate(family, monkeypatch):
+    """Interrupts stop the inversion and the sampling at the next model call; a latent of another size
+    and a bank that cannot fit are refused before any model work; the estimate is the bank's size
+    (Flux.2's tokens are latent cells, its text 512 tokens)."""
+    from comfyui_pnp.pnp_injection import placement
+    from comfyui_pnp.pnp_injection.flow import bank as flux_banks
+    from comfyui_pnp.pnp_injection.flow import inversion as flux_inversion
+
+    model, bank, source = family["model"], family["bank"], family["source"]
+    text = bank.text_tokens
+    assert flux_banks.estimate_bytes(model, bank.layers, source.shape, text, bank.slots) == placement.nbytes(
+        bank.tables.values())
+
+    def invert():
+        return flux_inversion.invert(model, source, family["source_prompt"], STEPS, INJECT, flux_layers.ANALOGY)
+    assert flux_harness.interrupted_after(model, 3, invert) == 3
+    assert flux_harness.interrupted_after(model, 2, lambda: family["edit"](INJECT)) == 2
+    smaller = source[..., : source.shape[-2] - 2, :]
+    monkeypatch.setattr(placement, "available_bytes", lambda device: 1000)
+    with harness.CountCalls(model) as calls:
+        with pytest.raises(PnPError, match="feature bank was made at"):
+            sampling_of(model, bank, family["target"], smaller)
+        with pytest.raises(PnPError, match="Shrink the bank"):
+            invert()
+    assert calls.calls == 0
+
+
+def sampling_of(model, bank, prompt, latent_image):
+    """The advanced route with a latent of the given size (SamplerCustomAdvanced)."""
+    return flux_harness.custom_advanced(model, bank, prompt, latent_image=latent_image)
