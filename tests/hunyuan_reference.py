@@ -1,0 +1,281 @@
+"""Test fixtures for HunyuanVideo (1.0, the cfg-distilled T2V model RF-Solver-Edit edits videos with) as
+the ComfyUI host (0.3.75) defines it, with an independent reference of RF-Solver-Edit's official
+video edit on its diffusers twin.
+
+- The model: comfy.model_base.HunyuanVideo (comfy/ldm/hunyuan_video/model.py) with the
+  supported_models.HunyuanVideo config, built by the host's own classes at the REAL block counts
+  (20 double, 40 single; 2 token-refiner blocks, fixed by the host) and a small width (hidden 64,
+  2 heads of 32, rope axes [t, h, w] = [8, 12, 12]), random weights initialised like
+  flux_harness.init_flux_weights. Sampling: ModelSamplingDiscreteFlow at shift 7 (t = sigma * 1000).
+- The twin: diffusers' HunyuanVideoTransformer3DModel, loaded through ComfyUI's own Tencent -> Comfy
+  key mapping (supported_models.HunyuanVideo.process_unet_state_dict) inverted, then diffusers' own
+  single-file converter convert_hunyuan_video_transformer_to_diffusers (see diffusers_twin for the one
+  place it had to be helped).
+- The reference edit (rf_solver_edit_video) is wangjiangshan0725/RF-Solver-Edit's
+  Hunyuanvideo_Video_Edit (hyvideo/modules/models.py, diffusion/pipelines/pipeline_hunyuan_video.py,
+  diffusion/schedulers/scheduling_flow_match_discrete.py) run on the twin with a given sigma schedule:
+  flux_reference.RFSolverEdit's loop (the same algorithm as the official video pipeline: the midpoint
+  rule, keys (end level when inverting / start level when sampling, second_order)), hooked on the
+  single blocks 21..39 (`block_id > 20`). It does not use this pack's engine.
+
+What the model sees, in this host (facts an engine needs):
+- Latent: user space [B, 16, T, H, W] (EmptyHunyuanLatentVideo: T = (frames - 1) // 4 + 1, H/8, W/8);
+  latent_formats.HunyuanVideo scales by 0.476986 (no shift) into model space. Patches 1x2x2 (Conv3d),
+  token order (t, h, w) with t outermost; rope ids (t, h, w) for video tokens, 0 for text tokens.
+- Single blocks: torch.cat((img, txt), 1): VIDEO tokens FIRST, text last (as the official code and
+  diffusers); the output keeps img[:, :img_len]. Double blocks: flipped_img_txt=True (video first too).
+- Text: the host's llama tokenizer does not pad (min_length=1) and the mask is dropped when all ones,
+  so the text length is the prompt's token count: V of all tokens can only be swapped between prompts
+  of the same length (the official prompts are always 256 padded tokens). The reference refuses others.
+  The token refiner pools with the plain mean (diffusers: the masked mean): equal without padding.
+- Guidance: embedded (distilled) guidance only, conds key `guidance` (model_base default 6.0), the model
+  embeds guidance * 1000 (timestep_embedding's default time_factor); diffusers' twin takes guidance
+  already multiplied by 1000 and t = sigma * 1000 (the official convention), unlike its Flux twin.
+- Pooled vector: `pooled_output` -> y -> vector_in(y[:, :vec_in_dim]) (CLIP-L, 768 in the real model).
+"""
+from __future__ import annotations
+
+import torch
+
+import comfy.model_base
+import comfy.model_patcher
+import comfy.supported_models as sm
+from flux_harness import init_flux_weights
+from flux_reference import RFSolverEdit
+
+HIDDEN, HEADS, AXES = 64, 2, [8, 12, 12]   # head dim 32 = 8 + 12 + 12 (real: 3072, 24, [16, 56, 56])
+CONTEXT, POOLED = 32, 32                   # llava-llama-3 width (real 4096), CLIP-L pooled (real 768)
+DOUBLE, SINGLE = 20, 40                    # HYVideo-T/2-cfgdistill: mm_double_blocks_depth, mm_single_blocks_depth
+OFFICIAL_BLOCKS = range(21, 40)            # models.py: `info['block_id'] > 20` over the 40 single blocks
+GUIDANCE = 6.0                             # model_base.HunyuanVideo.extra_conds default; official --embedded-cfg-scale
+
+
+# --- the model --------------------------------------------------------------------------------
+
+def hunyuan_video_config(hidden: int = HIDDEN, heads: int = HEADS, axes=AXES, double: int = DOUBLE,
+                         single: int = SINGLE, context: int = CONTEXT, pooled: int = POOLED) -> dict:
+    """The unet_config model_detection gives a HunyuanVideo 1.0 checkpoint (the `hunyuan_video` branch:
+    theta 256, mlp 4, qkv_bias, patch [1, 2, 2], guidance_embed from `guidance_in.*`), shrunk in width."""
+    return {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": pooled,
+            "context_in_dim": context, "hidden_size": hidden, "mlp_ratio": 4.0, "num_heads": heads,
+            "depth": double, "depth_single_blocks": single, "axes_dim": list(axes), "theta": 256,
+            "patch_size": [1, 2, 2], "qkv_bias": True, "guidance_embed": True, "byt5": False, "meanflow": False,
+            "use_cond_type_embedding": False, "vision_in_dim": None}
+
+
+def init_hunyuan_weights(net: torch.nn.Module, seed: int) -> None:
+    """flux_harness.init_flux_weights (RMSNorm scales 1, fan-in scaled linears, small biases), then the
+    one kind of module it does not know: the token refiner's affine LayerNorms (norm1/norm2 `.weight`,
+    which it would treat as biases, ~0.02, silencing the refiner's attention and MLP) get weight 1.
+    (img_in's Conv3d kernel [h, 16, 1, 2, 2] is scaled by 1/sqrt(16) instead of 1/sqrt(64): harmless.)"""
+    init_flux_weights(net, seed)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.LayerNorm) and module.weight is not None:
+                module.weight.fill_(1.0)
+
+
+def make_hunyuan_video(seed: int = 0, **config):
+    """A ModelPatcher around a real comfy.model_base.HunyuanVideo (sm.HunyuanVideo config), fp32 on the CPU."""
+    model_config = sm.HunyuanVideo(hunyuan_video_config(**config))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = comfy.model_base.HunyuanVideo(model_config, device="cpu")
+    init_hunyuan_weights(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def conditioning_for(model, seed: int = 1, tokens: int = 8, batch: int = 1):
+    """A CONDITIONING shaped like the host's HunyuanVideo text encoder output: the llama hidden states
+    [batch, tokens, context_in_dim] (not padded; no `attention_mask`, which the host drops when all
+    ones) and the CLIP-L `pooled_output` [batch, vec_in_dim]."""
+    config = model.model.model_config.unet_config
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, tokens, config["context_in_dim"], generator=gen),
+             {"pooled_output": torch.randn(batch, config["vec_in_dim"], generator=gen)}]]
+
+
+def video_latent(seed: int = 2, frames: int = 3, size: int = 8, batch: int = 1) -> torch.Tensor:
+    """A video-like source latent in user space [batch, 16, frames, size, size] (what VAE Encode gives
+    for 4 * frames - 3 frames of 8 * size pixels square): smooth in space and time plus detail, raw
+    std about 2 (model space about 1 after the 0.476986 scale)."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(batch, 16, max(frames // 2, 1), max(size // 4, 1), max(size // 4, 1), generator=gen)
+    smooth = torch.nn.functional.interpolate(coarse, size=(frames, size, size), mode="trilinear", align_corners=False)
+    return 2.0 * smooth + 0.3 * torch.randn(batch, 16, frames, size, size, generator=gen)
+
+
+# --- the diffusers twin -----------------------------------------------------------------------
+
+# supported_models.HunyuanVideo.process_unet_state_dict (Tencent -> Comfy), inverted: per key, the FIRST
+# rule that matches applies (the specific rules come first; no key needs two). The inversion is checked
+# by running the host's own mapping on the result (necessary, not sufficient: `_in.mlp.0.` and
+# `mlp.fc1.` both end at `_in.in_layer.`); diffusers' strict load checks the names it expects.
+_COMFY_TO_TENCENT = (
+    ("txt_in.t_embedder.in_layer.", "txt_in.t_embedder.mlp.0."),
+    ("txt_in.t_embedder.out_layer.", "txt_in.t_embedder.mlp.2."),
+    ("txt_in.c_embedder.in_layer.", "txt_in.c_embedder.linear_1."),
+    ("txt_in.c_embedder.out_layer.", "txt_in.c_embedder.linear_2."),
+    # `_in.mlp.0.` -> `_in.in_layer.` is not one-to-one: the official vector_in is already named
+    # in_layer/out_layer (and diffusers' converter expects that), time_in and guidance_in are mlp.0/2.
+    ("time_in.in_layer.", "time_in.mlp.0."), ("time_in.out_layer.", "time_in.mlp.2."),
+    ("guidance_in.in_layer.", "guidance_in.mlp.0."), ("guidance_in.out_layer.", "guidance_in.mlp.2."),
+    ("_mod.lin.", "_mod.linear."),
+    ("_attn.qkv.", "_attn_qkv."),
+    ("mlp.0.", "mlp.fc1."), ("mlp.2.", "mlp.fc2."),
+    ("_attn.norm.query_norm.scale", "_attn_q_norm.weight"), ("_attn.norm.key_norm.scale", "_attn_k_norm.weight"),
+    (".norm.query_norm.scale", ".q_norm.weight"), (".norm.key_norm.scale", ".k_norm.weight"),
+    ("_attn.proj.", "_attn_proj."),
+    (".modulation.lin.", ".modulation.linear."),
+)
+
+
+def comfy_to_tencent(comfy_sd: dict) -> dict:
+    """A host HunyuanVideo state dict under the original (Tencent) names, checked against the host's
+    own Tencent -> Comfy mapping (sm.HunyuanVideo.process_unet_state_dict) round trip."""
+    out = {}
+    for key, value in comfy_sd.items():
+        name = next((key.replace(old, new) for old, new in _COMFY_TO_TENCENT if old in key), key)
+        out[name] = value
+    back = sm.HunyuanVideo({"image_model": "hunyuan_video"}).process_unet_state_dict(dict(out))
+    assert sorted(back) == sorted(comfy_sd), "the inverted key mapping does not round-trip through the host's"
+    return out
+
+
+def diffusers_twin(model):
+    """A diffusers HunyuanVideoTransformer3DModel holding `model`'s weights (fp32, eval)."""
+    import diffusers
+    from diffusers.loaders import single_file_utils as sfu
+
+    config = model.model.model_config.unet_config
+    hidden, heads = config["hidden_size"], config["num_heads"]
+    assert list(config["patch_size"]) == [1, 2, 2]
+    net = diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=config["in_channels"], out_channels=config["out_channels"], num_attention_heads=heads,
+        attention_head_dim=hidden // heads, num_layers=config["depth"], num_single_layers=config["depth_single_blocks"],
+        num_refiner_layers=2, mlp_ratio=config["mlp_ratio"], patch_size=2, patch_size_t=1, qk_norm="rms_norm",
+        guidance_embeds=config["guidance_embed"], text_embed_dim=config["context_in_dim"],
+        pooled_projection_dim=config["vec_in_dim"], rope_theta=float(config["theta"]),
+        rope_axes_dim=tuple(config["axes_dim"]))
+    comfy_sd = {k: v.detach().clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    tencent = comfy_to_tencent(comfy_sd)
+    # convert_hunyuan_video_transformer_to_diffusers splits each single block's fused linear1 with a
+    # hard-coded hidden_size = 3072 (split sizes (3072, 3072, 3072, rest)), which is wrong (it fails) at
+    # any other width. Everything else it converts size-agnostically (renames, chunk(3) of the qkv's, the
+    # final layer's shift/scale swap). So take linear1 out before calling it, and split it here the same
+    # way at the real width: [q | k | v | mlp] = [h | h | h | mlp_ratio * h], the layout of the host's
+    # SingleStreamBlock (torch.split(linear1(x), [3 * hidden, mlp_hidden]), then qkv.view(B, L, 3, H, D)).
+    fused = {k: tencent.pop(k) for k in [k for k in tencent if ".linear1." in k]}
+    state = sfu.convert_hunyuan_video_transformer_to_diffusers(tencent)
+    mlp = int(hidden * config["mlp_ratio"])
+    for key, tensor in fused.items():
+        block, kind = key.split(".linear1.")                  # "single_blocks.N", "weight" / "bias"
+        prefix = block.replace("single_blocks", "single_transformer_blocks")
+        q, k, v, m = torch.split(tensor, (hidden, hidden, hidden, mlp))
+        for name, part in (("attn.to_q", q), ("attn.to_k", k), ("attn.to_v", v), ("proj_mlp", m)):
+            state[f"{prefix}.{name}.{kind}"] = part.clone()
+    net.load_state_dict(state, strict=True)
+    return net.eval()  # built in fp32 already
+
+
+# --- velocities -------------------------------------------------------------------------------
+
+def text_of(prompt):
+    """The prompt's context and pooled vector as the model sees them. The host does not pad; a
+    conditioning that carries a padding mask (zeros) is refused: host and twin pool/mask it differently."""
+    extra = prompt[0][1]
+    mask = extra.get("attention_mask")
+    if mask is not None and not bool((mask != 0).all()):
+        raise ValueError("padded text (an attention_mask with zeros) is not supported by this reference")
+    return prompt[0][0].float(), extra["pooled_output"].float()
+
+
+def twin_velocity(net, x, sigma, prompt, guidance=GUIDANCE):
+    """The twin's velocity at a model-space latent x [B, 16, T, H, W] and level sigma: t = sigma * 1000 and
+    the embedded guidance * 1000 (the official pipeline's scale), an all-ones text mask."""
+    txt, vec = text_of(prompt)
+    ones = torch.ones(x.shape[0])
+    with torch.no_grad():
+        return net(hidden_states=x, timestep=float(sigma) * 1000 * ones, encoder_hidden_states=txt,
+                   encoder_attention_mask=torch.ones(txt.shape[:2], dtype=torch.long), pooled_projections=vec,
+                   guidance=float(guidance) * 1000 * ones).sample
+
+
+def comfy_velocity(model, x, sigma, prompt, guidance=GUIDANCE):
+    """The host's velocity at a model-space latent x: the conds built by model_base.HunyuanVideo's own
+    extra_conds (pooled_output -> y, guidance, no mask), then BaseModel.apply_model
+    (ModelSamplingDiscreteFlow: t = sigma * 1000; CONST: denoised = x - sigma v), turned back into v."""
+    base = model.model
+    conds = base.extra_conds(cross_attn=prompt[0][0], noise=x, device=x.device,
+                             **{**prompt[0][1], "guidance": guidance})
+    kwargs = {k: c.cond for k, c in conds.items()}
+    s = torch.full((x.shape[0],), float(sigma))
+    with torch.no_grad():
+        denoised = base.apply_model(x, s, transformer_options={}, **kwargs)
+    return (x - denoised) / s.view(-1, *([1] * (x.ndim - 1)))
+
+
+def assert_twin_agrees(model, seed: int = 3, sigma: float = 0.6, tokens: int = 7, frames: int = 3, size: int = 8,
+                       guidance: float = GUIDANCE, rtol: float = 1e-5, net=None):
+    """The ComfyUI model and its diffusers twin give the same velocity on a random video latent
+    (3 latent frames by default) at embedded guidance 6 (relative L2 error under rtol). Returns the error."""
+    net = diffusers_twin(model) if net is None else net
+    gen = torch.Generator().manual_seed(seed)
+    z = model.model.process_latent_in(video_latent(seed=seed, frames=frames, size=size))
+    x = (1 - sigma) * z + sigma * torch.randn(z.shape, generator=gen)
+    prompt = conditioning_for(model, seed=seed + 1, tokens=tokens)
+    ours = comfy_velocity(model, x, sigma, prompt, guidance)
+    theirs = twin_velocity(net, x, sigma, prompt, guidance)
+    err = ((ours - theirs).norm() / ours.norm()).item()
+    assert torch.isfinite(ours).all() and err < rtol, f"HunyuanVideo twin disagrees: relative error {err:.3g}"
+    return err
+
+
+# --- the official video edit ------------------------------------------------------------------
+
+class HunyuanRFSolverEdit(RFSolverEdit):
+    """RFSolverEdit (flux_reference) on diffusers' HunyuanVideo: its single blocks have a separate
+    attn.to_v applied to cat([video, text]) (video first), so the hook keeps / replaces V of all
+    tokens, before the attention, as the official models.py:347-354 does with the v of linear1. Only the
+    call differs: t and the embedded guidance are passed times 1000, with a text mask of ones."""
+
+    def velocity(self, img, t, txt, vec, guidance, ids):
+        ones = torch.ones(img.shape[0])
+        return self.net(hidden_states=img, timestep=t * 1000 * ones, encoder_hidden_states=txt,
+                        encoder_attention_mask=torch.ones(txt.shape[:2], dtype=torch.long), pooled_projections=vec,
+                        guidance=guidance * 1000 * ones).sample
+
+
+def official_sigmas(steps: int = 25, shift: float = 7.0) -> list:
+    """The official schedule: linspace(1, 0, steps + 1) through sd3_time_shift (= the host's `simple`
+    scheduler for ModelSamplingDiscreteFlow at shift 7)."""
+    return [shift * s / (1 + (shift - 1) * s) for s in torch.linspace(1, 0, steps + 1).tolist()]
+
+
+def rf_solver_edit_video(model, source, source_prompt, target_prompt, sigmas, inject, guidance,
+                         blocks=OFFICIAL_BLOCKS, net=None):
+    """RF-Solver-Edit's official video edit on the diffusers twin (fresh unless `net` is given):
+    invert `source` (user space [B, 16, T, H, W]) up `sigmas` (descending from 1 to 0) with RF-Solver
+    (the midpoint rule, 2 evaluations per step) under the source prompt at embedded guidance 1, keeping
+    V of all tokens in the single blocks `blocks` at both evaluations of the last `inject` inversion
+    steps (keyed by the step's end level, second_order False / True), then sample the target prompt down
+    the same sigmas at embedded guidance `guidance` (no real CFG), putting those V back at both
+    evaluations of the first `inject` steps (keyed by the step's start level). Returns the edited latent
+    in user space."""
+    sigmas = [float(s) for s in sigmas]  # the dict keys are these floats, shared by both passes
+    if not (abs(sigmas[0] - 1.0) < 1e-6 and sigmas[-1] == 0.0 and all(a > b for a, b in zip(sigmas, sigmas[1:]))):
+        raise ValueError(f"sigmas must descend from 1 to 0, got {sigmas}")
+    if not 0 <= inject <= len(sigmas) - 1:
+        raise ValueError(f"inject must be in [0, {len(sigmas) - 1}], got {inject}")
+    src_txt, src_vec = text_of(source_prompt)
+    tgt_txt, tgt_vec = text_of(target_prompt)
+    if inject > 0 and src_txt.shape[1] != tgt_txt.shape[1]:
+        # V of ALL tokens (text included) is swapped, as in the official code, whose llama text is always
+        # 256 padded tokens; in this host the text is not padded, so the prompts must match in length.
+        raise ValueError(f"source prompt has {src_txt.shape[1]} text tokens, target {tgt_txt.shape[1]}: "
+                         "V of all tokens cannot be swapped")
+    reference = HunyuanRFSolverEdit(diffusers_twin(model) if net is None else net, blocks)
+    z = model.model.process_latent_in(source.float())
+    noise = reference.denoise(z, sigmas, True, inject, 1.0, src_txt, src_vec, None)
+    out = reference.denoise(noise, sigmas, False, inject, float(guidance), tgt_txt, tgt_vec, None)
+    reference.features.clear()  # its hooks stay on a given `net` but are inert (mode None) from here on
+    return model.model.process_latent_out(out)
