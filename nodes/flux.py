@@ -34,7 +34,8 @@ class PnPFluxInversion(io.ComfyNode):
             description="Inverts a Flux.1 source latent up to pure noise with RF-Solver and keeps the source's "
                         "attention features on the way (RF-Solver-Edit): the feature bank for PnP Flux Sampler.",
             inputs=[
-                io.Model.Input("model", tooltip="A Flux.1 dev model, or Chroma or Flux.2 (with the 'by analogy' layers). "
+                io.Model.Input("model", tooltip="A Flux.1 dev model; or Chroma or Flux.2 (with the 'by analogy' layers); or "
+                                                "HunyuanVideo with a video latent (RF-Solver-Edit's official video edit). "
                                                 "Use the same model for sampling."),
                 io.Latent.Input("latent", tooltip=SOURCE_TIP),
                 io.Conditioning.Input("conditioning", tooltip="The source prompt (a description of the source image, or empty)."),

@@ -38,6 +38,14 @@ def check_finite(**values: float) -> None:
 
 def check_source_size(shape, bank_shape, what: str = "latent") -> None:
     """A latent PnP injects into has the source's spatial size (8 px per latent cell)."""
+    if len(shape) == 5 or len(bank_shape) == 5:  # video: frames too
+        if tuple(shape[2:]) != tuple(bank_shape[2:]) or len(shape) != len(bank_shape):
+            def size(s):
+                return f"{s[2]} latent frames of {s[-1] * 8}x{s[-2] * 8} px" if len(s) == 5 else f"{s[-1] * 8}x{s[-2] * 8} px"
+            raise PnPError(f"The {what} is {size(shape)} but the feature bank was made at {size(bank_shape)}: PnP "
+                           f"injects into a latent of the source's frame count and size. Sample the clip's own length "
+                           f"and size.")
+        return
     if tuple(shape[-2:]) != tuple(bank_shape[-2:]):
         raise PnPError(
             f"The {what} is {shape[-1] * 8}x{shape[-2] * 8} px but the feature bank was made at "

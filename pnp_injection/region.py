@@ -122,6 +122,9 @@ class Region:
         chosen = self.mask if self.mask is not None else denoise_mask
         if chosen is None:
             return executor(noise, latent_image, sampler, sigmas, denoise_mask, *args, **kwargs)
+        if noise.ndim != 4:
+            raise PnPError("Masks edit images; this latent is a video: disconnect the mask (or the latent's noise_mask) "
+                           "to edit the whole clip.")
         if self.path is None:
             raise PnPError(f"A mask keeps the source outside it by following the source's path, and this bank does "
                            f"not hold that path (a bank file saved by an earlier version of this pack). "

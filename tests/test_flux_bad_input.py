@@ -33,27 +33,26 @@ def refuses(model, match, fn):
 
 
 def other_families():
-    """A transformer family the flow wing does not support yet: HunyuanVideo (Flux-style blocks, a
-    video latent), shrunk, built by the host's own classes."""
+    """A transformer family the flow wing does not support yet: HunyuanVideo 1.5 (the HunyuanVideo
+    network under another model class and config), shrunk, built by the host's own classes."""
     import comfy.model_base
+    import hunyuan_reference
 
-    config = sm.HunyuanVideo({
-        "image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 16, "context_in_dim": 32,
-        "hidden_size": 32, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 6, 6],
-        "theta": 256, "patch_size": [1, 2, 2], "qkv_bias": True, "guidance_embed": True, "byt5": False,
-        "meanflow": False, "use_cond_type_embedding": False, "vision_in_dim": None})
+    config = sm.HunyuanVideo15(hunyuan_reference.hunyuan_video_config(double=1, single=1))
     config.set_inference_dtype(torch.float32, None)
-    yield comfy.model_patcher.ModelPatcher(comfy.model_base.HunyuanVideo(config, device="cpu"),
+    yield comfy.model_patcher.ModelPatcher(comfy.model_base.HunyuanVideo15(config, device="cpu"),
                                            load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
 def test_wrong_family():
     """U-Nets and other transformer families get an error naming what is supported."""
     sd15 = harness.make_model("sd15")
-    refuses(sd15, r"Flux.1 dev/schnell/Kontext, Chroma and Flux.2 \(the PnP Flux nodes\).*HunyuanVideo.*this model is SD15, a U-Net",
+    refuses(sd15, r"Flux.1 dev/schnell/Kontext, Chroma, Flux.2 and HunyuanVideo \(the PnP Flux nodes\).*HunyuanVideo 1.5.*"
+                  r"this model is SD15, a U-Net",
             lambda: invert(sd15, fh.latent(), harness.conditioning()))
     for other in other_families():
-        refuses(other, "not yet .*HunyuanVideo.*another transformer family. Load a Flux.1, Chroma or Flux.2 checkpoint",
+        refuses(other, "not yet .*HunyuanVideo 1.5; this model is HunyuanVideo15, another transformer family. Load a "
+                       "Flux.1, Chroma, Flux.2 or HunyuanVideo checkpoint",
                 lambda: invert(other))
     # and the U-Net nodes keep refusing Flux
     flux = fh.make_flux(double=1, single=1)

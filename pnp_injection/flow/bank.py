@@ -109,8 +109,11 @@ class FeatureBank:
         family = self.architecture.split(":")[0]
         tokens = flux_layers.text_tokens(family, tokens)
         if self.layers.needs_same_text_length and tokens != self.text_tokens:
-            fix = ("Chroma's text encoder does not pad: word both prompts to the same token count" if family == "chroma"
-                   else "Keep both prompts under 256 T5 tokens (ComfyUI pads them to 256)")
+            fix = {"chroma": "Chroma's text encoder does not pad: word both prompts to the same token count",
+                   "hunyuan_video": "ComfyUI does not pad HunyuanVideo's prompts (the official code pads both to 256): "
+                                    "word both prompts to the same token count, or inject the video tokens only with "
+                                    "custom_layers 'single.21-39:v@image'"}.get(
+                family, "Keep both prompts under 256 T5 tokens (ComfyUI pads them to 256)")
             raise PnPError(f"The target prompt encodes to {tokens} text tokens but the source prompt to "
                            f"{self.text_tokens}; the layers {self.layers.describe()!r} replace all tokens, text "
                            f"included. {fix}, or use image-token layers (custom_layers with '@image').")
@@ -172,7 +175,9 @@ def estimate_bytes(model_patcher, layers: flux_layers.FluxLayerSet, latent_shape
     return slots * latent_shape[0] * per_slot * net.hidden_size * size
 
 
-def image_count(latent_shape, patch: int = 2) -> int:
-    """The image tokens for a latent: patches of 2x2 cells, padded (Flux.1, Chroma), or one per
-    cell (Flux.2, patch size 1)."""
-    return math.ceil(latent_shape[-2] / patch) * math.ceil(latent_shape[-1] / patch)
+def image_count(latent_shape, patch=2) -> int:
+    """The image (or video) tokens for a latent: patches of 2x2 cells, padded (Flux.1, Chroma), one
+    per cell (Flux.2, patch size 1), or 1x2x2 over frames, height and width (HunyuanVideo)."""
+    dims = list(latent_shape[2:])
+    sizes = list(patch) if isinstance(patch, (list, tuple)) else [patch] * len(dims)
+    return math.prod(math.ceil(d / p) for d, p in zip(dims, sizes[-len(dims):]))

@@ -66,7 +66,7 @@ def load(path: str | os.PathLike) -> FeatureBank:
             and consistent_path(bank.path, bank.steps, bank.noise.shape)
             and all((t.shape[0] == slots and t.shape[1] == bank.noise.shape[0]) if slots else t.numel() == 0
                     for t in bank.tables.values())
-            and bank.sigmas.ndim == 1 and bank.noise.ndim == 4 and bank.steps_kept <= bank.steps
+            and bank.sigmas.ndim == 1 and bank.noise.ndim in (4, 5) and bank.steps_kept <= bank.steps
             and all(t.ndim == 4 for t in bank.tables.values() if t.numel())
         )
     except (KeyError, ValueError, TypeError, IndexError, PnPError):
@@ -101,7 +101,7 @@ def check_tokens(name: str, bank: FeatureBank) -> None:
     if bank.tokens is not None:  # KV-Edit: checked by consistent_tokens
         return
     height, width = bank.noise.shape[-2:]
-    image = image_count(bank.noise.shape)
+    image = image_count(bank.noise.shape, (1, 2, 2) if bank.noise.ndim == 5 else 2)  # video: frames unpatched
     for site in bank.layers.sites:
         needed = image + (bank.text_tokens if site.stream == "single" and site.tokens == "all" else 0)
         for tensor in site.tensors:

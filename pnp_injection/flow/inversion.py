@@ -54,11 +54,24 @@ def check_schedule(sigmas: torch.Tensor) -> None:
 
 
 def check_source(model_patcher, latent: torch.Tensor) -> None:
-    check_latent(latent)
+    video = flux_layers.family_of(model_patcher) is flux_layers.HUNYUAN_VIDEO
+    if video and latent.ndim != 5:
+        raise PnPError(f"The source latent has shape {tuple(latent.shape)}; HunyuanVideo edits a video latent [batch, "
+                       f"channels, frames, height, width]: VAE Encode the clip's frames with the HunyuanVideo VAE.")
+    if not video and latent.ndim == 5:
+        raise PnPError(f"The source latent is a video latent {tuple(latent.shape)} but this model edits images: use a "
+                       f"HunyuanVideo model for a video, or encode one image.")
+    check_latent(latent[:, :, 0] if video else latent)
+    if not torch.isfinite(latent).all():
+        raise PnPError("The source latent contains NaN or infinite values: re-encode the source.")
     channels = model_patcher.model.latent_format.latent_channels
     if latent.shape[1] != channels:
-        raise PnPError(f"The source latent has {latent.shape[1]} channels but this Flux model's latents have "
-                       f"{channels}: encode the source with the Flux VAE (VAE Encode with the Flux ae).")
+        family = flux_layers.family_of(model_patcher)
+        vae = "the Flux VAE (VAE Encode with the Flux ae)" if family in (flux_layers.FLUX1, flux_layers.CHROMA) \
+            else f"the {family.label} VAE"
+        kind = "Flux" if family is flux_layers.FLUX1 else family.label
+        raise PnPError(f"The source latent has {latent.shape[1]} channels but this {kind} model's latents have "
+                       f"{channels}: encode the source with {vae}.")
 
 
 def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, keep_steps: int = 20,
@@ -73,6 +86,8 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
     layers = flux_layers.resolve(model_patcher, preset, custom_layers)  # other families stop here
     solvers.check_solver(solver)
     check_source(model_patcher, latent)
+    if mask is not None and latent.ndim == 5:
+        raise PnPError("Masks edit images; this latent is a video: remove the latent's noise_mask to edit the whole clip.")
     if mask is not None:  # checked now, used when sampling
         region.check_mask(mask, latent.shape, latent.shape[0])
     check_finite(guidance=guidance)

@@ -52,15 +52,16 @@ from ..layer_text import count, expand, ranges, read_clauses
 
 TENSORS = ("q", "k", "v")
 SUPPORTED = ("PnP supports SD 1.x, SD 2.x and SDXL U-Nets (PnP DDIM Inversion and the nodes after it) "
-             "and Flux.1 dev/schnell/Kontext, Chroma and Flux.2 (the PnP Flux nodes); not yet Wan, Qwen-Image, "
-             "SD3/SD3.5, HiDream, HunyuanVideo or HunyuanVideo 1.5")
+             "and Flux.1 dev/schnell/Kontext, Chroma, Flux.2 and HunyuanVideo (the PnP Flux nodes); not yet Wan, "
+             "Qwen-Image, SD3/SD3.5, HiDream or HunyuanVideo 1.5")
 
 
 @dataclass(frozen=True)
 class Family:
-    name: str       # in bank signatures: "flux1", "chroma", "flux2"
+    name: str       # in bank signatures: "flux1", "chroma", "flux2", "hunyuan_video"
     label: str      # as users know it
     official: bool  # RF-Solver-Edit's official code exists for it (its presets apply as published)
+    text_first: bool = True  # single blocks hold [text, image] (Flux family) or [video, text] (HunyuanVideo)
 
 
 # Text a family pads its prompt to inside the model call: Flux.2 left-pads to 512 tokens
@@ -74,7 +75,10 @@ def text_tokens(family_name: str, prompt_tokens: int) -> int:
 
 
 FLUX1, CHROMA, FLUX2 = Family("flux1", "Flux.1", True), Family("chroma", "Chroma", False), Family("flux2", "Flux.2", False)
-FAMILIES = (FLUX1, CHROMA, FLUX2)
+# HunyuanVideo: video tokens first, text last in both block kinds (comfy/ldm/hunyuan_video/model.py,
+# `torch.cat((img, txt), 1)`; the official hyvideo/modules/models.py line 650 alike).
+HUNYUAN_VIDEO = Family("hunyuan_video", "HunyuanVideo", True, text_first=False)
+FAMILIES = (FLUX1, CHROMA, FLUX2, HUNYUAN_VIDEO)
 
 
 def family_of(model_patcher) -> Family:
@@ -92,10 +96,14 @@ def family_of(model_patcher) -> Family:
     if (flux2_model is not None and type(base) is flux2_model and type(config) is flux2_config
             and type(net) is comfy.ldm.flux.model.Flux and len(net.params.axes_dim) == 4):
         return FLUX2
+    hunyuan_net = _module_class("comfy.ldm.hunyuan_video.model", "HunyuanVideo")
+    if (type(base) is getattr(comfy.model_base, "HunyuanVideo", None) and type(config) is getattr(sm, "HunyuanVideo", None)
+            and type(net) is hunyuan_net):
+        return HUNYUAN_VIDEO
     name = type(config).__name__ if config is not None else type(base).__name__
     kind = "a U-Net" if hasattr(net, "output_blocks") else "another transformer family"
-    raise PnPError(f"{SUPPORTED}; this model is {name}, {kind}. Load a Flux.1, Chroma or Flux.2 checkpoint for the "
-                   f"PnP Flux nodes, or use PnP DDIM Inversion with an SD 1.x, 2.x or SDXL checkpoint.")
+    raise PnPError(f"{SUPPORTED}; this model is {name}, {kind}. Load a Flux.1, Chroma, Flux.2 or HunyuanVideo checkpoint "
+                   f"for the PnP Flux nodes, or use PnP DDIM Inversion with an SD 1.x, 2.x or SDXL checkpoint.")
 
 
 def _module_class(module: str, name: str):
@@ -189,11 +197,21 @@ def by_analogy(single_blocks: int) -> FluxLayerSet:
     return FluxLayerSet(_sites("single", range(single_blocks // 2, single_blocks), "v"))
 
 
+# RF-Solver-Edit's official video edit on HunyuanVideo (wangjiangshan0725/RF-Solver-Edit at 3388e29,
+# Hunyuanvideo_Video_Edit/hyvideo/modules/models.py lines 347-354: the value tensor of the single
+# block's linear1, all tokens, kept and injected when `block_id > 20`; block ids count the 40 single
+# blocks from 0, lines 652-653): single blocks 21-39.
+HUNYUAN_RF_SOLVER_EDIT = FluxLayerSet(_sites("single", range(21, 40), "v"))
+
+
 def for_family(preset: str, family: Family, single_blocks: int) -> FluxLayerSet:
-    """A preset's layers on this family: as published on Flux.1; FireFlow's (every single block)
-    over this model's single blocks; RF-Solver-Edit's and Stable Flow's block numbers are Flux.1's."""
+    """A preset's layers on this family: as published on Flux.1 (and RF-Solver-Edit's own table on
+    HunyuanVideo); FireFlow's (every single block) over this model's single blocks; otherwise the
+    block numbers are Flux.1's."""
     if family is FLUX1:
         return PRESETS[preset]
+    if family is HUNYUAN_VIDEO and preset == "rf-solver-edit":
+        return HUNYUAN_RF_SOLVER_EDIT
     if preset.startswith("fireflow"):
         return FluxLayerSet(tuple(replace(site, block=b) for site in PRESETS[preset].sites[:1]
                                   for b in range(single_blocks)))
@@ -205,6 +223,12 @@ def for_family(preset: str, family: Family, single_blocks: int) -> FluxLayerSet:
 def check_flux(model_patcher) -> Family:
     """A model of a supported family (Flux.1, Chroma, Flux.2), or a clear error."""
     return family_of(model_patcher)
+
+
+def text_first(net) -> bool:
+    """Whether the single blocks put the text before the image tokens (all but HunyuanVideo)."""
+    hunyuan_net = _module_class("comfy.ldm.hunyuan_video.model", "HunyuanVideo")
+    return not (hunyuan_net is not None and isinstance(net, hunyuan_net))
 
 
 def check_flux1(model_patcher, method: str) -> None:

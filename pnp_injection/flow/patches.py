@@ -51,11 +51,11 @@ def site_view(site: flux_layers.Site, tensor: str, net, output: torch.Tensor, te
     """The view of a module's output that holds one tensor of the site: [batch, tokens, hidden]
     columns of a projection, or [batch, tokens, heads, head_dim] of a QK-norm's output."""
     image_only = site.tokens == "image" and site.stream == "single"
-    if flux_layers.is_normed(site, tensor):
-        tokens_first = output.transpose(1, 2)  # the norm's output is [batch, heads, tokens, head_dim]
-        return tokens_first[:, text_tokens:] if image_only else tokens_first
-    cols = flux_layers.columns(net, tensor)
-    return output[:, text_tokens:, cols] if image_only else output[:, :, cols]
+    tokens_first = output.transpose(1, 2) if flux_layers.is_normed(site, tensor) else output  # norms give [B, H, L, D]
+    if image_only:  # the text before the image (Flux family) or after the video (HunyuanVideo)
+        length = tokens_first.shape[1]
+        tokens_first = tokens_first[:, text_tokens:] if flux_layers.text_first(net) else tokens_first[:, :length - text_tokens]
+    return tokens_first if flux_layers.is_normed(site, tensor) else tokens_first[:, :, flux_layers.columns(net, tensor)]
 
 
 def site_hooks(net, layers: flux_layers.FluxLayerSet, text_tokens: int,

@@ -58,7 +58,10 @@ def sampling_sigmas(model_patcher, scheduler: str, steps: int, latent_shape) -> 
     shift for Flux.1 schnell, as edit.py), or one of ComfyUI's schedulers on the model's own
     sampling settings (ModelSamplingFlux). Chroma and Flux.2 have no official edit code:
     `official` is the model's own `simple` schedule there."""
-    if scheduler == OFFICIAL and layers.family_of(model_patcher) is not layers.FLUX1:
+    family = layers.family_of(model_patcher)
+    if scheduler == OFFICIAL and family is layers.HUNYUAN_VIDEO:
+        return video_sigmas(steps)
+    if scheduler == OFFICIAL and family is not layers.FLUX1:
         scheduler = "simple"
     if scheduler == OFFICIAL:
         schnell = isinstance(model_patcher.model.model_config, sm.FluxSchnell)
@@ -66,3 +69,17 @@ def sampling_sigmas(model_patcher, scheduler: str, steps: int, latent_shape) -> 
     if scheduler not in SCHEDULERS:
         raise PnPError(f"Unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}.")
     return schedule.sampling_sigmas(model_patcher.get_model_object("model_sampling"), scheduler, steps)
+
+
+# RF-Solver-Edit's video edit on HunyuanVideo (wangjiangshan0725/RF-Solver-Edit at 3388e29,
+# Hunyuanvideo_Video_Edit): sigmas linspace(1, 0, N + 1) (hyvideo/diffusion/schedulers/
+# scheduling_flow_match_discrete.py lines 145-161), shifted by sd3_time_shift, shift * s / (1 + (shift - 1) * s)
+# (lines 193-194), with --flow-shift 7.0 (hyvideo/config.py lines 185-190).
+VIDEO_SHIFT = 7.0
+
+
+def video_sigmas(steps: int, shift: float = VIDEO_SHIFT) -> torch.Tensor:
+    if steps < 1:
+        raise PnPError("`steps` must be at least 1.")
+    s = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    return (shift * s / (1 + (shift - 1) * s)).float()
