@@ -5,8 +5,8 @@ conftest.py exposes its session fixture ``comfy_server``; ``start_server`` and
 
 The server gets a fresh base directory holding the random-weight SD1.5
 checkpoint (``CHECKPOINT_NAME``), a ControlNet for it (``CONTROLNET_NAME``),
-the random-weight Flux files of tests/flux_files.py (``FLUX_UNET_NAME`` in
-diffusion_models/, ``FLUX_CLIP_NAME`` in text_encoders/, ``FLUX_VAE_NAME`` in vae/),
+the random-weight Flux files of tests/flux_files.py (``FLUX_UNET_NAME`` and the Chroma
+``CHROMA_UNET_NAME`` in diffusion_models/, ``FLUX_CLIP_NAME`` in text_encoders/, ``FLUX_VAE_NAME`` in vae/),
 a 64x64 test image in input/ (``INPUT_IMAGE_NAME``), and this checkout linked
 as ``custom_nodes/comfyui-pnp-diffusion``.
 """
@@ -33,6 +33,7 @@ PACK_PYTHON_MODULE = f"custom_nodes.{PACK_NAME}"
 CHECKPOINT_NAME = "pnp-test-sd15.safetensors"
 CONTROLNET_NAME = "pnp-test-sd15-controlnet.safetensors"
 FLUX_UNET_NAME = "pnp-test-flux.safetensors"
+CHROMA_UNET_NAME = "pnp-test-chroma.safetensors"
 FLUX_CLIP_NAME = "pnp-test-clip-l.safetensors"
 FLUX_VAE_NAME = "pnp-test-flux-ae.safetensors"
 INPUT_IMAGE_NAME = "pnp-test-input.png"
@@ -75,6 +76,7 @@ def prepare_base_dir(base_dir) -> Path:
     (base / "models/checkpoints" / CHECKPOINT_NAME).symlink_to(cached_checkpoint("sd15"))
     (base / "models/controlnet" / CONTROLNET_NAME).symlink_to(cached_checkpoint("sd15-controlnet"))
     (base / "models/diffusion_models" / FLUX_UNET_NAME).symlink_to(cached_flux_file("flux"))
+    (base / "models/diffusion_models" / CHROMA_UNET_NAME).symlink_to(cached_flux_file("chroma"))
     (base / "models/text_encoders" / FLUX_CLIP_NAME).symlink_to(cached_flux_file("clip-l"))
     (base / "models/vae" / FLUX_VAE_NAME).symlink_to(cached_flux_file("flux-ae"))
     # --base-directory also moves custom_nodes/, so the pack is linked in here.

@@ -1,6 +1,7 @@
-"""Random-weight Flux.1 files that ComfyUI's own loaders detect, for graph-level tests.
+"""Random-weight Flux.1 and Chroma files that ComfyUI's own loaders detect, for graph-level tests.
 
-A Flux.1 [dev] graph loads three things; the tests load these in their place (``cached_flux_file``):
+A Flux.1 [dev] graph loads three things, a Chroma graph a diffusion model, T5-XXL and Flux.1's VAE; the tests
+load these in their place (``cached_flux_file``):
 
 =====================================================  ===============================================
 what the user's graph loads                            what the test server holds
@@ -16,6 +17,13 @@ DualCLIPLoader, type ``flux``:                         DualCLIPLoader, type ``sd
 Load VAE: ``ae.safetensors``                           ``pnp-test-flux-ae``: a TAEF1-format VAE (the
                                                        16-channel tiny autoencoder ComfyUI also loads
                                                        as ``taef1``), calibrated like the SD1.5 TAESD
+Load Diffusion Model (UNETLoader):                     ``pnp-test-chroma``: Chroma's layout and widths
+``Chroma1-HD.safetensors``                             (3072 wide, 24 heads, the 5-layer 5120-wide
+                                                       approximator, 4096-wide text input) with 1
+                                                       double-stream and 2 single-stream blocks
+                                                       instead of 19 and 38
+Load CLIP (CLIPLoader), type ``chroma``:               Load CLIP, type ``sd3``, with ``pnp-test-clip-l``
+``t5xxl_fp16.safetensors``                             (CLIP-L alone, zero-padded to 4096 channels)
 =====================================================  ===============================================
 
 Why these and not smaller or closer ones:
@@ -27,6 +35,15 @@ Why these and not smaller or closer ones:
   each) make 0.69 B parameters (1.3 GiB in fp16, 2.6 GiB as the fp32 model ComfyUI builds on a CPU),
   where Flux.1's 19 + 38 blocks make 11.9 B. In-process tests that need Flux.1's block counts build a
   narrow Flux directly from a config instead (no loader involved).
+- Chroma: the same holds (detection fixes 24 heads of 128 rope channels, so 3072 wide), and it also fixes the
+  approximator that makes Chroma's modulation table (5 layers of 5120, 0.28 B parameters): with 1 + 2 blocks
+  the file has 0.74 B parameters (1.4 GiB in fp16; Chroma1's 19 + 38 make 8.9 B). Each evaluation runs the
+  approximator over the table's 344 rows whatever the image (about 2.5 s of 3.6 s on one CPU core).
+  Chroma reads no pooled vector and has no distilled guidance; the host's table of 344 rows is read at offsets
+  from the block counts, so fewer blocks leave rows unread. Load CLIP type ``chroma`` builds T5-XXL from its
+  fixed config for a T5 file and gives CLIP-L's 768-wide conditioning for a CLIP-L file; Load CLIP type
+  ``sd3`` with CLIP-L alone gives the 4096-wide conditioning below, so the test keeps the user's Load CLIP
+  node and changes its widgets (file name and type), as for DualCLIPLoader.
 - Text encoders: ComfyUI builds T5-XXL from a fixed config (24 layers, 4096 wide, 4.7 B parameters,
   about 2.4 TFLOP per 256-token prompt), whatever the file holds, and DualCLIPLoader ``flux`` always
   builds it: no T5-XXL runs on a 2-core test machine or in CI. DualCLIPLoader ``sd3`` with CLIP-L
@@ -43,12 +60,13 @@ Why these and not smaller or closer ones:
 
 Everything is generated under the ignored ``.cache/`` (never committed), once, by the set-up
 (``scripts/setup.sh --test`` runs tests/prepare_models.py) or else by the first test that needs it, then
-cached: about 25 s to write the three files (1.3 GiB, 236 MiB, 5 MiB) and 12 s to load and check them
-through ComfyUI's loaders, on one core. Run ``python tests/flux_files.py NAME PATH`` to write and
-verify one file.
+cached: about 25 s to write the three Flux files (1.3 GiB, 236 MiB, 5 MiB) and 12 s to load and check them
+through ComfyUI's loaders, on one core; 15 s and 13 s for the Chroma file (1.4 GiB). Run
+``python tests/flux_files.py NAME PATH`` to write and verify one file.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -85,7 +103,20 @@ FLUX_UNET_CONFIG = {
 # (blocks 20-37); the preset itself names blocks this model does not have.
 # FireFlow's layers are all the single-stream blocks (0-37 of Flux.1): here both.
 # KV-Edit's inversion has no layer input: its set is every block's K and V of the model it runs on.
+# The Chroma workflow's preset, rf-solver-edit (by analogy), is the second half of the model's own single blocks
+# (19-37 of Chroma's 38; here block 1 of 2): it runs as shipped (workflow_api.ANALOGY_LAYERS).
 FLUX_TEST_LAYERS = {"PnPFluxInversion": "single.1:v", "PnPFluxFireFlowInversion": "single.0-1:v"}
+
+# What detect_unet_config reads back from a Chroma diffusion model's keys (the Flux branch, then the override for the
+# `distilled_guidance_layer` keys): everything but the block counts is fixed by the host or read from img_in and
+# txt_in, and the fixed 24 heads of 16+56+56 rope channels make any Chroma it loads 3072 wide, with the approximator
+# at 5 layers of 5120 (the host's own numbers for Chroma; only in_dim, 64, is forced by forward_orig). Chroma1 has 19
+# double-stream and 38 single-stream blocks (8.9 B parameters); this file has 1 and 2, as the Flux file.
+CHROMA_UNET_CONFIG = {
+    **{k: v for k, v in FLUX_UNET_CONFIG.items() if k not in ("vec_in_dim", "guidance_embed")},
+    "image_model": "chroma", "in_channels": 64, "out_channels": 64,
+    "in_dim": 64, "out_dim": 3072, "hidden_dim": 5120, "n_layers": 5,  # the approximator
+}
 
 # ComfyUI's scale and shift for TAEF1 latents (nodes.VAELoader.load_taesd, "taef1").
 TAEF1_SCALE = 0.3611
@@ -95,11 +126,19 @@ FLUX_LATENT_CHANNELS = 16
 
 def make_flux_unet(path, seed: int = 10) -> Path:
     """A standalone diffusion-model file with bare keys, as flux1-dev.safetensors is laid out."""
+    return _make_unet(path, seed, "comfy.ldm.flux.model", "Flux", FLUX_UNET_CONFIG)
+
+
+def make_chroma_unet(path, seed: int = 13) -> Path:
+    """A standalone Chroma diffusion-model file with bare keys, as Chroma1-HD.safetensors is laid out."""
+    return _make_unet(path, seed, "comfy.ldm.chroma.model", "Chroma", CHROMA_UNET_CONFIG)
+
+
+def _make_unet(path, seed: int, module: str, name: str, unet_config: dict) -> Path:
     comfy = _import_comfy()
-    import comfy.ldm.flux.model
-    config = {k: v for k, v in FLUX_UNET_CONFIG.items() if k != "image_model"}
-    sd = _random_weights(lambda: comfy.ldm.flux.model.Flux(**config, operations=comfy.ops.disable_weight_init),
-                         "", seed)
+    network = getattr(importlib.import_module(module), name)
+    config = {k: v for k, v in unet_config.items() if k != "image_model"}
+    sd = _random_weights(lambda: network(**config, operations=comfy.ops.disable_weight_init), "", seed)
     _save(sd, path, FLUX_FILES_VERSION)
     return Path(path)
 
@@ -157,6 +196,34 @@ def verify_flux_unet(path) -> None:
     assert _relative_change(velocity(guidance=1.0), out) > 0.01, "guidance has no effect"
 
 
+def verify_chroma_unet(path) -> None:
+    """UNETLoader's loader detects Chroma with this config; it runs on the conditioning of CLIPLoader type sd3 with
+    the test CLIP-L (77 tokens, 4096 channels), and the text and the timestep (Chroma's only way in for it: the
+    approximator's modulation table) move the output."""
+    comfy = _import_comfy()
+    import comfy.model_base
+    patcher = comfy.sd.load_diffusion_model(str(path))
+    model = patcher.model
+    assert type(model.model_config) is comfy.supported_models.Chroma, f"detected as {type(model.model_config).__name__}"
+    assert type(model) is comfy.model_base.Chroma, type(model).__name__
+    detected = model.model_config.unet_config
+    for key, value in CHROMA_UNET_CONFIG.items():
+        assert detected[key] == value, (key, detected[key], value)
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((1, FLUX_LATENT_CHANNELS, 8, 8), generator=gen)
+    context = torch.randn((1, 77, 4096), generator=gen)
+
+    def velocity(context=context, sigma=0.8):
+        with torch.no_grad():
+            return model.apply_model(x, torch.tensor([sigma]), c_crossattn=context, guidance=torch.tensor([0.0]))
+
+    out = velocity()
+    assert out.shape == x.shape and out.isfinite().all(), out.shape
+    assert _relative_change(velocity(context=torch.roll(context, 1, dims=1) * 0.5), out) > 0.01, "text has no effect"
+    assert _relative_change(velocity(sigma=0.3), out) > 0.01, "the timestep has no effect"
+
+
 def verify_clip_l(path) -> None:
     """DualCLIPLoader type sd3 with this file in both slots: Flux-shaped conditioning that follows the prompt."""
     comfy = _import_comfy()
@@ -194,6 +261,7 @@ FLUX_FILES = {
     "flux": (make_flux_unet, verify_flux_unet),
     "clip-l": (make_clip_l, verify_clip_l),
     "flux-ae": (make_flux_vae, verify_flux_vae),
+    "chroma": (make_chroma_unet, verify_chroma_unet),
 }
 
 

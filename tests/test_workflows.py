@@ -3,7 +3,8 @@
 Each file is converted to API format with the server's own node definitions and run on the generated
 test models; only file names, steps and the image size are shrunk (``shrink_for_tests``), everything
 else is what a user gets. The Flux workflow also gets the text-encoder swap and the layers that
-tests/flux_files.py explains (no T5-XXL on a test machine; the test model has 2 of Flux.1's 38 single blocks).
+tests/flux_files.py explains (no T5-XXL on a test machine; the test model has 2 of Flux.1's 38 single blocks); the
+Chroma workflow the Load CLIP swap and its test Chroma, on which its layers (by analogy) run as shipped.
 Each file runs once (the session fixture ``workflow_runs`` of tests/workflow_runs.py); the tests here
 assert on that run. The Flux workflows' runs hold the variant their tests need (injection off, inject 0),
 run by ``workflow_runs`` while the server still has the workflow's models and inversion in its cache; the masked
@@ -14,11 +15,11 @@ import copy
 import numpy as np
 import pytest
 
-from comfy_server import PACK_PYTHON_MODULE
-from workflow_api import NOTE_TYPES, UI_ONLY_TYPES, ConversionError, notes, to_api, widget_values
+from comfy_server import CHROMA_UNET_NAME, FLUX_CLIP_NAME, PACK_PYTHON_MODULE
+from workflow_api import ANALOGY_LAYERS, NOTE_TYPES, UI_ONLY_TYPES, ConversionError, notes, to_api, widget_values
 from workflow_runs import (BANK_WORKFLOW, CHECK_COMPOSITE, CHECK_LATENT, CHECK_MASK, CHECK_SOURCE, CHECK_SOURCE_LATENT,
-                           EXPECTED, FIREFLOW_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FLUX_WORKFLOW, FLUX_WORKFLOWS,
-                           KV_EDIT_WORKFLOW, MASKED_WORKFLOW, WORKFLOW_DIR, image_outputs, load)
+                           CHROMA_WORKFLOW, EXPECTED, FIREFLOW_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FLUX_WORKFLOW,
+                           FLUX_WORKFLOWS, KV_EDIT_WORKFLOW, MASKED_WORKFLOW, WORKFLOW_DIR, image_outputs, load, shrunk)
 
 NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 SHIPPED_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
@@ -29,6 +30,10 @@ SHIPPED_FLUX_FILES = {"UNETLoader": {"unet_name": "flux1-dev.safetensors", "weig
                       "DualCLIPLoader": {"clip_name1": "t5xxl_fp16.safetensors", "clip_name2": "clip_l.safetensors",
                                          "type": "flux"},
                       "VAELoader": {"vae_name": "ae.safetensors"}}
+# What a Chroma user loads (ComfyUI's Chroma template: Chroma1-HD, Load CLIP type chroma with T5-XXL, Flux.1's VAE).
+SHIPPED_CHROMA_FILES = {"UNETLoader": {"unet_name": "Chroma1-HD.safetensors", "weight_dtype": "default"},
+                        "CLIPLoader": {"clip_name": "t5xxl_fp16.safetensors", "type": "chroma"},
+                        "VAELoader": {"vae_name": "ae.safetensors"}}
 FLUX_SIZE = 1024
 
 
@@ -61,7 +66,11 @@ KNOBS = {FLUX_WORKFLOW: ("inject", "keep_steps", "guidance", "steps", "rf-solver
                              "steps 15", "official", "t5xxl"),
          KV_EDIT_WORKFLOW: ("steps 28", "skip_steps 4", "guidance 1.5", "guidance 5.5", "attn_scale 1", "official",
                             "Fewer skipped steps follow the prompt more", "16 MiB per background token", "32 GiB",
-                            "MaskEditor", "A new mask needs a new inversion", "t5xxl")}
+                            "MaskEditor", "A new mask needs a new inversion", "t5xxl"),
+         CHROMA_WORKFLOW: ("inject 20", "keep_steps 20", "steps 25", "scheduler official", "rf-solver-edit (by analogy)",
+                           "no official RF-Solver-Edit code", "20-37 of 38", "19-37 of 38", "no distilled guidance",
+                           "`guidance` inputs", "same number of T5 tokens", "structure", "Chroma1-HD", "type chroma",
+                           "t5xxl", "ae.safetensors")}
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -112,14 +121,16 @@ def test_shipped_values_are_the_papers(name, comfy_server):
         if node["type"] == "ImageScale":
             size = FLUX_SIZE if name in FLUX_WORKFLOWS else 512
             assert (values["width"], values["height"]) == (size, size)
-        if node["type"] in SHIPPED_FLUX_FILES:
-            assert values == {**values, **SHIPPED_FLUX_FILES[node["type"]]}
+        shipped_files = SHIPPED_CHROMA_FILES if name == CHROMA_WORKFLOW else SHIPPED_FLUX_FILES
+        if node["type"] in shipped_files:
+            assert values == {**values, **shipped_files[node["type"]]}
         if node["type"] == "ModelSamplingFlux":  # Flux.1 dev's shift, for the image size
             assert (values["max_shift"], values["base_shift"], values["width"], values["height"]) == \
                 (1.15, 0.5, FLUX_SIZE, FLUX_SIZE)
-        if node["type"] == "PnPFluxInversion":
+        if node["type"] == "PnPFluxInversion":  # on Chroma: the rule by analogy, and official is the model's simple
+            layers, scheduler = (ANALOGY_LAYERS, "official") if name == CHROMA_WORKFLOW else ("rf-solver-edit", "simple")
             assert (values["steps"], values["keep_steps"], values["guidance"], values["layers"], values["solver"],
-                    values["scheduler"], values["custom_layers"]) == (25, 20, 1.0, "rf-solver-edit", "rf_solver", "simple", "")
+                    values["scheduler"], values["custom_layers"]) == (25, 20, 1.0, layers, "rf_solver", scheduler, "")
         if node["type"] == "PnPFluxSampler":
             assert (values["guidance"], values["inject"]) == (5.0, 20)
         if node["type"] == "PnPFluxFireFlowInversion":  # FireFlow's README.md lines 168-175
@@ -176,6 +187,35 @@ def test_the_flux_workflow_inverts_and_samples_on_one_schedule(comfy_server):
     assert (schedule["width"], schedule["height"]) == (resize["inputs"]["width"], resize["inputs"]["height"])
 
 
+def chroma_tokens(text: str) -> int:
+    """The text tokens that Load CLIP type chroma gives a prompt (its T5 tokenizer: no padding)."""
+    from comfy.text_encoders.pixart_t5 import PixArtTokenizer
+    (tokens,) = PixArtTokenizer().tokenize_with_weights(text)["t5xxl"]
+    return len(tokens)
+
+
+def test_the_chroma_workflow_loads_chroma_and_words_its_prompts_alike(comfy_server):
+    """pnp-chroma: Chroma's loaders; inversion and sampler on the model as loaded (``official`` is Chroma's own
+    schedule: no ModelSamplingFlux); the shipped source and target prompts encode to as many T5 tokens with the
+    tokenizer of Load CLIP type chroma (the layers replace all tokens and Chroma does not pad: unequal counts stop
+    the sampler). The test run's swaps: the test Chroma and CLIP-L (Load CLIP type sd3), the preset as shipped."""
+    prompt = to_api(load(CHROMA_WORKFLOW), comfy_server.object_info())
+    kinds = {n["class_type"]: n for n in prompt.values()}
+    assert set(SHIPPED_CHROMA_FILES) <= set(kinds) and not {"DualCLIPLoader", "ModelSamplingFlux"} & set(kinds)
+    loader = [k for k, n in prompt.items() if n["class_type"] == "UNETLoader"]
+    inversion, sampler = kinds["PnPFluxInversion"], kinds["PnPFluxSampler"]
+    assert inversion["inputs"]["model"] == sampler["inputs"]["model"] == [loader[0], 0]
+    assert prompt[inversion["inputs"]["latent"][0]]["class_type"] == "VAEEncode"
+    source = prompt[inversion["inputs"]["conditioning"][0]]["inputs"]["text"]
+    target = prompt[sampler["inputs"]["positive"][0]]["inputs"]["text"]
+    assert source != target and chroma_tokens(source) == chroma_tokens(target) > 1, (source, target)
+
+    files = {n["class_type"]: n["inputs"] for n in shrunk(prompt).values()}
+    assert files["UNETLoader"]["unet_name"] == CHROMA_UNET_NAME
+    assert (files["CLIPLoader"]["clip_name"], files["CLIPLoader"]["type"]) == (FLUX_CLIP_NAME, "sd3")
+    assert (files["PnPFluxInversion"]["layers"], files["PnPFluxInversion"]["custom_layers"]) == (ANALOGY_LAYERS, "")
+
+
 def test_the_hires_pass_uses_the_unpatched_model(comfy_server):
     prompt = to_api(load("pnp-hires"), comfy_server.object_info())
     (ksampler,) = [n for n in prompt.values() if n["class_type"] == "KSampler"]
@@ -186,7 +226,8 @@ def test_the_hires_pass_uses_the_unpatched_model(comfy_server):
 
 @pytest.mark.parametrize("name, inversion_type, sampler_type", [
     (FLUX_WORKFLOW, "PnPFluxInversion", "PnPFluxSampler"),
-    (FIREFLOW_WORKFLOW, "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler")])
+    (FIREFLOW_WORKFLOW, "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler"),
+    (CHROMA_WORKFLOW, "PnPFluxInversion", "PnPFluxSampler")])
 def test_flux_workflow_runs_and_injects(name, inversion_type, sampler_type, workflow_runs):
     """The Flux workflow runs; the same prompt with the sampler at inject 0 (plain sampling of the inverted
     source with the bank's solver; run just before it, by ``workflow_runs``) gives another image. Fails if the
@@ -195,16 +236,22 @@ def test_flux_workflow_runs_and_injects(name, inversion_type, sampler_type, work
     prompt = copy.deepcopy(run.prompt)
     (sampler,) = [n for n in prompt.values() if n["class_type"] == sampler_type]
     (inversion,) = [n for n in prompt.values() if n["class_type"] == inversion_type]
-    assert 0 < sampler["inputs"]["inject"] < inversion["inputs"]["steps"], "the test run has injected and plain steps"
+    steps = inversion["inputs"]["steps"]  # one step (the test Chroma, for time) is all injected
+    assert 0 < sampler["inputs"]["inject"] < steps or sampler["inputs"]["inject"] == steps == 1, \
+        "the test run has injected and plain steps"
     injected = run.image()
     sampler["inputs"]["inject"] = 0
     assert run.plain_prompt == prompt, "the plain run is the workflow with its sampler at inject 0, nothing else"
     plain = run.plain_image()
     assert injected.shape == plain.shape == (64, 64, 3)
     # Measured: pnp-flux 0.014 (1 of the test model's 2 single blocks, 2 of 3 steps; 0.019 at 3 of 4);
-    # pnp-flux-fireflow 0.008 (both single blocks, 1 of 3 steps).
+    # pnp-flux-fireflow 0.008 (both single blocks, 1 of 3 steps); pnp-chroma 0.037 (the preset by analogy: 1 of the
+    # test Chroma's 2 single blocks, its 1 step injected; 0.0026 at 1 of 2 steps).
     change = np.abs(injected - plain).mean()
-    assert change > 0.005, f"injection moved pixels by only {change:.4f} on average"
+    least = 0.005
+    assert change > least, f"injection moved pixels by only {change:.4f} on average"
+    if name == CHROMA_WORKFLOW:  # the engine took the loaded file for Chroma (PnP Flux Inversion logs it)
+        assert "Chroma has no distilled guidance" in workflow_runs.server.log_text()
 
 
 def test_the_advanced_flux_workflow_is_the_flux_workflow(workflow_runs):

@@ -245,12 +245,20 @@ def notes(workflow: dict) -> list[str]:
 
 FLUX_INVERSIONS = ("PnPFluxInversion", "PnPFluxFireFlowInversion")
 KV_EDIT_INVERSION = "PnPFluxKVEditInversion"  # steps and skip_steps; no layer input (its own set: every block)
+# PnP Flux Inversion's preset for Chroma and Flux.2: the second half of the model's own single blocks, any count.
+ANALOGY_LAYERS = "rf-solver-edit (by analogy)"
+
+
+def is_chroma_loader(node: dict) -> bool:
+    """A Load Diffusion Model of a Chroma file (by its name, as Chroma1-HD.safetensors)."""
+    return node["class_type"] == "UNETLoader" and "chroma" in str(node["inputs"].get("unet_name", "")).lower()
 
 
 def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: str, flux_unet: str | None = None,
                      flux_text_encoder: str | None = None, flux_vae: str | None = None, flux_layers: dict | None = None,
                      steps: int = 4, inversion_steps: int = 8, other_steps: int = 2, size: int = 64,
-                     flux_steps: int | None = None) -> dict:
+                     flux_steps: int | None = None, chroma_unet: str | None = None,
+                     chroma_steps: int | None = None) -> dict:
     """Overrides {node_id: {input: value}} that make an API prompt fast on the test models.
 
     Model and image names become the test files, PnP DDIM Inversion gets ``steps`` and
@@ -262,32 +270,44 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
     get the test files, and DualCLIPLoader ``flux`` (CLIP-L + T5-XXL) becomes DualCLIPLoader ``sd3`` with
     the test CLIP-L in both slots, which gives Flux-shaped conditioning without T5-XXL (flux_files.py says why).
     PnP Flux Inversion (RF-Solver or FireFlow) gets ``flux_steps`` (default: ``steps``) and ``keep_steps`` in the shipped proportion
-    (20 of 25 -> 3 of 4; 2 of 3), and ``flux_layers[its node type]`` as its custom layers (the test model has
-    fewer blocks than the presets name); a node linked to its bank scales its own ``inject`` by the same proportion.
+    (20 of 25 -> 3 of 4; 2 of 3; 1 of 2: a part of the steps stays a part, at least 1 and not all), and
+    ``flux_layers[its node type]`` as its custom layers (the test model has fewer blocks than the presets name), except
+    with the layers ``ANALOGY_LAYERS``, which resolve over the model's own single blocks and run as shipped; a node
+    linked to its bank scales its own ``inject`` by the same proportion.
+    Chroma graphs (a Load Diffusion Model whose file name has "chroma", given ``chroma_unet``): that loader gets
+    ``chroma_unet``, Load CLIP type ``chroma`` (T5-XXL) becomes Load CLIP type ``sd3`` with the test CLIP-L (the same
+    4096-wide conditioning, 77 tokens), and the Flux steps are ``chroma_steps`` (default: ``flux_steps``).
     PnP Flux Inversion (KV-Edit) gets ``flux_steps`` and ``skip_steps`` in the same proportion, at least 1 where the
     shipped skip is not 0 and at most ``flux_steps`` - 1 (4 of 28 -> 1 of 3: one step skipped, two edited).
     """
     names = {"CheckpointLoaderSimple": {"ckpt_name": checkpoint}, "ControlNetLoader": {"control_net_name": controlnet},
              "LoadImage": {"image": image}}
-    if flux_unet:
-        names["UNETLoader"] = {"unet_name": flux_unet}
     if flux_vae:
         names["VAELoader"] = {"vae_name": flux_vae}
     overrides = {}
     flux_steps = steps if flux_steps is None else flux_steps
+    if chroma_unet and chroma_steps and any(is_chroma_loader(node) for node in prompt.values()):
+        flux_steps = chroma_steps
 
-    def flux_inject(count: int, shipped_steps: int) -> int:  # the same fraction of the steps; 0 stays 0
-        return min(flux_steps, max(1, round(count * flux_steps / shipped_steps))) if count else 0
+    def flux_inject(count: int, shipped_steps: int) -> int:  # the same fraction of the steps; 0 stays 0, a part a part
+        most = flux_steps if count >= shipped_steps else max(1, flux_steps - 1)
+        return min(most, max(1, round(count * flux_steps / shipped_steps))) if count else 0
 
     for node_id, node in prompt.items():
         inputs, kind = node["inputs"], node["class_type"]
         change = dict(names.get(kind, {}))
+        if kind == "UNETLoader":
+            unet = chroma_unet if is_chroma_loader(node) and chroma_unet else flux_unet
+            if unet:
+                change["unet_name"] = unet
         if kind == "DualCLIPLoader" and inputs.get("type") == "flux" and flux_text_encoder:
             change.update(clip_name1=flux_text_encoder, clip_name2=flux_text_encoder, type="sd3")
+        if kind == "CLIPLoader" and inputs.get("type") == "chroma" and flux_text_encoder:
+            change.update(clip_name=flux_text_encoder, type="sd3")
         bank = inputs.get("feature_bank")
         if kind in FLUX_INVERSIONS:
             change.update(steps=flux_steps, keep_steps=flux_inject(inputs["keep_steps"], inputs["steps"]))
-            if flux_layers:
+            if flux_layers and inputs.get("layers") != ANALOGY_LAYERS:
                 change["custom_layers"] = flux_layers[kind]
         elif kind == KV_EDIT_INVERSION:
             skip = min(flux_steps - 1, flux_inject(inputs["skip_steps"], inputs["steps"]))

@@ -29,20 +29,22 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
-from comfy_server import (CHECKPOINT_NAME, CONTROLNET_NAME, FLUX_CLIP_NAME, FLUX_UNET_NAME, FLUX_VAE_NAME,
-                          INPUT_IMAGE_NAME)
+from comfy_server import (CHECKPOINT_NAME, CHROMA_UNET_NAME, CONTROLNET_NAME, FLUX_CLIP_NAME, FLUX_UNET_NAME,
+                          FLUX_VAE_NAME, INPUT_IMAGE_NAME)
 from flux_files import FLUX_TEST_LAYERS
 from workflow_api import apply_overrides, shrink_for_tests, to_api
 
 WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
-EXPECTED = ["pnp-basic", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-flux", "pnp-flux-advanced",
-            "pnp-flux-fireflow", "pnp-flux-kv-edit", "pnp-hires", "pnp-masked", "pnp-multi-prompt", "pnp-save-load-bank"]
+EXPECTED = ["pnp-basic", "pnp-chroma", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-flux", "pnp-flux-advanced",
+            "pnp-flux-fireflow", "pnp-flux-kv-edit", "pnp-hires", "pnp-masked", "pnp-multi-prompt",
+            "pnp-save-load-bank"]
 BANK_WORKFLOW = "pnp-save-load-bank"
 FLUX_WORKFLOW = "pnp-flux"
 FLUX_ADVANCED_WORKFLOW = "pnp-flux-advanced"  # the same edit through SamplerCustomAdvanced
 FIREFLOW_WORKFLOW = "pnp-flux-fireflow"
 KV_EDIT_WORKFLOW = "pnp-flux-kv-edit"  # a regional edit on Flux: the KV-Edit nodes, the mask on the inversion
-FLUX_WORKFLOWS = (FLUX_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FIREFLOW_WORKFLOW, KV_EDIT_WORKFLOW)
+CHROMA_WORKFLOW = "pnp-chroma"  # the PnP Flux nodes on Chroma, with the layers by analogy
+FLUX_WORKFLOWS = (FLUX_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FIREFLOW_WORKFLOW, KV_EDIT_WORKFLOW, CHROMA_WORKFLOW)
 MASKED_WORKFLOW = "pnp-masked"  # a regional edit: PnP Sampler's mask input
 MASKED_WORKFLOWS = (MASKED_WORKFLOW, KV_EDIT_WORKFLOW)  # runs with with_mask_checks; other Flux ones with inject 0
 RUN_1_GROUP = "Run 1"  # group titles of the save/load workflow, as its note explains them
@@ -57,13 +59,18 @@ def load(name: str) -> dict:
 # PnP Flux Inversion's steps in the tests: the fewest that keep injected and plain steps (2 of 3 injected).
 # Each step of the RF-Solver costs two evaluations of the test Flux (0.69 B parameters, about 1 s each on a CPU).
 FLUX_TEST_STEPS = 3
+# On the test Chroma (tests/flux_files.py) each evaluation costs about 3.6 s on a CPU core, 2.5 s of it its
+# approximator (5 layers 5120 wide over the 344 rows of the modulation table, whatever the image): one step, injected
+# (6 evaluations with the plain run; 2 steps would be 12).
+CHROMA_TEST_STEPS = 1
 
 
 def overrides_for_tests(prompt: dict) -> dict:
     """What the tests change in a shipped prompt: the test files, steps and sizes (``shrink_for_tests``)."""
     return shrink_for_tests(prompt, checkpoint=CHECKPOINT_NAME, controlnet=CONTROLNET_NAME, image=INPUT_IMAGE_NAME,
                             flux_unet=FLUX_UNET_NAME, flux_text_encoder=FLUX_CLIP_NAME, flux_vae=FLUX_VAE_NAME,
-                            flux_layers=FLUX_TEST_LAYERS, flux_steps=FLUX_TEST_STEPS)
+                            flux_layers=FLUX_TEST_LAYERS, flux_steps=FLUX_TEST_STEPS, chroma_unet=CHROMA_UNET_NAME,
+                            chroma_steps=CHROMA_TEST_STEPS)
 
 
 def shrunk(prompt: dict) -> dict:

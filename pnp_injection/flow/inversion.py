@@ -37,12 +37,13 @@ def with_guidance(conditioning, guidance: float):
 
 
 def guided(model_patcher, conditioning, guidance: float):
-    """The conditioning at `guidance` for a guidance-distilled family (Flux.1, Flux.2). Chroma is not
-    distilled: its guidance input stays the host's default (0), as its pipelines run it, and the
-    nodes' `guidance` does not apply (logged once per run)."""
+    """The conditioning at `guidance` for a guidance-distilled family (Flux.1, Flux.2, HunyuanVideo).
+    Chroma is not distilled: its guidance input is the host's default (0), as its pipelines run it, any
+    FluxGuidance on the prompt is dropped as the other families' is replaced, and the nodes'
+    `guidance` does not apply (logged)."""
     if flux_layers.family_of(model_patcher) is flux_layers.CHROMA:
         logging.info("PnP Flux: Chroma has no distilled guidance; the `guidance` input is not used on Chroma.")
-        return conditioning
+        return [[c, {k: v for k, v in extras.items() if k != "guidance"}] for c, extras in conditioning]
     return with_guidance(conditioning, guidance)
 
 
