@@ -96,9 +96,8 @@ def family_of(model_patcher) -> Family:
     if (flux2_model is not None and type(base) is flux2_model and type(config) is flux2_config
             and type(net) is comfy.ldm.flux.model.Flux and len(net.params.axes_dim) == 4):
         return FLUX2
-    hunyuan_net = _module_class("comfy.ldm.hunyuan_video.model", "HunyuanVideo")
     if (type(base) is getattr(comfy.model_base, "HunyuanVideo", None) and type(config) is getattr(sm, "HunyuanVideo", None)
-            and type(net) is hunyuan_net):
+            and type(net) is _HUNYUAN_NET):
         return HUNYUAN_VIDEO
     name = type(config).__name__ if config is not None else type(base).__name__
     kind = "a U-Net" if hasattr(net, "output_blocks") else "another transformer family"
@@ -112,6 +111,9 @@ def _module_class(module: str, name: str):
         return getattr(importlib.import_module(module), name, None)
     except ImportError:
         return None
+
+
+_HUNYUAN_NET = _module_class("comfy.ldm.hunyuan_video.model", "HunyuanVideo")
 
 
 @dataclass(frozen=True)
@@ -227,8 +229,7 @@ def check_flux(model_patcher) -> Family:
 
 def text_first(net) -> bool:
     """Whether the single blocks put the text before the image tokens (all but HunyuanVideo)."""
-    hunyuan_net = _module_class("comfy.ldm.hunyuan_video.model", "HunyuanVideo")
-    return not (hunyuan_net is not None and isinstance(net, hunyuan_net))
+    return not (_HUNYUAN_NET is not None and isinstance(net, _HUNYUAN_NET))
 
 
 def check_flux1(model_patcher, method: str) -> None:

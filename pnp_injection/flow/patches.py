@@ -10,7 +10,6 @@ the image tokens after the text. Injection is keyed by the call's sigma (Feature
 """
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Callable
 
@@ -35,16 +34,17 @@ def call_parts(executor, args, kwargs):
     """context and transformer_options of a DIFFUSION_MODEL call, wherever the family's `_forward`
     puts them (Flux: x, timestep, context, y, guidance, ref_latents, control, transformer_options;
     Chroma: x, timestep, context, guidance, control, transformer_options)."""
-    names = _positional_names(type(executor.class_obj))
+    net_class = type(executor.class_obj)
+    if net_class not in _POSITIONAL_NAMES:  # a plain dict: torch.compile traces this wrapper
+        _POSITIONAL_NAMES[net_class] = list(inspect.signature(net_class._forward).parameters)[1:]  # without self
+    names = _POSITIONAL_NAMES[net_class]
 
     def part(name):
         return kwargs[name] if name in kwargs else args[names.index(name)]
     return part("context"), part("transformer_options")
 
 
-@functools.cache
-def _positional_names(net_class) -> list[str]:
-    return list(inspect.signature(net_class._forward).parameters)[1:]  # without self
+_POSITIONAL_NAMES: dict[type, list[str]] = {}
 
 
 def site_view(site: flux_layers.Site, tensor: str, net, output: torch.Tensor, text_tokens: int) -> torch.Tensor:
