@@ -47,7 +47,8 @@ class PnPFluxInversion(io.ComfyNode):
                 io.Float.Input("guidance", default=1.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Flux guidance of the inversion (official: 1). It replaces any FluxGuidance on the prompt."),
                 io.Combo.Input("layers", options=flux_layers.PRESET_NAMES, default="rf-solver-edit",
-                               tooltip="rf-solver-edit: values of all tokens in single blocks 20-37 (official, Flux.1). "
+                               tooltip="rf-solver-edit: values of all tokens in single blocks 20-37 (official, Flux.1; on "
+                                       "HunyuanVideo the official video edit's 21-39, with `inject` 1 to 5). "
                                        "rf-solver-edit (by analogy): values of all tokens in the second half of the single blocks, "
                                        "RF-Solver-Edit's rule carried to Chroma and Flux.2, which have no official code (Chroma "
                                        "19-37, Flux.2 24-47). fireflow: values "
