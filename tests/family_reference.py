@@ -32,9 +32,8 @@ import torch
 from einops import rearrange
 
 import comfy.model_base
-import comfy.model_patcher
 import comfy.supported_models as sm
-from flux_harness import init_flux_weights
+from flux_harness import patcher_of
 from flux_reference import RFSolverEdit
 
 HIDDEN, HEADS = 64, 2                       # head dim 32
@@ -83,23 +82,16 @@ def flux2_config(hidden: int = HIDDEN, heads: int = HEADS, axes=FLUX2_AXES, doub
             "mlp_silu_act": True, "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0}
 
 
-def _patcher(model_config, model_class, seed):
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_class(model_config, device="cpu")
-    init_flux_weights(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
-
-
 def make_chroma(seed: int = 0, **config):
     """A ModelPatcher around a real comfy.model_base.Chroma (sm.Chroma config), fp32 on the CPU.
     Sampling: ModelSamplingFlux at its default shift 1.15 (sm.Chroma sets only a multiplier)."""
-    return _patcher(sm.Chroma(chroma_config(**config)), comfy.model_base.Chroma, seed)
+    return patcher_of(sm.Chroma(chroma_config(**config)), comfy.model_base.Chroma, seed)
 
 
 def make_flux2(seed: int = 0, **config):
     """A ModelPatcher around a real comfy.model_base.Flux2 (sm.Flux2 config), fp32 on the CPU.
     Sampling: ModelSamplingFlux at shift 2.02 (sm.Flux2.sampling_settings)."""
-    return _patcher(sm.Flux2(flux2_config(**config)), comfy.model_base.Flux2, seed)
+    return patcher_of(sm.Flux2(flux2_config(**config)), comfy.model_base.Flux2, seed)
 
 
 def family(model) -> str:

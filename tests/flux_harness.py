@@ -51,10 +51,15 @@ def init_flux_weights(net: torch.nn.Module, seed: int) -> None:
 
 def make_flux(seed: int = 0, **config):
     """A ModelPatcher around a real comfy.model_base.Flux with random weights, fp32 on the CPU."""
-    model_config = sm.Flux(flux_config(**config))
+    return patcher_of(sm.Flux(flux_config(**config)), comfy.model_base.Flux, seed)
+
+
+def patcher_of(model_config, model_class, seed: int, init=init_flux_weights):
+    """A ModelPatcher around `model_class` built from `model_config` by the host, fp32 on the CPU, its
+    network's weights from `init` (every flow-transformer family of the tests)."""
     model_config.set_inference_dtype(torch.float32, None)
-    model = comfy.model_base.Flux(model_config, device="cpu")
-    init_flux_weights(model.diffusion_model, seed)
+    model = model_class(model_config, device="cpu")
+    init(model.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 

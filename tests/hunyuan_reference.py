@@ -38,9 +38,8 @@ from __future__ import annotations
 import torch
 
 import comfy.model_base
-import comfy.model_patcher
 import comfy.supported_models as sm
-from flux_harness import init_flux_weights
+from flux_harness import init_flux_weights, patcher_of
 from flux_reference import RFSolverEdit
 
 HIDDEN, HEADS, AXES = 64, 2, [8, 12, 12]   # head dim 32 = 8 + 12 + 12 (real: 3072, 24, [16, 56, 56])
@@ -77,11 +76,8 @@ def init_hunyuan_weights(net: torch.nn.Module, seed: int) -> None:
 
 def make_hunyuan_video(seed: int = 0, **config):
     """A ModelPatcher around a real comfy.model_base.HunyuanVideo (sm.HunyuanVideo config), fp32 on the CPU."""
-    model_config = sm.HunyuanVideo(hunyuan_video_config(**config))
-    model_config.set_inference_dtype(torch.float32, None)
-    model = comfy.model_base.HunyuanVideo(model_config, device="cpu")
-    init_hunyuan_weights(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    return patcher_of(sm.HunyuanVideo(hunyuan_video_config(**config)), comfy.model_base.HunyuanVideo, seed,
+                      init_hunyuan_weights)
 
 
 def conditioning_for(model, seed: int = 1, tokens: int = 8, batch: int = 1):

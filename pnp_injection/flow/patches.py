@@ -50,12 +50,12 @@ _POSITIONAL_NAMES: dict[type, list[str]] = {}
 def site_view(site: flux_layers.Site, tensor: str, net, output: torch.Tensor, text_tokens: int) -> torch.Tensor:
     """The view of a module's output that holds one tensor of the site: [batch, tokens, hidden]
     columns of a projection, or [batch, tokens, heads, head_dim] of a QK-norm's output."""
-    image_only = site.tokens == "image" and site.stream == "single"
-    tokens_first = output.transpose(1, 2) if flux_layers.is_normed(site, tensor) else output  # norms give [B, H, L, D]
-    if image_only:  # the text before the image (Flux family) or after the video (HunyuanVideo)
+    normed = flux_layers.is_normed(site, tensor)
+    tokens_first = output.transpose(1, 2) if normed else output  # norms give [B, H, L, D]
+    if site.tokens == "image" and site.stream == "single":  # the text before the image (Flux) or after it (HunyuanVideo)
         length = tokens_first.shape[1]
         tokens_first = tokens_first[:, text_tokens:] if flux_layers.text_first(net) else tokens_first[:, :length - text_tokens]
-    return tokens_first if flux_layers.is_normed(site, tensor) else tokens_first[:, :, flux_layers.columns(net, tensor)]
+    return tokens_first if normed else tokens_first[:, :, flux_layers.columns(net, tensor)]
 
 
 def site_hooks(net, layers: flux_layers.FluxLayerSet, text_tokens: int,
@@ -130,16 +130,17 @@ class Injection:
         slot = self.bank.slot_at(call_sigma(options), self.inject)
         if slot is None:
             return executor(*args, **kwargs)
-        self.bank.check_latent(args[0].shape if args else kwargs["x"].shape)
+        x = args[0] if args else kwargs["x"]
+        self.bank.check_latent(x.shape)
         self.bank.check_text(context.shape[1])
         chunks = len(options.get("cond_or_uncond", [0]))
         feed = run_feed(options, self, self.bank.tables)
 
-        tokens = self.bank.tokens
+        tokens = None if self.bank.tokens is None else self.bank.tokens.to(x.device)  # once per call, not per site
 
         def inject(site, tensor, view):
             key = site.key(tensor)
-            target = view if tokens is None else view[:, tokens.to(view.device)]
+            target = view if tokens is None else view[:, tokens]
             source = rows_from_source(feed.get(slot, key, target), view.shape[0], chunks)
             if source.shape[1] != target.shape[1]:
                 raise token_mismatch(key, source.shape[1], target.shape[1])
@@ -149,14 +150,14 @@ class Injection:
             elif tokens is None:
                 view.copy_(source)
             else:  # only the kept tokens (KV-Edit: the background's)
-                view[:, tokens.to(view.device)] = source
+                view[:, tokens] = source
         hooks = site_hooks(executor.class_obj, self.bank.layers, context.shape[1], inject)
         if tokens is not None and self.attn_scale and len(tokens):
-            kwargs["attention_mask"] = self.attention_bias(executor.class_obj, args[0] if args else kwargs["x"],
-                                                           context.shape[1], kwargs.get("attention_mask"))
+            kwargs["attention_mask"] = self.attention_bias(executor.class_obj, x, tokens, context.shape[1],
+                                                           kwargs.get("attention_mask"))
         return outside_compiler(hooks, executor, *args, **kwargs)
 
-    def attention_bias(self, net, x: torch.Tensor, text_tokens: int, given) -> torch.Tensor:
+    def attention_bias(self, net, x: torch.Tensor, tokens: torch.Tensor, text_tokens: int, given) -> torch.Tensor:
         """KV-Edit's attention scale (Xilluill/KV-Edit models/kv_edit.py lines 48-62, used at lines
         189-193): `attn_scale` added to the attention logits of every query on the kept (background)
         image tokens' keys, in every block (flux/modules/layers.py lines 315 and 378)."""
@@ -165,7 +166,7 @@ class Injection:
                            "already (another node sets an attention mask): set attn_scale to 0.")
         bias = torch.zeros(1, 1, text_tokens + image_count(x.shape), device=x.device,
                            dtype=getattr(net, "dtype", None) or x.dtype)
-        bias[..., text_tokens + self.bank.tokens.to(x.device)] = self.attn_scale
+        bias[..., text_tokens + tokens] = self.attn_scale
         return bias
 
 
