@@ -5,10 +5,10 @@ conftest.py exposes its session fixture ``comfy_server``; ``start_server`` and
 
 The server gets a fresh base directory holding the random-weight SD1.5
 checkpoint (``CHECKPOINT_NAME``), a ControlNet for it (``CONTROLNET_NAME``),
-the random-weight Flux files of tests/flux_files.py (``FLUX_UNET_NAME`` and the Chroma
-``CHROMA_UNET_NAME`` in diffusion_models/, ``FLUX_CLIP_NAME`` in text_encoders/, ``FLUX_VAE_NAME`` in vae/),
-a 64x64 test image in input/ (``INPUT_IMAGE_NAME``), and this checkout linked
-as ``custom_nodes/comfyui-pnp-diffusion``.
+the random-weight files of tests/flux_files.py (``FLUX_UNET_NAME``, the Chroma ``CHROMA_UNET_NAME`` and the
+HunyuanVideo ``HUNYUAN_UNET_NAME`` in diffusion_models/, ``FLUX_CLIP_NAME`` in text_encoders/, ``FLUX_VAE_NAME``
+and ``HUNYUAN_VAE_NAME`` in vae/), a 64x64 test image and a 9-frame 64x64 test clip in input/
+(``INPUT_IMAGE_NAME``, ``INPUT_VIDEO_NAME``), and this checkout linked as ``custom_nodes/comfyui-pnp-diffusion``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import requests
 
 from checkpoint_factory import REPO_ROOT, cached_checkpoint
 from host import comfy_path
-from flux_files import cached_flux_file
+from flux_files import cached_flux_file, clip_frames
 
 PACK_NAME = "comfyui-pnp-diffusion"
 PACK_DIR = REPO_ROOT
@@ -36,7 +36,11 @@ FLUX_UNET_NAME = "pnp-test-flux.safetensors"
 CHROMA_UNET_NAME = "pnp-test-chroma.safetensors"
 FLUX_CLIP_NAME = "pnp-test-clip-l.safetensors"
 FLUX_VAE_NAME = "pnp-test-flux-ae.safetensors"
+HUNYUAN_UNET_NAME = "pnp-test-hunyuan-video.safetensors"
+HUNYUAN_VAE_NAME = "pnp-test-hunyuan-tae.safetensors"
 INPUT_IMAGE_NAME = "pnp-test-input.png"
+INPUT_VIDEO_NAME = "pnp-test-clip.mp4"
+INPUT_VIDEO_FPS = 8
 STARTUP_TIMEOUT = 120.0
 
 
@@ -67,6 +71,22 @@ def write_test_png(path, size: int = 64) -> Path:
     return Path(path)
 
 
+def write_test_video(path, fps: int = INPUT_VIDEO_FPS) -> Path:
+    """flux_files.clip_frames as an H.264 MP4 (9 frames of 64x64: the test image with a square moving across)."""
+    import av
+    import numpy as np
+
+    frames = (clip_frames().numpy() * 255).round().astype(np.uint8)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": "12"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return Path(path)
+
+
 def prepare_base_dir(base_dir) -> Path:
     base = Path(base_dir)
     for sub in ("models/checkpoints", "models/controlnet", "models/diffusion_models", "models/text_encoders",
@@ -77,11 +97,14 @@ def prepare_base_dir(base_dir) -> Path:
     (base / "models/controlnet" / CONTROLNET_NAME).symlink_to(cached_checkpoint("sd15-controlnet"))
     (base / "models/diffusion_models" / FLUX_UNET_NAME).symlink_to(cached_flux_file("flux"))
     (base / "models/diffusion_models" / CHROMA_UNET_NAME).symlink_to(cached_flux_file("chroma"))
+    (base / "models/diffusion_models" / HUNYUAN_UNET_NAME).symlink_to(cached_flux_file("hunyuan-video"))
+    (base / "models/vae" / HUNYUAN_VAE_NAME).symlink_to(cached_flux_file("hunyuan-tae"))
     (base / "models/text_encoders" / FLUX_CLIP_NAME).symlink_to(cached_flux_file("clip-l"))
     (base / "models/vae" / FLUX_VAE_NAME).symlink_to(cached_flux_file("flux-ae"))
     # --base-directory also moves custom_nodes/, so the pack is linked in here.
     (base / "custom_nodes" / PACK_NAME).symlink_to(PACK_DIR, target_is_directory=True)
     write_test_png(base / "input" / INPUT_IMAGE_NAME)
+    write_test_video(base / "input" / INPUT_VIDEO_NAME)
     return base
 
 

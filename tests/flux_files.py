@@ -1,7 +1,8 @@
-"""Random-weight Flux.1 and Chroma files that ComfyUI's own loaders detect, for graph-level tests.
+"""Random-weight Flux.1, Chroma and HunyuanVideo files that ComfyUI's own loaders detect, for graph-level tests.
 
-A Flux.1 [dev] graph loads three things, a Chroma graph a diffusion model, T5-XXL and Flux.1's VAE; the tests
-load these in their place (``cached_flux_file``):
+A Flux.1 [dev] graph loads three things, a Chroma graph a diffusion model, T5-XXL and Flux.1's VAE, a HunyuanVideo
+graph a diffusion model, CLIP-L + llava-llama-3 and HunyuanVideo's VAE; the tests load these in their place
+(``cached_flux_file``):
 
 =====================================================  ===============================================
 what the user's graph loads                            what the test server holds
@@ -44,6 +45,18 @@ Why these and not smaller or closer ones:
   fixed config for a T5 file and gives CLIP-L's 768-wide conditioning for a CLIP-L file; Load CLIP type
   ``sd3`` with CLIP-L alone gives the 4096-wide conditioning below, so the test keeps the user's Load CLIP
   node and changes its widgets (file name and type), as for DualCLIPLoader.
+- HunyuanVideo: the host's detection reads the width from ``img_in`` and sets 1 head per 128 channels with
+  rotary axes 16+56+56, so unlike Flux the width can shrink to 128 (one head) and the file keeps the real
+  block counts: the official video edit's layers (single blocks 21-39 of 40) run as shipped. 26 M parameters
+  (50 MiB in fp16); the keys are the original release's names (``img_attn_qkv``, ``img_mod.linear``...), which
+  the host maps to its own (``supported_models.HunyuanVideo.process_unet_state_dict``). Its text input is
+  llava-llama-3's hidden states (4096 wide, as T5-XXL's) and its pooled input CLIP-L's (768): DualCLIPLoader
+  ``sd3`` with CLIP-L alone gives both shapes, as for Flux (DualCLIPLoader ``hunyuan_video`` would build an
+  8 B llama).
+- HunyuanVideo's VAE: the full one (a causal 3D autoencoder) is replaced by the TAEHV format (the host's
+  ``comfy/taesd/taehv.py``, detected by its ``decoder.22.bias`` key; fp16 weights mean HunyuanVideo's latent
+  format): 16 latent channels, 8x in space and 4x in time, so 4k + 1 frames give k + 1 latent frames as the
+  full VAE does.
 - Text encoders: ComfyUI builds T5-XXL from a fixed config (24 layers, 4096 wide, 4.7 B parameters,
   about 2.4 TFLOP per 256-token prompt), whatever the file holds, and DualCLIPLoader ``flux`` always
   builds it: no T5-XXL runs on a 2-core test machine or in CI. DualCLIPLoader ``sd3`` with CLIP-L
@@ -61,7 +74,8 @@ Why these and not smaller or closer ones:
 Everything is generated under the ignored ``.cache/`` (never committed), once, by the set-up
 (``scripts/setup.sh --test`` runs tests/prepare_models.py) or else by the first test that needs it, then
 cached: about 25 s to write the three Flux files (1.3 GiB, 236 MiB, 5 MiB) and 12 s to load and check them
-through ComfyUI's loaders, on one core; 15 s and 13 s for the Chroma file (1.4 GiB). Run
+through ComfyUI's loaders, on one core; 15 s and 13 s for the Chroma file (1.4 GiB); a few seconds each for the
+HunyuanVideo files. Run
 ``python tests/flux_files.py NAME PATH`` to write and verify one file.
 """
 from __future__ import annotations
@@ -118,6 +132,16 @@ CHROMA_UNET_CONFIG = {
     "in_dim": 64, "out_dim": 3072, "hidden_dim": 5120, "n_layers": 5,  # the approximator
 }
 
+# What detect_unet_config reads back from a HunyuanVideo 1.0 file (its `hunyuan_video` branch): the width from img_in,
+# 1 head per 128 channels, rope axes 16+56+56, the block counts from the keys; the real model is 3072 wide
+# (24 heads) with the same 20 double-stream and 40 single-stream blocks.
+HUNYUAN_VIDEO_UNET_CONFIG = {
+    "image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 4096,
+    "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 1, "depth": 20, "depth_single_blocks": 40,
+    "axes_dim": [16, 56, 56], "theta": 256, "patch_size": [1, 2, 2], "qkv_bias": True, "guidance_embed": True,
+    "byt5": False, "meanflow": False,
+}
+
 # ComfyUI's scale and shift for TAEF1 latents (nodes.VAELoader.load_taesd, "taef1").
 TAEF1_SCALE = 0.3611
 TAEF1_SHIFT = 0.1159
@@ -139,6 +163,88 @@ def _make_unet(path, seed: int, module: str, name: str, unet_config: dict) -> Pa
     network = getattr(importlib.import_module(module), name)
     config = {k: v for k, v in unet_config.items() if k != "image_model"}
     sd = _random_weights(lambda: network(**config, operations=comfy.ops.disable_weight_init), "", seed)
+    _save(sd, path, FLUX_FILES_VERSION)
+    return Path(path)
+
+
+def make_hunyuan_video_unet(path, seed: int = 14) -> Path:
+    """A standalone HunyuanVideo diffusion-model file under the original release's key names."""
+    comfy = _import_comfy()
+    import comfy.ldm.hunyuan_video.model
+    config = {k: v for k, v in HUNYUAN_VIDEO_UNET_CONFIG.items() if k != "image_model"}
+    config.update(use_cond_type_embedding=False, vision_in_dim=None)  # HunyuanVideo 1.5's, off in 1.0
+    sd = _random_weights(lambda: comfy.ldm.hunyuan_video.model.HunyuanVideo(
+        **config, operations=comfy.ops.disable_weight_init), "", seed)
+    _save(comfy_to_tencent(sd), path, FLUX_FILES_VERSION)
+    return Path(path)
+
+
+# supported_models.HunyuanVideo.process_unet_state_dict (Tencent -> Comfy), inverted: per key, the FIRST
+# rule that matches applies (the specific rules come first; no key needs two). The inversion is checked
+# by running the host's own mapping on the result (necessary, not sufficient: `_in.mlp.0.` and
+# `mlp.fc1.` both end at `_in.in_layer.`); diffusers' strict load checks the names it expects.
+_COMFY_TO_TENCENT = (
+    ("txt_in.t_embedder.in_layer.", "txt_in.t_embedder.mlp.0."),
+    ("txt_in.t_embedder.out_layer.", "txt_in.t_embedder.mlp.2."),
+    ("txt_in.c_embedder.in_layer.", "txt_in.c_embedder.linear_1."),
+    ("txt_in.c_embedder.out_layer.", "txt_in.c_embedder.linear_2."),
+    # `_in.mlp.0.` -> `_in.in_layer.` is not one-to-one: the official vector_in is already named
+    # in_layer/out_layer (and diffusers' converter expects that), time_in and guidance_in are mlp.0/2.
+    ("time_in.in_layer.", "time_in.mlp.0."), ("time_in.out_layer.", "time_in.mlp.2."),
+    ("guidance_in.in_layer.", "guidance_in.mlp.0."), ("guidance_in.out_layer.", "guidance_in.mlp.2."),
+    ("_mod.lin.", "_mod.linear."),
+    ("_attn.qkv.", "_attn_qkv."),
+    ("mlp.0.", "mlp.fc1."), ("mlp.2.", "mlp.fc2."),
+    ("_attn.norm.query_norm.scale", "_attn_q_norm.weight"), ("_attn.norm.key_norm.scale", "_attn_k_norm.weight"),
+    (".norm.query_norm.scale", ".q_norm.weight"), (".norm.key_norm.scale", ".k_norm.weight"),
+    ("_attn.proj.", "_attn_proj."),
+    (".modulation.lin.", ".modulation.linear."),
+)
+
+
+def comfy_to_tencent(comfy_sd: dict) -> dict:
+    """A host HunyuanVideo state dict under the original (Tencent) names, checked against the host's
+    own Tencent -> Comfy mapping (supported_models.HunyuanVideo.process_unet_state_dict) round trip."""
+    comfy = _import_comfy()
+    out = {}
+    for key, value in comfy_sd.items():
+        name = next((key.replace(old, new) for old, new in _COMFY_TO_TENCENT if old in key), key)
+        out[name] = value
+    back = comfy.supported_models.HunyuanVideo({"image_model": "hunyuan_video"}).process_unet_state_dict(dict(out))
+    assert sorted(back) == sorted(comfy_sd), "the inverted key mapping does not round-trip through the host's"
+    return out
+
+
+def clip_frames(frames: int = 9, size: int = 64) -> torch.Tensor:
+    """A clip in ComfyUI's IMAGE layout [frames, H, W, 3]: the gradient image with a bright square moving across."""
+    clip = gradient_image(size).repeat(frames, 1, 1, 1)
+    side = size // 4
+    for t in range(frames):
+        x = round(t * (size - side) / max(frames - 1, 1))
+        clip[t, size // 3:size // 3 + side, x:x + side] = torch.tensor([1.0, 0.9, 0.2])
+    return clip
+
+
+def make_hunyuan_tae(path, seed: int = 15) -> Path:
+    """A TAEHV-format VAE in fp16 (the host then uses HunyuanVideo's latent format), calibrated: encoding the test
+    clip gives model-space latents of std 1, decoding N(0, 1) latents gives frames of mean 0.5 and std 0.25."""
+    comfy = _import_comfy()
+    import comfy.taesd.taehv
+    build = lambda: comfy.taesd.taehv.TAEHV(latent_channels=FLUX_LATENT_CHANNELS, show_progress_bar=False)  # noqa: E731
+    sd = _random_weights(build, "", seed)
+    tae = build()
+    tae.load_state_dict({k: v.float() for k, v in sd.items()})
+    enc_last, dec_last = f"encoder.{len(tae.encoder) - 1}", f"decoder.{len(tae.decoder) - 1}"
+    with torch.no_grad():
+        # TAEHV.encode/decode work in the latent format's user space; the model space is the network's own.
+        clip = clip_frames().movedim(-1, 1)[None]  # [1, T, 3, H, W]
+        z = comfy.taesd.taehv.apply_model_with_memblocks(tae.encoder, clip[:, :8], False, False)
+        sd[enc_last + ".weight"] = (sd[enc_last + ".weight"].float() / z.std()).half()
+        latent = torch.randn((1, 3, FLUX_LATENT_CHANNELS, 8, 8), generator=torch.Generator().manual_seed(seed))
+        out = comfy.taesd.taehv.apply_model_with_memblocks(tae.decoder, latent, False, False)
+        gain = 0.25 / out.std(dim=(0, 1, 3, 4))
+        sd[dec_last + ".weight"] = (sd[dec_last + ".weight"].float() * gain[:, None, None, None]).half()
+        sd[dec_last + ".bias"] = (0.5 - out.mean(dim=(0, 1, 3, 4)) * gain).half()
     _save(sd, path, FLUX_FILES_VERSION)
     return Path(path)
 
@@ -178,21 +284,26 @@ def verify_flux_unet(path) -> None:
     for key, value in FLUX_UNET_CONFIG.items():
         assert detected[key] == value, (key, detected[key], value)
     assert model.model_type == comfy.model_base.ModelType.FLUX
+    _check_guided_velocity(model, (1, FLUX_LATENT_CHANNELS, 8, 8), pooled_width=768, guidance=5.0)
 
+
+def _check_guided_velocity(model, latent_shape, pooled_width: int, guidance: float) -> None:
+    """A guidance-distilled model runs on a text encoder's shapes (77 tokens of 4096, a pooled vector), and its
+    weights are scaled so that the text, the pooled vector and the guidance embedding each move the output."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn((1, FLUX_LATENT_CHANNELS, 8, 8), generator=gen)
+    x = torch.randn(latent_shape, generator=gen)
     context = torch.randn((1, 77, 4096), generator=gen)
-    pooled = torch.randn((1, 768), generator=gen)
+    pooled = torch.randn((1, pooled_width), generator=gen)
 
-    def velocity(context=context, guidance=5.0):
+    def velocity(context=context, pooled=pooled, guidance=guidance):
         with torch.no_grad():
             return model.apply_model(x, torch.tensor([0.8]), c_crossattn=context, y=pooled,
                                      guidance=torch.tensor([guidance]))
 
     out = velocity()
     assert out.shape == x.shape and out.isfinite().all(), out.shape
-    # The weights are scaled so that the conditioning and the guidance embedding move the output.
     assert _relative_change(velocity(context=torch.roll(context, 1, dims=1) * 0.5), out) > 0.01, "text has no effect"
+    assert _relative_change(velocity(pooled=pooled.flip(1)), out) > 0.01, "the pooled vector has no effect"
     assert _relative_change(velocity(guidance=1.0), out) > 0.01, "guidance has no effect"
 
 
@@ -222,6 +333,42 @@ def verify_chroma_unet(path) -> None:
     assert out.shape == x.shape and out.isfinite().all(), out.shape
     assert _relative_change(velocity(context=torch.roll(context, 1, dims=1) * 0.5), out) > 0.01, "text has no effect"
     assert _relative_change(velocity(sigma=0.3), out) > 0.01, "the timestep has no effect"
+
+
+def verify_hunyuan_video_unet(path) -> None:
+    """UNETLoader's loader detects HunyuanVideo 1.0 (not an I2V variant) with this config; it runs on the conditioning
+    of DualCLIPLoader type sd3 with the test CLIP-L, and the text, the pooled vector and the guidance move it."""
+    comfy = _import_comfy()
+    import comfy.model_base
+    patcher = comfy.sd.load_diffusion_model(str(path))
+    model = patcher.model
+    assert type(model.model_config) is comfy.supported_models.HunyuanVideo, type(model.model_config).__name__
+    assert type(model) is comfy.model_base.HunyuanVideo, type(model).__name__
+    detected = model.model_config.unet_config
+    for key, value in HUNYUAN_VIDEO_UNET_CONFIG.items():
+        assert detected[key] == value, (key, detected[key], value)
+    # 3 latent frames; sd3's pooled output is 2048 wide, CLIP-L's 768 first (the model reads those).
+    _check_guided_velocity(model, (1, FLUX_LATENT_CHANNELS, 3, 8, 8), pooled_width=2048, guidance=6.0)
+
+
+def verify_hunyuan_tae(path) -> None:
+    """Load VAE's loader takes it as a TAEHV with HunyuanVideo's latent format; VAE Encode of a 9-frame clip gives 3
+    latent frames, VAE Decode gives 9 frames back, neither flat."""
+    comfy = _import_comfy()
+    import comfy.utils
+    import comfy.taesd.taehv
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
+    assert isinstance(vae.first_stage_model, comfy.taesd.taehv.TAEHV)
+    assert vae.latent_channels == FLUX_LATENT_CHANNELS and vae.latent_dim == 3
+    assert isinstance(vae.first_stage_model.latent_format, type) and \
+        vae.first_stage_model.latent_format.__name__ == "HunyuanVideo"
+    latent = vae.encode(clip_frames())
+    assert latent.shape == (1, FLUX_LATENT_CHANNELS, 3, 8, 8) and latent.isfinite().all(), latent.shape
+    model_space = comfy.latent_formats.HunyuanVideo().process_in(latent)
+    assert 0.5 < model_space.std() < 2.0, model_space.std()
+    decoded = vae.decode(latent)
+    assert decoded.shape[-4:] == (9, 64, 64, 3) and decoded.isfinite().all(), decoded.shape
+    assert 0.2 < decoded.mean() < 0.8 and decoded.std() > 0.05, "decoded frames are flat"
 
 
 def verify_clip_l(path) -> None:
@@ -262,6 +409,8 @@ FLUX_FILES = {
     "clip-l": (make_clip_l, verify_clip_l),
     "flux-ae": (make_flux_vae, verify_flux_vae),
     "chroma": (make_chroma_unet, verify_chroma_unet),
+    "hunyuan-video": (make_hunyuan_video_unet, verify_hunyuan_video_unet),
+    "hunyuan-tae": (make_hunyuan_tae, verify_hunyuan_tae),
 }
 
 

@@ -40,6 +40,7 @@ import torch
 import comfy.model_base
 import comfy.supported_models as sm
 from flux_harness import init_flux_weights, patcher_of
+from flux_files import comfy_to_tencent
 from flux_reference import RFSolverEdit
 
 HIDDEN, HEADS, AXES = 64, 2, [8, 12, 12]   # head dim 32 = 8 + 12 + 12 (real: 3072, 24, [16, 56, 56])
@@ -101,41 +102,6 @@ def video_latent(seed: int = 2, frames: int = 3, size: int = 8, batch: int = 1) 
 
 
 # --- the diffusers twin -----------------------------------------------------------------------
-
-# supported_models.HunyuanVideo.process_unet_state_dict (Tencent -> Comfy), inverted: per key, the FIRST
-# rule that matches applies (the specific rules come first; no key needs two). The inversion is checked
-# by running the host's own mapping on the result (necessary, not sufficient: `_in.mlp.0.` and
-# `mlp.fc1.` both end at `_in.in_layer.`); diffusers' strict load checks the names it expects.
-_COMFY_TO_TENCENT = (
-    ("txt_in.t_embedder.in_layer.", "txt_in.t_embedder.mlp.0."),
-    ("txt_in.t_embedder.out_layer.", "txt_in.t_embedder.mlp.2."),
-    ("txt_in.c_embedder.in_layer.", "txt_in.c_embedder.linear_1."),
-    ("txt_in.c_embedder.out_layer.", "txt_in.c_embedder.linear_2."),
-    # `_in.mlp.0.` -> `_in.in_layer.` is not one-to-one: the official vector_in is already named
-    # in_layer/out_layer (and diffusers' converter expects that), time_in and guidance_in are mlp.0/2.
-    ("time_in.in_layer.", "time_in.mlp.0."), ("time_in.out_layer.", "time_in.mlp.2."),
-    ("guidance_in.in_layer.", "guidance_in.mlp.0."), ("guidance_in.out_layer.", "guidance_in.mlp.2."),
-    ("_mod.lin.", "_mod.linear."),
-    ("_attn.qkv.", "_attn_qkv."),
-    ("mlp.0.", "mlp.fc1."), ("mlp.2.", "mlp.fc2."),
-    ("_attn.norm.query_norm.scale", "_attn_q_norm.weight"), ("_attn.norm.key_norm.scale", "_attn_k_norm.weight"),
-    (".norm.query_norm.scale", ".q_norm.weight"), (".norm.key_norm.scale", ".k_norm.weight"),
-    ("_attn.proj.", "_attn_proj."),
-    (".modulation.lin.", ".modulation.linear."),
-)
-
-
-def comfy_to_tencent(comfy_sd: dict) -> dict:
-    """A host HunyuanVideo state dict under the original (Tencent) names, checked against the host's
-    own Tencent -> Comfy mapping (sm.HunyuanVideo.process_unet_state_dict) round trip."""
-    out = {}
-    for key, value in comfy_sd.items():
-        name = next((key.replace(old, new) for old, new in _COMFY_TO_TENCENT if old in key), key)
-        out[name] = value
-    back = sm.HunyuanVideo({"image_model": "hunyuan_video"}).process_unet_state_dict(dict(out))
-    assert sorted(back) == sorted(comfy_sd), "the inverted key mapping does not round-trip through the host's"
-    return out
-
 
 def diffusers_twin(model):
     """A diffusers HunyuanVideoTransformer3DModel holding `model`'s weights (fp32, eval)."""

@@ -4,7 +4,7 @@ For each workflows/*.json: load it into the page as a user would (``app.loadGrap
 missing-node dialog opens and no node shows an error, check that the frontend's own API conversion is
 the one tests/workflow_api.py makes, shrink steps/sizes/file names (and Flux's text-encoder type) in the
 widgets (``overrides_for_tests``, as test_workflows.py does), queue it from the page and wait for its
-image in the page and in /history. The page queues the prompt that the session's server run of the workflow
+images (Save Image) or video (Save Video, playing) in the page and in /history. The page queues the prompt that the session's server run of the workflow
 (``workflow_runs``, tests/workflow_runs.py) has just run, so the server answers it from its cache.
 
 ``PNP_SCREENSHOTS=1`` also writes docs/screenshots/<workflow>.png (the graph as shipped) and the
@@ -26,10 +26,10 @@ import requests
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from comfy_server import INPUT_IMAGE_NAME
+from comfy_server import INPUT_IMAGE_NAME, INPUT_VIDEO_NAME
 from workflow_api import apply_overrides, to_api
-from workflow_runs import (BANK_WORKFLOW, EXPECTED, FLUX_WORKFLOWS, RUN_1_GROUP, RUN_2_GROUP, WORKFLOW_DIR, load,
-                           overrides_for_tests, run_2_of_the_bank_workflow)
+from workflow_runs import (BANK_WORKFLOW, EXPECTED, FLUX_WORKFLOWS, RUN_1_GROUP, RUN_2_GROUP, SAVE_TYPES, WORKFLOW_DIR,
+                           load, overrides_for_tests, run_2_of_the_bank_workflow)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -38,6 +38,7 @@ SCREENSHOTS = os.environ.get("PNP_SCREENSHOTS") == "1"
 RESAVE = os.environ.get("PNP_RESAVE_WORKFLOWS") == "1"
 SCREENSHOT_DIR = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 SHIPPED_IMAGE = "example.png"
+SHIPPED_VIDEO = "example.mp4"
 # The server's user settings: no first-run template browser; full detail at any zoom, no minimap or
 # canvas info (for the screenshots).
 SETTINGS = {"Comfy.TutorialCompleted": True, "LiteGraph.Canvas.MinFontSizeForLOD": 0,
@@ -102,8 +103,9 @@ BANK_RUN_2_JS = """([run1, run2, bankFile]) => {
 
 @pytest.fixture(scope="module")
 def page(comfy_server):
-    if SCREENSHOTS:  # so that Load Image shows a preview of the shipped file name
+    if SCREENSHOTS:  # so that Load Image and Load Video show a preview of the shipped file names
         shutil.copy(comfy_server.input_dir / INPUT_IMAGE_NAME, comfy_server.input_dir / SHIPPED_IMAGE)
+        shutil.copy(comfy_server.input_dir / INPUT_VIDEO_NAME, comfy_server.input_dir / SHIPPED_VIDEO)
     for key, value in SETTINGS.items():
         requests.post(f"{comfy_server.url}/settings/{key}", json=value, timeout=10).raise_for_status()
     with sync_playwright() as playwright:
@@ -137,8 +139,18 @@ def close_dialogs(page):
         page.wait_for_function(f"() => !({open_dialogs})()", timeout=5_000)
 
 
+# The preview the frontend adds to Load Video once its file plays: serialized into the prompt as an empty value that
+# the server's node definition does not have (the server ignores it).
+PREVIEW_WIDGETS = ("video-preview",)
+
+
 def frontend_prompt(page) -> dict:
-    return json.loads(page.evaluate(API_JS))
+    prompt = json.loads(page.evaluate(API_JS))
+    for node in prompt.values():
+        for name in PREVIEW_WIDGETS:
+            if node["inputs"].get(name) == "":
+                del node["inputs"][name]
+    return prompt
 
 
 def queue_and_wait(page, comfy_server) -> tuple[str, dict]:
@@ -163,6 +175,15 @@ def wait_for_images_in_page(page, node_ids: list[str]):
     page.wait_for_function(
         "ids => ids.every(id => (app.graph.getNodeById(Number(id))?.imgs || []).some(img => img.complete && img.naturalWidth > 0))",
         arg=node_ids, timeout=30_000)
+
+
+def wait_for_videos_in_page(page, filenames: list[str]):
+    """The Save Video nodes play their file in the page (a <video> element on the /view of it, with its first frame)."""
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+    page.wait_for_function(
+        """names => names.every(name => [...document.querySelectorAll('video')].some(
+             v => decodeURIComponent(v.currentSrc || v.src).includes(name) && v.readyState >= 2 && v.videoWidth > 0))""",
+        arg=filenames, timeout=30_000)
 
 
 def screenshot(page, name: str, width: int = 2000, margin: int = 20):
@@ -271,9 +292,11 @@ def test_workflow_in_the_frontend(name, page, comfy_server, workflow_runs):
         assert frontend_prompt(page) == apply_overrides(run_2, overrides_for_tests(run_2))
         prompt_id, outputs = queue_and_wait(page, comfy_server)
         prompt = run_2
-    saves = [node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"]
+    saves = [node_id for node_id, node in prompt.items() if node["class_type"] in SAVE_TYPES]
     assert saves and all(outputs.get(s, {}).get("images") for s in saves), outputs
-    wait_for_images_in_page(page, saves)
+    wait_for_images_in_page(page, [s for s in saves if prompt[s]["class_type"] == "SaveImage"])
+    videos = [outputs[s]["images"][0]["filename"] for s in saves if prompt[s]["class_type"] == "SaveVideo"]
+    wait_for_videos_in_page(page, videos)
     assert page.evaluate("() => app.graph.nodes.filter(n => n.has_errors).map(n => n.id)") == []
 
 

@@ -4,7 +4,9 @@ Each file is converted to API format with the server's own node definitions and 
 test models; only file names, steps and the image size are shrunk (``shrink_for_tests``), everything
 else is what a user gets. The Flux workflow also gets the text-encoder swap and the layers that
 tests/flux_files.py explains (no T5-XXL on a test machine; the test model has 2 of Flux.1's 38 single blocks); the
-Chroma workflow the Load CLIP swap and its test Chroma, on which its layers (by analogy) run as shipped.
+Chroma workflow the Load CLIP swap and its test Chroma, on which its layers (by analogy) run as shipped; the
+HunyuanVideo workflow its test model (the real block counts: its layers run as shipped), the test CLIP-L in place
+of llava-llama-3, a tiny video VAE and a 9-frame test clip.
 Each file runs once (the session fixture ``workflow_runs`` of tests/workflow_runs.py); the tests here
 assert on that run. The Flux workflows' runs hold the variant their tests need (injection off, inject 0),
 run by ``workflow_runs`` while the server still has the workflow's models and inversion in its cache; the masked
@@ -15,15 +17,19 @@ import copy
 import numpy as np
 import pytest
 
-from comfy_server import CHROMA_UNET_NAME, FLUX_CLIP_NAME, PACK_PYTHON_MODULE
+from comfy_server import (CHROMA_UNET_NAME, FLUX_CLIP_NAME, HUNYUAN_UNET_NAME, HUNYUAN_VAE_NAME, INPUT_VIDEO_FPS,
+                          INPUT_VIDEO_NAME, PACK_PYTHON_MODULE)
+from flux_files import clip_frames
 from workflow_api import ANALOGY_LAYERS, NOTE_TYPES, UI_ONLY_TYPES, ConversionError, notes, to_api, widget_values
 from workflow_runs import (BANK_WORKFLOW, CHECK_COMPOSITE, CHECK_LATENT, CHECK_MASK, CHECK_SOURCE, CHECK_SOURCE_LATENT,
                            CHROMA_WORKFLOW, EXPECTED, FIREFLOW_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FLUX_WORKFLOW,
-                           FLUX_WORKFLOWS, KV_EDIT_WORKFLOW, MASKED_WORKFLOW, WORKFLOW_DIR, image_outputs, load, shrunk)
+                           FLUX_WORKFLOWS, HUNYUAN_WORKFLOW, KV_EDIT_WORKFLOW, MASKED_WORKFLOW, SAVE_TYPES, WORKFLOW_DIR,
+                           image_outputs, load, read_video, shrunk)
 
 NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 SHIPPED_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SHIPPED_IMAGE = "example.png"
+SHIPPED_VIDEO = "example.mp4"
 # What a Flux.1 [dev] user loads (ComfyUI's Flux examples), and RF-Solver-Edit's defaults (its edit.py:
 # 25 steps, inject 20, guidance 5 for the target and 1 for the inversion).
 SHIPPED_FLUX_FILES = {"UNETLoader": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"},
@@ -34,7 +40,15 @@ SHIPPED_FLUX_FILES = {"UNETLoader": {"unet_name": "flux1-dev.safetensors", "weig
 SHIPPED_CHROMA_FILES = {"UNETLoader": {"unet_name": "Chroma1-HD.safetensors", "weight_dtype": "default"},
                         "CLIPLoader": {"clip_name": "t5xxl_fp16.safetensors", "type": "chroma"},
                         "VAELoader": {"vae_name": "ae.safetensors"}}
+# What a HunyuanVideo user loads (ComfyUI's HunyuanVideo example), and the official video edit's run_jeep.sh: 25 steps,
+# inject_step 2, embedded guidance 6 (1 for the inversion), jeep.mp4's 480x480 and the 77 of its 80 frames it keeps.
+SHIPPED_HUNYUAN_FILES = {"UNETLoader": {"unet_name": "hunyuan_video_t2v_720p_bf16.safetensors", "weight_dtype": "default"},
+                         "DualCLIPLoader": {"clip_name1": "clip_l.safetensors",
+                                            "clip_name2": "llava_llama3_fp8_scaled.safetensors", "type": "hunyuan_video"},
+                         "VAELoader": {"vae_name": "hunyuan_video_vae_bf16.safetensors"}}
+SHIPPED_FILES = {CHROMA_WORKFLOW: SHIPPED_CHROMA_FILES, HUNYUAN_WORKFLOW: SHIPPED_HUNYUAN_FILES}
 FLUX_SIZE = 1024
+HUNYUAN_SIZE, HUNYUAN_FRAMES = 480, 77
 
 
 def test_the_shipped_set_is_complete():
@@ -70,7 +84,12 @@ KNOBS = {FLUX_WORKFLOW: ("inject", "keep_steps", "guidance", "steps", "rf-solver
          CHROMA_WORKFLOW: ("inject 20", "keep_steps 20", "steps 25", "scheduler official", "rf-solver-edit (by analogy)",
                            "no official RF-Solver-Edit code", "20-37 of 38", "19-37 of 38", "no distilled guidance",
                            "`guidance` inputs", "same number of T5 tokens", "structure", "Chroma1-HD", "type chroma",
-                           "t5xxl", "ae.safetensors")}
+                           "t5xxl", "ae.safetensors"),
+         HUNYUAN_WORKFLOW: ("inject 2", "keep_steps 2", "keep_steps 5", "guidance 6", "guidance 1", "steps 25",
+                            "scheduler official", "shifted by 7", "rf_solver", "single blocks 21-39 of 40",
+                            "structure vs prompt", "same number of tokens", "single.21-39:v@image", "first 77",
+                            "4k + 1", "480x480", "frame rate", "hunyuan_video_t2v_720p_bf16", "llava_llama3",
+                            "type hunyuan_video", "hunyuan_video_vae_bf16", "19.9 GiB")}
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -107,6 +126,8 @@ def test_shipped_values_are_the_papers(name, comfy_server):
             assert values["ckpt_name"] == SHIPPED_CHECKPOINT
         if node["type"] == "LoadImage":
             assert values["image"] == SHIPPED_IMAGE
+        if node["type"] == "LoadVideo":
+            assert values["file"] == SHIPPED_VIDEO
         if node["type"] == "PnPInversion":
             expected_inversion = 50 if name == "pnp-fast" else 999
             assert (values["steps"], values["inversion_steps"], values["scheduler"]) == (50, expected_inversion, "ddim_uniform")
@@ -119,9 +140,11 @@ def test_shipped_values_are_the_papers(name, comfy_server):
         if node["type"] == "PnPCaptureFeatures":
             assert (values["feature_steps"], values["attention_steps"], values["layers"]) == (0.8, 0.5, "auto")
         if node["type"] == "ImageScale":
-            size = FLUX_SIZE if name in FLUX_WORKFLOWS else 512
+            size = HUNYUAN_SIZE if name == HUNYUAN_WORKFLOW else FLUX_SIZE if name in FLUX_WORKFLOWS else 512
             assert (values["width"], values["height"]) == (size, size)
-        shipped_files = SHIPPED_CHROMA_FILES if name == CHROMA_WORKFLOW else SHIPPED_FLUX_FILES
+        if node["type"] == "ImageFromBatch":  # the official keeps 4k + 1 frames: 77 of jeep.mp4's 80
+            assert (values["batch_index"], values["length"]) == (0, HUNYUAN_FRAMES)
+        shipped_files = SHIPPED_FILES.get(name, SHIPPED_FLUX_FILES)
         if node["type"] in shipped_files:
             assert values == {**values, **shipped_files[node["type"]]}
         if node["type"] == "ModelSamplingFlux":  # Flux.1 dev's shift, for the image size
@@ -129,10 +152,14 @@ def test_shipped_values_are_the_papers(name, comfy_server):
                 (1.15, 0.5, FLUX_SIZE, FLUX_SIZE)
         if node["type"] == "PnPFluxInversion":  # on Chroma: the rule by analogy, and official is the model's simple
             layers, scheduler = (ANALOGY_LAYERS, "official") if name == CHROMA_WORKFLOW else ("rf-solver-edit", "simple")
+            keep = 20
+            if name == HUNYUAN_WORKFLOW:  # the video edit's own preset and schedule (shift 7), inject_step 2
+                layers, scheduler, keep = "rf-solver-edit", "official", 2
             assert (values["steps"], values["keep_steps"], values["guidance"], values["layers"], values["solver"],
-                    values["scheduler"], values["custom_layers"]) == (25, 20, 1.0, layers, "rf_solver", scheduler, "")
+                    values["scheduler"], values["custom_layers"]) == (25, keep, 1.0, layers, "rf_solver", scheduler, "")
         if node["type"] == "PnPFluxSampler":
-            assert (values["guidance"], values["inject"]) == (5.0, 20)
+            expected = (6.0, 2) if name == HUNYUAN_WORKFLOW else (5.0, 20)
+            assert (values["guidance"], values["inject"]) == expected
         if node["type"] == "PnPFluxFireFlowInversion":  # FireFlow's README.md lines 168-175
             assert (values["steps"], values["keep_steps"], values["guidance"], values["strategy"], values["scheduler"],
                     values["custom_layers"]) == (8, 1, 1.0, "replace_v", "official", "")
@@ -214,6 +241,73 @@ def test_the_chroma_workflow_loads_chroma_and_words_its_prompts_alike(comfy_serv
     assert files["UNETLoader"]["unet_name"] == CHROMA_UNET_NAME
     assert (files["CLIPLoader"]["clip_name"], files["CLIPLoader"]["type"]) == (FLUX_CLIP_NAME, "sd3")
     assert (files["PnPFluxInversion"]["layers"], files["PnPFluxInversion"]["custom_layers"]) == (ANALOGY_LAYERS, "")
+
+
+def hunyuan_video_tokens(text: str) -> int:
+    """The tokens DualCLIPLoader type hunyuan_video gives a prompt's llava-llama-3 part (its tokenizer: no padding,
+    the prompt inside the host's template)."""
+    from comfy.text_encoders.hunyuan_video import HunyuanVideoTokenizer
+    (tokens,) = HunyuanVideoTokenizer().tokenize_with_weights(text)["llama"]
+    return len(tokens)
+
+
+def test_the_video_workflow_loads_hunyuan_video_and_a_clip(comfy_server):
+    """pnp-hunyuan-video: HunyuanVideo's loaders; Load Video -> Get Video Components -> Image From Batch -> Resize ->
+    VAE Encode -> PnP Flux Inversion -> PnP Flux Sampler (both on the model as loaded: ``official`` is the video edit's
+    own schedule) -> VAE Decode -> Create Video at the clip's frame rate -> Save Video. The source and target prompts
+    encode to as many llava-llama-3 tokens (the layers replace all tokens and the host does not pad). The test run's
+    swaps: the test HunyuanVideo, its VAE, the test CLIP-L (DualCLIPLoader type sd3), the test clip; the preset and
+    the frame cap as shipped."""
+    prompt = to_api(load(HUNYUAN_WORKFLOW), comfy_server.object_info())
+    kinds = {n["class_type"]: n for n in prompt.values()}
+    kind = lambda ref: prompt[ref[0]]["class_type"]  # noqa: E731
+    assert set(SHIPPED_HUNYUAN_FILES) <= set(kinds) and "ModelSamplingFlux" not in kinds
+    inversion, sampler = kinds["PnPFluxInversion"], kinds["PnPFluxSampler"]
+    assert inversion["inputs"]["model"] == sampler["inputs"]["model"] and kind(sampler["inputs"]["model"]) == "UNETLoader"
+    components = kinds["GetVideoComponents"]["inputs"]["video"]
+    assert kind(components) == "LoadVideo"
+    chain = [inversion["inputs"]["latent"]]  # VAE Encode <- Resize <- Image From Batch <- Get Video Components
+    for key in ("pixels", "image", "image"):
+        chain.append(prompt[chain[-1][0]]["inputs"][key])
+    assert [kind(ref) for ref in chain] == ["VAEEncode", "ImageScale", "ImageFromBatch", "GetVideoComponents"]
+    decode = kinds["VAEDecode"]["inputs"]
+    assert kind(decode["samples"]) == "PnPFluxSampler" and decode["vae"] == prompt[chain[0][0]]["inputs"]["vae"]
+    create = kinds["CreateVideo"]["inputs"]
+    assert kind(create["images"]) == "VAEDecode" and create["fps"] == [chain[-1][0], 2], "the clip's own frame rate"
+    assert kind(kinds["SaveVideo"]["inputs"]["video"]) == "CreateVideo"
+    source = prompt[inversion["inputs"]["conditioning"][0]]["inputs"]["text"]
+    target = prompt[sampler["inputs"]["positive"][0]]["inputs"]["text"]
+    assert source != target and hunyuan_video_tokens(source) == hunyuan_video_tokens(target), (source, target)
+    assert hunyuan_video_tokens("") < hunyuan_video_tokens(source)
+
+    files = {n["class_type"]: n["inputs"] for n in shrunk(prompt).values()}
+    assert (files["UNETLoader"]["unet_name"], files["VAELoader"]["vae_name"]) == (HUNYUAN_UNET_NAME, HUNYUAN_VAE_NAME)
+    assert (files["DualCLIPLoader"]["clip_name1"], files["DualCLIPLoader"]["type"]) == (FLUX_CLIP_NAME, "sd3")
+    assert files["LoadVideo"]["file"] == INPUT_VIDEO_NAME
+    assert (files["PnPFluxInversion"]["layers"], files["PnPFluxInversion"]["custom_layers"]) == ("rf-solver-edit", "")
+    assert files["ImageFromBatch"]["length"] == HUNYUAN_FRAMES
+
+
+def test_the_video_workflow_edits_each_frame_of_the_clip(workflow_runs):
+    """pnp-hunyuan-video saves an MP4 with the clip's frames (9: 3 latent frames through the video VAE) at the clip's
+    frame rate; the same prompt with the sampler at inject 0 (run just before it) gives another clip, frame by frame.
+    Fails if the video nodes drop or add frames, the frame rate is lost, or injection changes nothing."""
+    run = workflow_runs[HUNYUAN_WORKFLOW]
+    (inversion,) = [n for n in run.prompt.values() if n["class_type"] == "PnPFluxInversion"]
+    (sampler,) = [n for n in run.prompt.values() if n["class_type"] == "PnPFluxSampler"]
+    assert 0 < sampler["inputs"]["inject"] < inversion["inputs"]["steps"], "the test run has injected and plain steps"
+    (path,) = run.files
+    (plain_path,) = run.plain_files
+    assert path.suffix == ".mp4" and path.parent.name == "video"
+    edited, fps = read_video(path)
+    plain, plain_fps = read_video(plain_path)
+    source = clip_frames().numpy()
+    assert edited.shape == plain.shape == source.shape == (9, 64, 64, 3)
+    assert fps == plain_fps == INPUT_VIDEO_FPS
+    # Measured (4 steps, 1 injected): 0.012 to 0.023 per frame (0.018 to 0.028 at 3 of 4 steps injected).
+    per_frame = np.abs(edited - plain).mean(axis=(1, 2, 3))
+    assert (per_frame > 0.003).all(), f"injection moved some frames by only {per_frame.min():.4f} on average"
+    assert np.abs(edited - source).mean() > 0.02, "the edit left the clip as it was"
 
 
 def test_the_hires_pass_uses_the_unpatched_model(comfy_server):
@@ -351,6 +445,6 @@ def test_bank_workflow_captures_once_then_samples_from_the_loaded_bank(workflow_
 @pytest.mark.parametrize("name", [n for n in EXPECTED if n != BANK_WORKFLOW])
 def test_workflow_runs(name, workflow_runs):
     run = workflow_runs[name]
-    saves = [node_id for node_id, node in run.prompt.items() if node["class_type"] == "SaveImage"]
+    saves = [node_id for node_id, node in run.prompt.items() if node["class_type"] in SAVE_TYPES]
     assert saves and all(len(run.outputs.get(s, {}).get("images", [])) == 1 for s in saves)
     assert all(f.is_file() for f in run.files)

@@ -254,11 +254,19 @@ def is_chroma_loader(node: dict) -> bool:
     return node["class_type"] == "UNETLoader" and "chroma" in str(node["inputs"].get("unet_name", "")).lower()
 
 
+def is_hunyuan_loader(node: dict) -> bool:
+    """A Load Diffusion Model or Load VAE of a HunyuanVideo file (by its name, as hunyuan_video_t2v_720p_bf16 and
+    hunyuan_video_vae_bf16)."""
+    name = {"UNETLoader": "unet_name", "VAELoader": "vae_name"}.get(node["class_type"])
+    return name is not None and "hunyuan" in str(node["inputs"].get(name, "")).lower()
+
+
 def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: str, flux_unet: str | None = None,
                      flux_text_encoder: str | None = None, flux_vae: str | None = None, flux_layers: dict | None = None,
                      steps: int = 4, inversion_steps: int = 8, other_steps: int = 2, size: int = 64,
                      flux_steps: int | None = None, chroma_unet: str | None = None,
-                     chroma_steps: int | None = None) -> dict:
+                     chroma_steps: int | None = None, video: str | None = None, hunyuan_unet: str | None = None,
+                     hunyuan_vae: str | None = None, hunyuan_steps: int | None = None) -> dict:
     """Overrides {node_id: {input: value}} that make an API prompt fast on the test models.
 
     Model and image names become the test files, PnP DDIM Inversion gets ``steps`` and
@@ -277,6 +285,12 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
     Chroma graphs (a Load Diffusion Model whose file name has "chroma", given ``chroma_unet``): that loader gets
     ``chroma_unet``, Load CLIP type ``chroma`` (T5-XXL) becomes Load CLIP type ``sd3`` with the test CLIP-L (the same
     4096-wide conditioning, 77 tokens), and the Flux steps are ``chroma_steps`` (default: ``flux_steps``).
+    HunyuanVideo graphs (``is_hunyuan_loader``, given ``hunyuan_unet``): Load Diffusion Model and Load VAE get
+    ``hunyuan_unet`` and ``hunyuan_vae``, DualCLIPLoader ``hunyuan_video`` (CLIP-L + llava-llama-3) becomes
+    DualCLIPLoader ``sd3`` with the test CLIP-L (4096-wide conditioning and CLIP-L's pooled output, as the model
+    reads them), and the Flux steps are ``hunyuan_steps`` (default: ``flux_steps``). Load Video gets ``video``;
+    the frame count is the clip's (Image From Batch's length stays as shipped). The test HunyuanVideo has the real
+    block counts, so its layers stay as shipped too.
     PnP Flux Inversion (KV-Edit) gets ``flux_steps`` and ``skip_steps`` in the same proportion, at least 1 where the
     shipped skip is not 0 and at most ``flux_steps`` - 1 (4 of 28 -> 1 of 3: one step skipped, two edited).
     """
@@ -284,10 +298,16 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
              "LoadImage": {"image": image}}
     if flux_vae:
         names["VAELoader"] = {"vae_name": flux_vae}
+    if video:
+        names["LoadVideo"] = {"file": video}
     overrides = {}
     flux_steps = steps if flux_steps is None else flux_steps
     if chroma_unet and chroma_steps and any(is_chroma_loader(node) for node in prompt.values()):
         flux_steps = chroma_steps
+    # The test HunyuanVideo has the real block counts: its presets run as shipped.
+    hunyuan_graph = bool(hunyuan_unet) and any(is_hunyuan_loader(node) for node in prompt.values())
+    if hunyuan_graph and hunyuan_steps:
+        flux_steps = hunyuan_steps
 
     def flux_inject(count: int, shipped_steps: int) -> int:  # the same fraction of the steps; 0 stays 0, a part a part
         most = flux_steps if count >= shipped_steps else max(1, flux_steps - 1)
@@ -298,8 +318,13 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
         change = dict(names.get(kind, {}))
         if kind == "UNETLoader":
             unet = chroma_unet if is_chroma_loader(node) and chroma_unet else flux_unet
+            unet = hunyuan_unet if is_hunyuan_loader(node) and hunyuan_unet else unet
             if unet:
                 change["unet_name"] = unet
+        if kind == "VAELoader" and is_hunyuan_loader(node) and hunyuan_vae:
+            change["vae_name"] = hunyuan_vae
+        if kind == "DualCLIPLoader" and inputs.get("type") == "hunyuan_video" and flux_text_encoder:
+            change.update(clip_name1=flux_text_encoder, clip_name2=flux_text_encoder, type="sd3")
         if kind == "DualCLIPLoader" and inputs.get("type") == "flux" and flux_text_encoder:
             change.update(clip_name1=flux_text_encoder, clip_name2=flux_text_encoder, type="sd3")
         if kind == "CLIPLoader" and inputs.get("type") == "chroma" and flux_text_encoder:
@@ -307,7 +332,7 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
         bank = inputs.get("feature_bank")
         if kind in FLUX_INVERSIONS:
             change.update(steps=flux_steps, keep_steps=flux_inject(inputs["keep_steps"], inputs["steps"]))
-            if flux_layers and inputs.get("layers") != ANALOGY_LAYERS:
+            if flux_layers and inputs.get("layers") != ANALOGY_LAYERS and not hunyuan_graph:
                 change["custom_layers"] = flux_layers[kind]
         elif kind == KV_EDIT_INVERSION:
             skip = min(flux_steps - 1, flux_inject(inputs["skip_steps"], inputs["steps"]))

@@ -30,13 +30,13 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from comfy_server import (CHECKPOINT_NAME, CHROMA_UNET_NAME, CONTROLNET_NAME, FLUX_CLIP_NAME, FLUX_UNET_NAME,
-                          FLUX_VAE_NAME, INPUT_IMAGE_NAME)
+                          FLUX_VAE_NAME, HUNYUAN_UNET_NAME, HUNYUAN_VAE_NAME, INPUT_IMAGE_NAME, INPUT_VIDEO_NAME)
 from flux_files import FLUX_TEST_LAYERS
 from workflow_api import apply_overrides, shrink_for_tests, to_api
 
 WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
 EXPECTED = ["pnp-basic", "pnp-chroma", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-flux", "pnp-flux-advanced",
-            "pnp-flux-fireflow", "pnp-flux-kv-edit", "pnp-hires", "pnp-masked", "pnp-multi-prompt",
+            "pnp-flux-fireflow", "pnp-flux-kv-edit", "pnp-hires", "pnp-hunyuan-video", "pnp-masked", "pnp-multi-prompt",
             "pnp-save-load-bank"]
 BANK_WORKFLOW = "pnp-save-load-bank"
 FLUX_WORKFLOW = "pnp-flux"
@@ -44,7 +44,9 @@ FLUX_ADVANCED_WORKFLOW = "pnp-flux-advanced"  # the same edit through SamplerCus
 FIREFLOW_WORKFLOW = "pnp-flux-fireflow"
 KV_EDIT_WORKFLOW = "pnp-flux-kv-edit"  # a regional edit on Flux: the KV-Edit nodes, the mask on the inversion
 CHROMA_WORKFLOW = "pnp-chroma"  # the PnP Flux nodes on Chroma, with the layers by analogy
-FLUX_WORKFLOWS = (FLUX_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FIREFLOW_WORKFLOW, KV_EDIT_WORKFLOW, CHROMA_WORKFLOW)
+HUNYUAN_WORKFLOW = "pnp-hunyuan-video"  # the PnP Flux nodes on HunyuanVideo: a clip in, a clip out
+FLUX_WORKFLOWS = (FLUX_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FIREFLOW_WORKFLOW, KV_EDIT_WORKFLOW, CHROMA_WORKFLOW,
+                  HUNYUAN_WORKFLOW)
 MASKED_WORKFLOW = "pnp-masked"  # a regional edit: PnP Sampler's mask input
 MASKED_WORKFLOWS = (MASKED_WORKFLOW, KV_EDIT_WORKFLOW)  # runs with with_mask_checks; other Flux ones with inject 0
 RUN_1_GROUP = "Run 1"  # group titles of the save/load workflow, as its note explains them
@@ -63,6 +65,9 @@ FLUX_TEST_STEPS = 3
 # approximator (5 layers 5120 wide over the 344 rows of the modulation table, whatever the image): one step, injected
 # (6 evaluations with the plain run; 2 steps would be 12).
 CHROMA_TEST_STEPS = 1
+# The test HunyuanVideo (width 128, the real 20 + 40 blocks) on the test clip (3 latent frames of 8x8: 48 video tokens
+# and 77 text tokens) costs about 0.17 s per evaluation on a CPU core: 4 steps, 1 injected (the shipped 2 of 25).
+HUNYUAN_TEST_STEPS = 4
 
 
 def overrides_for_tests(prompt: dict) -> dict:
@@ -70,11 +75,15 @@ def overrides_for_tests(prompt: dict) -> dict:
     return shrink_for_tests(prompt, checkpoint=CHECKPOINT_NAME, controlnet=CONTROLNET_NAME, image=INPUT_IMAGE_NAME,
                             flux_unet=FLUX_UNET_NAME, flux_text_encoder=FLUX_CLIP_NAME, flux_vae=FLUX_VAE_NAME,
                             flux_layers=FLUX_TEST_LAYERS, flux_steps=FLUX_TEST_STEPS, chroma_unet=CHROMA_UNET_NAME,
-                            chroma_steps=CHROMA_TEST_STEPS)
+                            chroma_steps=CHROMA_TEST_STEPS, video=INPUT_VIDEO_NAME, hunyuan_unet=HUNYUAN_UNET_NAME,
+                            hunyuan_vae=HUNYUAN_VAE_NAME, hunyuan_steps=HUNYUAN_TEST_STEPS)
 
 
 def shrunk(prompt: dict) -> dict:
     return apply_overrides(prompt, overrides_for_tests(prompt))
+
+
+SAVE_TYPES = ("SaveImage", "SaveVideo")  # the shipped workflows' outputs
 
 
 def image_outputs(outputs: dict) -> list:
@@ -85,6 +94,15 @@ def read_image(path) -> np.ndarray:
     """A saved image as floats in [0, 1], [H, W, 3]."""
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def read_video(path) -> tuple[np.ndarray, float]:
+    """A saved video's frames as floats in [0, 1], [T, H, W, 3], and its frame rate."""
+    import av
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        return np.stack(frames).astype(np.float32) / 255.0, float(stream.average_rate)
 
 
 def read_latent(path) -> np.ndarray:
