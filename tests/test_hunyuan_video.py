@@ -74,7 +74,8 @@ def test_every_frame_is_edited_and_the_clip_stays_as_consistent_as_the_source(cl
 
 def test_limits(clip, tmp_path, monkeypatch):
     """Another frame count and an image model refuse the video bank before any model work; an image
-    latent is refused by HunyuanVideo; interrupts stop inversion and sampling; the estimate equals the
+    latent and a latent of an odd height (which the host's HunyuanVideo cannot cut into patches) are refused by
+    HunyuanVideo; interrupts stop inversion and sampling; the estimate equals the
     bank and refuses one that cannot fit; a saved video bank loads whole."""
     model, bank, source = clip["model"], clip["bank"], clip["source"]
     assert flux_banks.estimate_bytes(model, bank.layers, source.shape, bank.text_tokens, bank.slots) == \
@@ -91,6 +92,8 @@ def test_limits(clip, tmp_path, monkeypatch):
             flux_harness.custom_advanced(model, bank, clip["target"], latent_image=source[:, :, :2])
         with pytest.raises(PnPError, match="HunyuanVideo edits a video latent"):
             invert(source[:, :, 0])
+        with pytest.raises(PnPError, match="resize the frames to multiples of 16 pixels"):
+            invert(source[..., :7, :])  # an odd latent height: the host's model would fail on its patches
         monkeypatch.setattr(placement, "available_bytes", lambda device: 1000)
         with pytest.raises(PnPError, match="Shrink the bank"):
             invert()

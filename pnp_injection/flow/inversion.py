@@ -63,6 +63,8 @@ def check_source(model_patcher, latent: torch.Tensor) -> None:
         raise PnPError(f"The source latent is a video latent {tuple(latent.shape)} but this model edits images: use a "
                        f"HunyuanVideo model for a video, or encode one image.")
     check_latent(latent[:, :, 0] if video else latent)
+    if video:
+        _check_video_patches(model_patcher, latent)
     if not torch.isfinite(latent).all():
         raise PnPError("The source latent contains NaN or infinite values: re-encode the source.")
     channels = model_patcher.model.latent_format.latent_channels
@@ -73,6 +75,19 @@ def check_source(model_patcher, latent: torch.Tensor) -> None:
         kind = "Flux" if family is flux_layers.FLUX1 else family.label
         raise PnPError(f"The source latent has {latent.shape[1]} channels but this {kind} model's latents have "
                        f"{channels}: encode the source with {vae}.")
+
+
+def _check_video_patches(model_patcher, latent: torch.Tensor) -> None:
+    """HunyuanVideo cuts the latent into patches (1x2x2) without padding it, as Flux does: other sizes fail deep in
+    the host's model."""
+    _, height, width = model_patcher.model.diffusion_model.patch_size
+    if latent.shape[-2] % height or latent.shape[-1] % width:
+        scale = 8  # the HunyuanVideo VAE's, pixels per latent cell
+        pixels = f"{height * scale}" if height == width else f"{height * scale} (height) and {width * scale} (width)"
+        raise PnPError(f"The clip's latent is {latent.shape[-2]}x{latent.shape[-1]} (frames of about "
+                       f"{latent.shape[-2] * scale}x{latent.shape[-1] * scale} pixels), which HunyuanVideo cannot cut "
+                       f"into its {height}x{width} patches: resize the frames to multiples of {pixels} pixels (Upscale "
+                       f"Image before VAE Encode, as pnp-hunyuan-video's Resize to 480x480 does).")
 
 
 def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, keep_steps: int = 20,
