@@ -8,6 +8,13 @@ import torch
 
 from .errors import PnPError
 
+VAE_SCALE = 8  # pixels per latent cell of the SD, Flux and HunyuanVideo VAEs
+
+
+def pixel_size(shape) -> str:
+    """A latent's height and width as the image's, 'WxH px'."""
+    return f"{shape[-1] * VAE_SCALE}x{shape[-2] * VAE_SCALE} px"
+
 
 def check_latent(latent: torch.Tensor) -> None:
     if latent.ndim != 4 or latent.numel() == 0:
@@ -37,19 +44,19 @@ def check_finite(**values: float) -> None:
 
 
 def check_source_size(shape, bank_shape, what: str = "latent") -> None:
-    """A latent PnP injects into has the source's spatial size (8 px per latent cell)."""
+    """A latent PnP injects into has the source's spatial size (and a video's frame count)."""
     if len(shape) == 5 or len(bank_shape) == 5:  # video: frames too
         if tuple(shape[2:]) != tuple(bank_shape[2:]) or len(shape) != len(bank_shape):
             def size(s):
-                return f"{s[2]} latent frames of {s[-1] * 8}x{s[-2] * 8} px" if len(s) == 5 else f"{s[-1] * 8}x{s[-2] * 8} px"
+                return f"{s[2]} latent frames of {pixel_size(s)}" if len(s) == 5 else pixel_size(s)
             raise PnPError(f"The {what} is {size(shape)} but the feature bank was made at {size(bank_shape)}: PnP "
                            f"injects into a latent of the source's frame count and size. Sample the clip's own length "
                            f"and size.")
         return
     if tuple(shape[-2:]) != tuple(bank_shape[-2:]):
         raise PnPError(
-            f"The {what} is {shape[-1] * 8}x{shape[-2] * 8} px but the feature bank was made at "
-            f"{bank_shape[-1] * 8}x{bank_shape[-2] * 8} px: PnP injects into a latent of the source's size. "
+            f"The {what} is {pixel_size(shape)} but the feature bank was made at "
+            f"{pixel_size(bank_shape)}: PnP injects into a latent of the source's size. "
             f"Sample at the source's size (upscale after PnP, with the unpatched model)."
         )
 

@@ -31,11 +31,11 @@ import comfy.utils
 import torch
 
 from .errors import PnPError
+from .inputs import VAE_SCALE
 from .model_calls import source_rows
 from .schedule import SIGMA_RTOL, check_same_schedule
 
 RUN_KEY = "pnp_region"  # transformer_options entry: the mask of the masked sampling run in progress
-VAE_SCALE = 8           # pixels per latent cell of the SD and Flux VAEs
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +70,11 @@ class SourcePath:
 def check_mask(mask: torch.Tensor, latent_shape, rows: int) -> torch.Tensor:
     """`mask` as [1 or rows, 1, H, W] at the latent's size, resized as ComfyUI resizes noise
     masks (comfy.utils.reshape_mask, bilinear); a PnPError naming the fix otherwise. It may be
-    drawn at the latent's size or the source image's (8 px per cell; VAE Encode drops up to 7)."""
+    drawn at the latent's size or the source image's (8 px per cell; VAE Encode drops up to 7).
+    Masks edit images: a video latent refuses one."""
+    if len(latent_shape) == 5:
+        raise PnPError("Masks edit images; this latent is a video: disconnect the mask (or remove the latent's "
+                       "noise_mask) to edit the whole clip.")
     if not isinstance(mask, torch.Tensor) or mask.numel() == 0:
         raise PnPError("The mask is empty: draw it on the source image (Load Image's mask editor) or make it with a "
                        "mask node (e.g. Solid Mask, Image To Mask), or disconnect it for an edit of the whole image.")
@@ -122,15 +126,12 @@ class Region:
         chosen = self.mask if self.mask is not None else denoise_mask
         if chosen is None:
             return executor(noise, latent_image, sampler, sigmas, denoise_mask, *args, **kwargs)
-        if noise.ndim != 4:
-            raise PnPError("Masks edit images; this latent is a video: disconnect the mask (or the latent's noise_mask) "
-                           "to edit the whole clip.")
+        mask = check_mask(chosen, noise.shape, noise.shape[0])  # before the path: a video refuses any mask
         if self.path is None:
             raise PnPError(f"A mask keeps the source outside it by following the source's path, and this bank does "
                            f"not hold that path (a bank file saved by an earlier version of this pack). "
                            f"{self.fix_path}")
         source_rows(self.path.latents.shape[1], noise.shape[0], "latent batch")
-        mask = check_mask(chosen, noise.shape, noise.shape[0])
         check_same_schedule(self.path.sigmas, sigmas, len(self.path.sigmas), "masked edit's source path")
         guider = executor.class_obj
         original = guider.model_options

@@ -75,7 +75,7 @@ def test_every_frame_is_edited_and_the_clip_stays_as_consistent_as_the_source(cl
 def test_limits(clip, tmp_path, monkeypatch):
     """Another frame count and an image model refuse the video bank before any model work; an image
     latent and a latent of an odd height (which the host's HunyuanVideo cannot cut into patches) are refused by
-    HunyuanVideo; interrupts stop inversion and sampling; the estimate equals the
+    HunyuanVideo, and so is a mask (on the source or the sampler: masks edit images); interrupts stop inversion and sampling; the estimate equals the
     bank and refuses one that cannot fit; a saved video bank loads whole."""
     model, bank, source = clip["model"], clip["bank"], clip["source"]
     assert flux_banks.estimate_bytes(model, bank.layers, source.shape, bank.text_tokens, bank.slots) == \
@@ -94,6 +94,11 @@ def test_limits(clip, tmp_path, monkeypatch):
             invert(source[:, :, 0])
         with pytest.raises(PnPError, match="resize the frames to multiples of 16 pixels"):
             invert(source[..., :7, :])  # an odd latent height: the host's model would fail on its patches
+        mask = torch.ones(1, *source.shape[-2:])
+        with pytest.raises(PnPError, match="Masks edit images; this latent is a video"):  # the source's noise_mask
+            flux_inversion.invert(model, source, clip["source_prompt"], STEPS, INJECT, mask=mask)
+        with pytest.raises(PnPError, match="Masks edit images; this latent is a video"):  # the sampler's mask
+            PnPFluxSampler.execute(model, bank, clip["target"], GUIDANCE, INJECT, mask)
         monkeypatch.setattr(placement, "available_bytes", lambda device: 1000)
         with pytest.raises(PnPError, match="Shrink the bank"):
             invert()

@@ -81,7 +81,7 @@ class FeatureBank:
 
     def check_injection(self, model_patcher, inject: int) -> int:
         """The injected step count, if this bank can serve it on this model, or a clear error."""
-        flux_layers.check_flux(model_patcher)
+        flux_layers.family_of(model_patcher)  # another family stops here with the supported list
         here = flux_layers.signature(model_patcher)
         check_same_architecture(self.architecture, here, "Invert the source again")
         if not 0 <= inject <= self.steps:

@@ -13,7 +13,7 @@ import torch
 
 from ..bank_file import consistent_path, optional_tensors, read, write
 from ..errors import PnPError
-from ..inputs import check_bank_tensors, check_falling_sigmas
+from ..inputs import check_bank_tensors, check_falling_sigmas, pixel_size
 from . import layers as flux_layers
 from . import solvers
 from .bank import FeatureBank, image_count
@@ -100,7 +100,6 @@ def check_tokens(name: str, bank: FeatureBank) -> None:
     the text tokens for all-token sites); reference latents (Kontext) may add more."""
     if bank.tokens is not None:  # KV-Edit: checked by consistent_tokens
         return
-    height, width = bank.noise.shape[-2:]
     image = image_count(bank.noise.shape, (1, 2, 2) if bank.noise.ndim == 5 else 2)  # video: frames unpatched
     for site in bank.layers.sites:
         needed = image + (bank.text_tokens if site.stream == "single" and site.tokens == "all" else 0)
@@ -110,7 +109,7 @@ def check_tokens(name: str, bank: FeatureBank) -> None:
             if table.numel() and table.shape[2] < needed:
                 raise PnPError(
                     f"{name} is damaged: its `{key}` table holds {table.shape[2]} tokens but its "
-                    f"{width * 8}x{height * 8} px source has {needed} there ({image} image tokens"
+                    f"{pixel_size(bank.noise.shape)} source has {needed} there ({image} image tokens"
                     f"{f' and {bank.text_tokens} text tokens' if needed > image else ''}). The file was cut or "
                     f"written by other software; {FIX}")
 

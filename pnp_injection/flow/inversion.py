@@ -18,7 +18,7 @@ import torch
 
 from .. import placement, region
 from ..errors import PnPError
-from ..inputs import check_finite, check_latent, check_whole_latent
+from ..inputs import VAE_SCALE, check_finite, check_latent, check_whole_latent, pixel_size
 from ..model_calls import without_wrappers
 from ..passes import Progress, run_loop
 from . import layers as flux_layers
@@ -55,7 +55,8 @@ def check_schedule(sigmas: torch.Tensor) -> None:
 
 
 def check_source(model_patcher, latent: torch.Tensor) -> None:
-    video = flux_layers.family_of(model_patcher) is flux_layers.HUNYUAN_VIDEO
+    family = flux_layers.family_of(model_patcher)
+    video = family is flux_layers.HUNYUAN_VIDEO
     if video and latent.ndim != 5:
         raise PnPError(f"The source latent has shape {tuple(latent.shape)}; HunyuanVideo edits a video latent [batch, "
                        f"channels, frames, height, width]: VAE Encode the clip's frames with the HunyuanVideo VAE.")
@@ -69,7 +70,6 @@ def check_source(model_patcher, latent: torch.Tensor) -> None:
         raise PnPError("The source latent contains NaN or infinite values: re-encode the source.")
     channels = model_patcher.model.latent_format.latent_channels
     if latent.shape[1] != channels:
-        family = flux_layers.family_of(model_patcher)
         vae = "the Flux VAE (VAE Encode with the Flux ae)" if family in (flux_layers.FLUX1, flux_layers.CHROMA) \
             else f"the {family.label} VAE"
         kind = "Flux" if family is flux_layers.FLUX1 else family.label
@@ -82,12 +82,12 @@ def _check_video_patches(model_patcher, latent: torch.Tensor) -> None:
     the host's model."""
     _, height, width = model_patcher.model.diffusion_model.patch_size
     if latent.shape[-2] % height or latent.shape[-1] % width:
-        scale = 8  # the HunyuanVideo VAE's, pixels per latent cell
-        pixels = f"{height * scale}" if height == width else f"{height * scale} (height) and {width * scale} (width)"
+        pixels = f"{height * VAE_SCALE}" if height == width else \
+            f"{height * VAE_SCALE} (height) and {width * VAE_SCALE} (width)"
         raise PnPError(f"The clip's latent is {latent.shape[-2]}x{latent.shape[-1]} (frames of about "
-                       f"{latent.shape[-2] * scale}x{latent.shape[-1] * scale} pixels), which HunyuanVideo cannot cut "
-                       f"into its {height}x{width} patches: resize the frames to multiples of {pixels} pixels (Upscale "
-                       f"Image before VAE Encode, as pnp-hunyuan-video's Resize to 480x480 does).")
+                       f"{pixel_size(latent.shape)}), which HunyuanVideo cannot cut into its {height}x{width} patches: "
+                       f"resize the frames to multiples of {pixels} pixels (Upscale Image before VAE Encode, as "
+                       f"pnp-hunyuan-video's Resize to 480x480 does).")
 
 
 def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, keep_steps: int = 20,
@@ -102,8 +102,6 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
     layers = flux_layers.resolve(model_patcher, preset, custom_layers)  # other families stop here
     solvers.check_solver(solver)
     check_source(model_patcher, latent)
-    if mask is not None and latent.ndim == 5:
-        raise PnPError("Masks edit images; this latent is a video: remove the latent's noise_mask to edit the whole clip.")
     if mask is not None:  # checked now, used when sampling
         region.check_mask(mask, latent.shape, latent.shape[0])
     check_finite(guidance=guidance)

@@ -60,8 +60,6 @@ SUPPORTED = ("PnP supports SD 1.x, SD 2.x and SDXL U-Nets (PnP DDIM Inversion an
 class Family:
     name: str       # in bank signatures: "flux1", "chroma", "flux2", "hunyuan_video"
     label: str      # as users know it
-    official: bool  # RF-Solver-Edit's official code exists for it (its presets apply as published)
-    text_first: bool = True  # single blocks hold [text, image] (Flux family) or [video, text] (HunyuanVideo)
 
 
 # Text a family pads its prompt to inside the model call: Flux.2 left-pads to 512 tokens
@@ -74,10 +72,10 @@ def text_tokens(family_name: str, prompt_tokens: int) -> int:
     return max(prompt_tokens, TEXT_PADDED_TO.get(family_name, 0))
 
 
-FLUX1, CHROMA, FLUX2 = Family("flux1", "Flux.1", True), Family("chroma", "Chroma", False), Family("flux2", "Flux.2", False)
-# HunyuanVideo: video tokens first, text last in both block kinds (comfy/ldm/hunyuan_video/model.py,
-# `torch.cat((img, txt), 1)`; the official hyvideo/modules/models.py line 650 alike).
-HUNYUAN_VIDEO = Family("hunyuan_video", "HunyuanVideo", True, text_first=False)
+# RF-Solver-Edit's official code exists for Flux.1 and HunyuanVideo (`for_family`); Chroma and Flux.2 take its rule
+# by analogy. HunyuanVideo puts the video tokens first and the text last (`text_first`).
+FLUX1, CHROMA, FLUX2 = Family("flux1", "Flux.1"), Family("chroma", "Chroma"), Family("flux2", "Flux.2")
+HUNYUAN_VIDEO = Family("hunyuan_video", "HunyuanVideo")
 FAMILIES = (FLUX1, CHROMA, FLUX2, HUNYUAN_VIDEO)
 
 
@@ -222,13 +220,10 @@ def for_family(preset: str, family: Family, single_blocks: int) -> FluxLayerSet:
                    f"second half of the single-stream blocks) or give custom_layers.")
 
 
-def check_flux(model_patcher) -> Family:
-    """A model of a supported family (Flux.1, Chroma, Flux.2), or a clear error."""
-    return family_of(model_patcher)
-
-
 def text_first(net) -> bool:
-    """Whether the single blocks put the text before the image tokens (all but HunyuanVideo)."""
+    """Whether the single blocks put the text before the image tokens: all but HunyuanVideo, whose blocks hold
+    [video, text] (comfy/ldm/hunyuan_video/model.py, `torch.cat((img, txt), 1)`; the official
+    hyvideo/modules/models.py line 650 alike)."""
     return not (_HUNYUAN_NET is not None and isinstance(net, _HUNYUAN_NET))
 
 

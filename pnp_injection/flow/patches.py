@@ -47,25 +47,27 @@ def call_parts(executor, args, kwargs):
 _POSITIONAL_NAMES: dict[type, list[str]] = {}
 
 
-def site_view(site: flux_layers.Site, tensor: str, net, output: torch.Tensor, text_tokens: int) -> torch.Tensor:
+def site_view(site: flux_layers.Site, tensor: str, net, output: torch.Tensor, text_tokens: int,
+              text_first: bool = True) -> torch.Tensor:
     """The view of a module's output that holds one tensor of the site: [batch, tokens, hidden]
-    columns of a projection, or [batch, tokens, heads, head_dim] of a QK-norm's output."""
+    columns of a projection, or [batch, tokens, heads, head_dim] of a QK-norm's output. A single
+    block holds the text before the image (`text_first`, Flux) or after it (HunyuanVideo)."""
     normed = flux_layers.is_normed(site, tensor)
     tokens_first = output.transpose(1, 2) if normed else output  # norms give [B, H, L, D]
-    if site.tokens == "image" and site.stream == "single":  # the text before the image (Flux) or after it (HunyuanVideo)
+    if site.tokens == "image" and site.stream == "single":
         length = tokens_first.shape[1]
-        tokens_first = tokens_first[:, text_tokens:] if flux_layers.text_first(net) else tokens_first[:, :length - text_tokens]
+        tokens_first = tokens_first[:, text_tokens:] if text_first else tokens_first[:, :length - text_tokens]
     return tokens_first if normed else tokens_first[:, :, flux_layers.columns(net, tensor)]
 
 
 def site_hooks(net, layers: flux_layers.FluxLayerSet, text_tokens: int,
                act: Callable[[flux_layers.Site, str, torch.Tensor], None]) -> dict[torch.nn.Module, Callable]:
     """Forward hooks that call `act(site, tensor, view)` for every tensor of every site."""
-    hooks = {}
+    hooks, text_first = {}, flux_layers.text_first(net)
     for module, parts in flux_layers.modules(net, layers).items():
         def hook(module, args, output, parts=parts):
             for site, tensor in parts:
-                act(site, tensor, site_view(site, tensor, net, output, text_tokens))
+                act(site, tensor, site_view(site, tensor, net, output, text_tokens, text_first))
         hooks[module] = hook
     return hooks
 
@@ -228,7 +230,11 @@ def apply_kv_injection(model_patcher, bank: FeatureBank, attn_scale: float = 1.0
     """A clone of `model_patcher` for KV-Edit's editing: at every edited step the kept
     (background) tokens' keys and values are the bank's, with `attn_scale` on their attention."""
     inject = bank.check_injection(model_patcher, bank.steps_kept)
-    injection = Injection(bank, inject, attn_scale)
+    return with_injection(model_patcher, Injection(bank, inject, attn_scale))
+
+
+def with_injection(model_patcher, injection: Injection):
+    """A clone of `model_patcher` with `injection`'s wrappers; re-applying replaces, never stacks."""
     patched = without_wrappers(model_patcher, WRAPPER_KEY)
     patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, injection.outer_sample)
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, injection.diffusion_model)
@@ -244,9 +250,6 @@ def apply_injection(model_patcher, bank: FeatureBank, inject: int = 20, mask: to
         raise PnPError("This bank was kept for KV-Edit (PnP Flux Inversion (KV-Edit)): it holds the background's keys "
                        "and values from the skipped steps on. Sample it with PnP Flux Sampler (KV-Edit).")
     bank.check_injection(model_patcher, inject)
-    injection = Injection(bank, inject)
-    patched = without_wrappers(model_patcher, WRAPPER_KEY)  # re-applying replaces, never stacks
-    patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, injection.outer_sample)
-    patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, injection.diffusion_model)
+    patched = with_injection(model_patcher, Injection(bank, inject))
     region.apply(patched, bank.source_path, mask if mask is not None else bank.mask, WRAPPER_KEY, MASK_FIX)
     return patched
