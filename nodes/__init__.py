@@ -9,15 +9,18 @@ from .generation import PnPGenerateSource
 from .injection import PnPApplyInjection, PnPGuider, PnPSampler, PnPSigmas
 from .inversion import PnPInversion
 from .preview import PnPFeaturePreview
+from .velocity import VELOCITY_NODES
 
 NODES = [PnPInversion, PnPGenerateSource, PnPCaptureFeatures, PnPApplyInjection, PnPSampler, PnPSigmas,
          PnPGuider, PnPSaveFeatureBank, PnPLoadFeatureBank, PnPFeaturePreview, *FLUX_NODES,
-         *KV_EDIT_NODES]
+         *KV_EDIT_NODES, *VELOCITY_NODES]
 NODE_IDS = ["PnPInversion", "PnPGenerateSource", "PnPCaptureFeatures", "PnPApplyInjection", "PnPSampler",
             "PnPSigmas", "PnPGuider", "PnPSaveFeatureBank", "PnPLoadFeatureBank", "PnPFeaturePreview",
             "PnPFluxInversion", "PnPFluxSampler", "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler",
             "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler", "PnPFireFlowSampler", "PnPFluxSaveBank",
-            "PnPFluxLoadBank", "PnPFluxKVEditInversion", "PnPFluxKVEditSampler"]
+            "PnPFluxLoadBank", "PnPFluxKVEditInversion", "PnPFluxKVEditSampler", "PnPFlowEdit", "PnPUniEdit",
+            "PnPRFInversion", "PnPEditGuider", "PnPFlowEditSampler", "PnPUniInversion", "PnPUniEditSampler",
+            "PnPRFInversionInvert", "PnPRFInversionSampler", "PnPEditSigmas"]
 
 
 class PnPExtension(ComfyExtension):

@@ -6,6 +6,9 @@ FeatureBank = io.Custom("PNP_FEATURE_BANK")
 
 CATEGORY = "sampling/pnp"  # the U-Net nodes
 FLUX_CATEGORY = "sampling/pnp/flux"  # the Flux nodes
+EDIT_CATEGORY = "sampling/pnp/edit"  # the velocity edits (FlowEdit, UniEdit-Flow, RF-Inversion) on any flow model
+# Where ComfyUI keeps its own GUIDER nodes (comfy_extras/nodes_custom_sampler.py: BasicGuider, CFGGuider).
+GUIDER_CATEGORY = "sampling/custom_sampling/guiders"
 # Where ComfyUI's own SAMPLER nodes sit (comfy_extras/nodes_custom_sampler.py: KSamplerSelect,
 # SamplerEulerAncestral, ...): users look for samplers there.
 SAMPLER_CATEGORY = "sampling/custom_sampling/samplers"

@@ -39,15 +39,27 @@ def run_loop(model_patcher, conditioning, latent: torch.Tensor, sigmas: torch.Te
 
     `latent` is in the user's latent space (as VAE Encode gives it); `loop` gets it in the
     model's internal space and returns a latent in that space, which comes back converted.
+    `model(x, sigma, **entries)` puts `entries` into that call's transformer_options.
     """
     def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        extra_args = extra_args or {}
-        return loop(lambda x_, s: model(x_, s, **extra_args), x, sigmas)
+        return loop(model_call(model, extra_args or {}), x, sigmas)
 
     guider = comfy.samplers.CFGGuider(unguided(model_patcher))
     guider.set_conds(conditioning, conditioning)
     guider.set_cfg(1.0)  # no guidance: the official inversion and source pass use none
     return sample(guider, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas, bar=False)
+
+
+def model_call(model, extra_args: dict) -> Callable[..., torch.Tensor]:
+    """A sampler function's model as `call(x, sigma, **entries)`, `entries` added to the call's
+    transformer_options (how a loop tells its own wrappers about one call, as the host's options do)."""
+    def call(x, sigma, **entries):
+        if not entries:
+            return model(x, sigma, **extra_args)
+        options = dict(extra_args.get("model_options", {}))
+        options["transformer_options"] = {**options.get("transformer_options", {}), **entries}
+        return model(x, sigma, **{**extra_args, "model_options": options})
+    return call
 
 
 def sampler(name: str):
@@ -58,12 +70,12 @@ def sampler(name: str):
 
 
 def sample(guider, latent: torch.Tensor, sampler, sigmas: torch.Tensor, noise: torch.Tensor | None = None,
-           callback=None, seed: int = 0, bar: bool = True) -> torch.Tensor:
+           callback=None, seed: int = 0, bar: bool = True, denoise_mask: torch.Tensor | None = None) -> torch.Tensor:
     """`guider.sample` without autograd; no noise by default (sampling starts at `latent`).
     The result sits where ComfyUI's core samplers put theirs (the intermediate device)."""
     noise = torch.zeros_like(latent) if noise is None else noise
     with torch.no_grad():
-        out = guider.sample(noise, latent, sampler, sigmas, callback=callback,
+        out = guider.sample(noise, latent, sampler, sigmas, denoise_mask=denoise_mask, callback=callback,
                             disable_pbar=not (bar and comfy.utils.PROGRESS_BAR_ENABLED), seed=seed)
     return out.to(comfy.model_management.intermediate_device())
 

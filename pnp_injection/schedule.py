@@ -62,3 +62,45 @@ def check_same_schedule(expected: torch.Tensor, given: torch.Tensor, points: int
             f"The sampler's sigmas ({shown}, ...) are not the {what}'s ({want}, ...) within the "
             f"injection window. {fix}"
         )
+
+
+# Flux.1's schedule (black-forest-labs/flux `get_schedule`, which RF-Solver-Edit, FireFlow and UniEdit-Flow's
+# FLUX code copy: RF-Solver-Edit FLUX_Image_Edit/src/flux/sampling.py lines 46-75, UniEdit-Flow
+# UniEdit-Flow_FLUX/src/flux/sampling.py lines 47-75): linspace(1, 0, N + 1), shifted by
+# e^mu / (e^mu + (1/t - 1)) with mu linear in the image's token count through (256, 0.5) and (4096, 1.15).
+# diffusers' FlowMatchEulerDiscreteScheduler with the FLUX.1-dev config (use_dynamic_shifting, the same two
+# points) gives the same list from linspace(1, 1/N, N) plus a final 0 (FlowEdit, RF-Inversion).
+FLUX_BASE_SHIFT, FLUX_MAX_SHIFT = 0.5, 1.15
+FLUX_TOKENS_AT_BASE, FLUX_TOKENS_AT_MAX = 256, 4096
+
+
+def flux_mu(tokens: int) -> float:
+    """mu of Flux.1's schedule for an image of `tokens` tokens (2x2 latent cells each)."""
+    slope = (FLUX_MAX_SHIFT - FLUX_BASE_SHIFT) / (FLUX_TOKENS_AT_MAX - FLUX_TOKENS_AT_BASE)
+    return FLUX_BASE_SHIFT + slope * (tokens - FLUX_TOKENS_AT_BASE)
+
+
+def flux_sigmas(steps: int, tokens: int, shift: bool = True) -> torch.Tensor:
+    """Flux.1's schedule for `steps` steps: 1 ... 0, steps + 1 points (no shift: Flux.1 schnell)."""
+    if steps < 1:
+        raise PnPError("`steps` must be at least 1.")
+    t = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    if shift:
+        e = math.exp(flux_mu(tokens))
+        t = torch.cat([e / (e + (1 / t[:-1] - 1)), t.new_zeros(1)])  # t = 0 maps to 0
+    return t.float()
+
+
+def shifted_sigmas(steps: int, shift: float) -> torch.Tensor:
+    """diffusers' FlowMatchEulerDiscreteScheduler with a static `shift` (SD3's config: 3.0; UniEdit-Flow's Wan
+    demo: 3.0), as `set_timesteps(steps)` computes it (diffusers 0.42 scheduling_flow_match_euler_discrete.py
+    lines 340-357 and __init__ lines 127-140): `steps` points evenly spaced from the table's largest sigma (1)
+    to its smallest (the 1/1000 level, already shifted), each shifted by shift * s / (1 + (shift - 1) * s),
+    then a final 0. The smallest level is thus shifted twice, as diffusers does."""
+    if steps < 1:
+        raise PnPError("`steps` must be at least 1.")
+
+    def shifted(s):
+        return shift * s / (1 + (shift - 1) * s)
+    s = torch.linspace(1.0, shifted(1 / 1000), steps, dtype=torch.float64)
+    return torch.cat([shifted(s), s.new_zeros(1)]).float()

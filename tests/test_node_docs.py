@@ -25,17 +25,20 @@ from pathlib import Path
 
 import pytest
 import requests
-from comfy_extras.nodes_custom_sampler import KSamplerSelect
+from comfy_extras.nodes_custom_sampler import BasicGuider, KSamplerSelect
 
 from comfy_server import PACK_PYTHON_MODULE
 from comfyui_pnp.nodes import NODE_IDS, NODES
-from comfyui_pnp.nodes.types import CATEGORY, FLUX_CATEGORY, SAMPLER_CATEGORY
+from comfyui_pnp.nodes.types import CATEGORY, EDIT_CATEGORY, FLUX_CATEGORY, GUIDER_CATEGORY, SAMPLER_CATEGORY
 
 ROOT = Path(__file__).resolve().parents[1]
 FLUX_NODES = {"PnPFluxInversion", "PnPFluxSampler", "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler",
               "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler", "PnPFireFlowSampler", "PnPFluxSaveBank",
               "PnPFluxLoadBank", "PnPFluxKVEditInversion", "PnPFluxKVEditSampler"}
 SAMPLERS = {"PnPRFSolverSampler", "PnPFireFlowSampler"}  # SAMPLER nodes, with ComfyUI's own
+EDIT_SAMPLERS = {"PnPFlowEditSampler", "PnPUniEditSampler", "PnPRFInversionSampler"}  # the velocity edits' SAMPLERs
+EDIT_NODES = {"PnPFlowEdit", "PnPUniEdit", "PnPRFInversion", "PnPUniInversion", "PnPRFInversionInvert", "PnPEditSigmas"}
+GUIDERS = {"PnPEditGuider"}  # with ComfyUI's own GUIDER nodes
 # A Flux node and its U-Net counterpart: the names run parallel, "Flux" after "PnP".
 COUNTERPARTS = {"PnPFluxInversion": "PnPInversion", "PnPFluxSampler": "PnPSampler",
                 "PnPFluxApplyInjection": "PnPApplyInjection", "PnPFluxSaveBank": "PnPSaveFeatureBank",
@@ -84,6 +87,25 @@ MEANINGS = {
     "features": "which kind of kept features to show",
     "block": "an output block's number",
     "transformer_index": "a transformer's index within an output block",
+    "source_prompt": "the prompt describing the source, the starting side of a velocity edit",
+    "inversion_prompt": "the prompt a velocity edit's inversion runs with (officially empty)",
+    "source_scale": "the source prompt's guidance (embedded on distilled models, CFG elsewhere)",
+    "target_scale": "the target prompt's guidance (embedded on distilled models, CFG elsewhere)",
+    "scale": "both prompts' guidance of UniEdit-Flow (embedded on distilled models, CFG elsewhere)",
+    "n_max": "FlowEdit's edited steps, counted from the end of the schedule",
+    "n_min": "FlowEdit's last steps sampled plainly from the target",
+    "n_avg": "FlowEdit's noise draws averaged per step",
+    "alpha": "UniEdit-Flow's share of the steps inverted, then edited",
+    "omega": "UniEdit-Flow's correction strength along the velocity difference",
+    "rule": "which official code's mask rule UniEdit-Flow follows",
+    "gamma": "RF-Inversion's pull of the inversion toward the noise",
+    "eta": "RF-Inversion's pull of the sampling toward the source",
+    "start": "fraction of the steps where RF-Inversion's pull begins",
+    "stop": "fraction of the steps where RF-Inversion's pull ends",
+    "sigmas": "the schedule a velocity edit's inversion walks",
+    "noise": "the noise RF-Inversion's inversion steers toward",
+    "inversion": "a velocity edit's kept inversion",
+    "method": "which velocity edit a schedule is for",
 }
 BANK_TYPES = {"PNP_FEATURE_BANK", "PNP_FLUX_BANK"}
 SECTIONS = ("## Inputs", "## Outputs", "## What to tune", "## Connects to")
@@ -201,13 +223,14 @@ def test_the_server_serves_every_page(comfy_server):
 
 
 def test_categories():
-    """U-Net nodes in sampling/pnp, Flux nodes in sampling/pnp/flux, and the RF-Solver SAMPLER where
-    ComfyUI keeps its own samplers (KSamplerSelect's category)."""
-    assert (CATEGORY, FLUX_CATEGORY) == ("sampling/pnp", "sampling/pnp/flux")
+    """U-Net nodes in sampling/pnp, Flux nodes in sampling/pnp/flux, the velocity edits in sampling/pnp/edit, and
+    the SAMPLERs and the GUIDER where ComfyUI keeps its own (KSamplerSelect's and BasicGuider's categories)."""
+    assert (CATEGORY, FLUX_CATEGORY, EDIT_CATEGORY) == ("sampling/pnp", "sampling/pnp/flux", "sampling/pnp/edit")
     assert SAMPLER_CATEGORY == category_of(KSamplerSelect)
+    assert GUIDER_CATEGORY == category_of(BasicGuider)
     for node_id, schema in schemas().items():
-        expected = (SAMPLER_CATEGORY if node_id in SAMPLERS
-                    else FLUX_CATEGORY if node_id in FLUX_NODES else CATEGORY)
+        expected = (SAMPLER_CATEGORY if node_id in SAMPLERS | EDIT_SAMPLERS else GUIDER_CATEGORY if node_id in GUIDERS
+                    else EDIT_CATEGORY if node_id in EDIT_NODES else FLUX_CATEGORY if node_id in FLUX_NODES else CATEGORY)
         assert schema.category == expected, f"{node_id} is in {schema.category}, not {expected}"
 
 
@@ -220,7 +243,10 @@ def test_node_ids_are_kept_and_names_run_parallel():
                         "PnPSigmas", "PnPGuider", "PnPSaveFeatureBank", "PnPLoadFeatureBank", "PnPFeaturePreview",
                         "PnPFluxInversion", "PnPFluxSampler", "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler",
                         "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler", "PnPFireFlowSampler",
-                        "PnPFluxSaveBank", "PnPFluxLoadBank", "PnPFluxKVEditInversion", "PnPFluxKVEditSampler"]
+                        "PnPFluxSaveBank", "PnPFluxLoadBank", "PnPFluxKVEditInversion", "PnPFluxKVEditSampler",
+                        "PnPFlowEdit", "PnPUniEdit", "PnPRFInversion", "PnPEditGuider", "PnPFlowEditSampler",
+                        "PnPUniInversion", "PnPUniEditSampler", "PnPRFInversionInvert", "PnPRFInversionSampler",
+                        "PnPEditSigmas"]
 
     def plain(name: str) -> str:
         for solver in SOLVERS:
@@ -235,6 +261,8 @@ def test_node_ids_are_kept_and_names_run_parallel():
     assert len(set(names)) == len(names), names
     # Outside the PnP categories, the name says where the node belongs (no search aliases on this host).
     assert all("PnP Flux" in all_schemas[node_id].display_name for node_id in SAMPLERS)
+    assert all("(PnP)" in all_schemas[node_id].display_name for node_id in EDIT_SAMPLERS)
+    assert all(all_schemas[node_id].display_name.startswith("PnP ") for node_id in EDIT_NODES | GUIDERS)
 
 
 def test_each_input_name_has_one_meaning():

@@ -26,8 +26,6 @@ from . import layers
 
 OFFICIAL = "official"
 SCHEDULERS = [OFFICIAL, *comfy.samplers.SCHEDULER_NAMES]
-BASE_SHIFT, MAX_SHIFT = 0.5, 1.15        # sampling.py lines 61-62
-TOKENS_AT_BASE, TOKENS_AT_MAX = 256, 4096  # sampling.py line 51
 
 
 def image_tokens(latent_shape, patch: int = 2) -> int:
@@ -35,22 +33,9 @@ def image_tokens(latent_shape, patch: int = 2) -> int:
     return math.ceil(latent_shape[-2] / patch) * math.ceil(latent_shape[-1] / patch)
 
 
-def shift_for(tokens: int) -> float:
-    """mu of get_schedule for an image of `tokens` tokens."""
-    slope = (MAX_SHIFT - BASE_SHIFT) / (TOKENS_AT_MAX - TOKENS_AT_BASE)
-    return BASE_SHIFT + slope * (tokens - TOKENS_AT_BASE)
-
-
 def official_sigmas(steps: int, tokens: int, shift: bool = True) -> torch.Tensor:
-    """get_schedule(steps, tokens, shift=shift): 1 ... 0, steps + 1 points."""
-    if steps < 1:
-        raise PnPError("`steps` must be at least 1.")
-    t = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
-    if shift:
-        e = math.exp(shift_for(tokens))
-        inner = t[:-1]
-        t = torch.cat([e / (e + (1 / inner - 1)), t.new_zeros(1)])  # t = 0 maps to 0
-    return t.float()
+    """get_schedule(steps, tokens, shift=shift): 1 ... 0, steps + 1 points (the core's Flux.1 schedule)."""
+    return schedule.flux_sigmas(steps, tokens, shift)
 
 
 def sampling_sigmas(model_patcher, scheduler: str, steps: int, latent_shape) -> torch.Tensor:
