@@ -34,7 +34,7 @@ from ..errors import PnPError
 from ..inputs import check_number
 from . import families
 from .calls import sampler_velocity
-from .guider import target_guider
+from .guider import prompt_rows, target_guider
 from .inversion import Inversion, InvertedNoise
 from .inversion import invert as run_inversion
 from .masks import EditMask, denoise_mask
@@ -128,7 +128,9 @@ def edit(model_patcher, latent: dict, inversion_prompt, target, negative=None, s
     samples = latent["samples"]
     sigmas = official_sigmas(model_patcher, steps, samples.shape)
     guider = target_guider(model_patcher, target, negative, chosen(guidance, GUIDANCE))
-    region = edit_mask(mask, latent, samples.shape[0])
+    rows = max(prompt_rows(target), samples.shape[0])
+    region = edit_mask(mask, latent, rows)
     inversion = invert(model_patcher, samples, inversion_prompt, sigmas, comfy.sample.prepare_noise(samples, seed), gamma)
-    return run(guider, samples, sampler(inversion, eta, start, stop), inversion.sigmas,
-               InvertedNoise(inversion).generate_noise({"samples": samples}), mask=region)
+    widened = samples.expand(rows, *samples.shape[1:])  # a batch of prompts: one edit each, from one inversion
+    return run(guider, widened, sampler(inversion, eta, start, stop), inversion.sigmas,
+               InvertedNoise(inversion).generate_noise({"samples": widened}), mask=region)
