@@ -42,7 +42,7 @@ METHOD = "FlowEdit"
 
 @dataclass(frozen=True)
 class Settings:
-    """FlowEdit's knobs (FLUX_exp.yaml / SD3_exp.yaml lines 7-11 and 19-23)."""
+    """FlowEdit's knobs (FLUX_exp.yaml and SD3_exp.yaml, lines 6-11 of each)."""
     steps: int
     n_max: int
     source_scale: float
@@ -52,7 +52,7 @@ class Settings:
 
 
 FLUX = Settings(steps=28, n_max=24, source_scale=1.5, target_scale=5.5)    # FLUX_exp.yaml lines 6-11
-SD3 = Settings(steps=50, n_max=33, source_scale=3.5, target_scale=13.5)    # SD3_exp.yaml lines 18-23
+SD3 = Settings(steps=50, n_max=33, source_scale=3.5, target_scale=13.5)    # SD3_exp.yaml lines 6-11
 SCHEDULES = {"flux1": "flux", "flux1_schnell": "linear", "sd3": "shift3"}
 
 

@@ -16,7 +16,7 @@ Wan 2.1 (UniEdit-Flow_diffusers/schedulers). Both:
   at a_k, the last k steps of the schedule. With d = v_tar - v_src at the same latent and a mask m in [0, 1],
       x <- x + (sigma_{i+1} - sigma_i) (m v_tar + (1 - m) v_src + omega (1 + m) d)
   2k model evaluations (source and target prompts, guidance 1). Defaults: 15 steps, alpha 0.6, omega 5
-  (FLUX README.md lines 56-62 and src/edit.py lines 284-285; diffusers demo_edit.py lines 23-26,
+  (FLUX README.md lines 56-63 and src/edit.py lines 284-285; diffusers demo_edit.py lines 23-26,
   demo_wan_video_edit.py lines 22-27 with flow shift 3).
 """
 from __future__ import annotations
