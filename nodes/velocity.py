@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..pnp_injection.velocity import flowedit, rf_inversion, uniedit
 from ..pnp_injection.velocity.guider import EditGuider
 from ..pnp_injection.velocity.inversion import InvertedNoise
-from ..pnp_injection.velocity.sampling import AUTO
+from ..pnp_injection.velocity.sampling import AUTO, source_samples
 from .types import EDIT_CATEGORY, GUIDER_CATEGORY, SAMPLER_CATEGORY, mask_input
 
 Inversion = io.Custom("PNP_FLOW_INVERSION")
@@ -248,7 +248,7 @@ class PnPUniInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, inversion_prompt, sigmas, alpha, rule, guidance) -> io.NodeOutput:
-        inversion = uniedit.invert(model, latent["samples"], inversion_prompt, sigmas, alpha, rule, guidance,
+        inversion = uniedit.invert(model, source_samples(model, latent), inversion_prompt, sigmas, alpha, rule, guidance,
                                    latent.get("noise_mask"))
         return io.NodeOutput(inversion, InvertedNoise(inversion), inversion.sigmas.clone())
 
@@ -293,7 +293,7 @@ class PnPRFInversionInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, inversion_prompt, noise, sigmas, gamma, guidance) -> io.NodeOutput:
-        inversion = rf_inversion.invert(model, latent["samples"], inversion_prompt, sigmas,
+        inversion = rf_inversion.invert(model, source_samples(model, latent), inversion_prompt, sigmas,
                                         noise.generate_noise(latent), gamma, guidance, latent.get("noise_mask"))
         return io.NodeOutput(inversion, InvertedNoise(inversion), inversion.sigmas.clone())
 

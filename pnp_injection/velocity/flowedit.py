@@ -34,7 +34,7 @@ from . import families
 from .calls import sampler_velocity
 from .guider import EditGuider, check_edit_guider, source_rows
 from .masks import EditMask, denoise_mask
-from .sampling import AUTO, chosen, edit_mask, run
+from .sampling import AUTO, chosen, edit_mask, run, source_samples
 from .schedule import edit_sigmas, official_kind
 
 METHOD = "FlowEdit"
@@ -167,9 +167,9 @@ def edit(model_patcher, latent: dict, source, target, negative=None, steps: int 
          mask: torch.Tensor | None = None) -> torch.Tensor:
     """FlowEdit of the source `latent` (a LATENT) from the `source` prompt to the `target` prompt, on the method's
     official schedule for this model; knobs left at AUTO take the official values. Returns a LATENT's samples."""
-    samples = latent["samples"]
+    samples = source_samples(model_patcher, latent)
     sigmas = official_sigmas(model_patcher, steps, samples.shape)
     guider = EditGuider(model_patcher, source, target, negative, source_scale, target_scale)
     noise = comfy.sample.prepare_noise(samples, seed)
-    region = edit_mask(mask, latent, max(guider.rows, samples.shape[0]))
+    region = edit_mask(mask, latent, samples.shape, max(guider.rows, samples.shape[0]))
     return run(guider, samples, sampler(n_max, n_min, n_avg), sigmas, noise, seed, region)

@@ -17,13 +17,13 @@ from typing import Callable
 import comfy.model_management
 import torch
 
-from .. import region
 from ..errors import PnPError
 from ..inputs import check_finite
 from ..passes import Progress, run_loop
 from ..schedule import SIGMA_RTOL
 from . import families
 from .calls import Velocity, velocities, with_raw_velocity
+from .masks import check_mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,7 +100,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, schedule: torch.Te
     check_source(model_patcher, latent)
     check_finite(guidance=guidance)
     if mask is not None:  # the source latent's noise_mask: checked now, used by the edit
-        region.check_mask(mask, latent.shape, latent.shape[0])
+        check_mask(mask, latent.shape, latent.shape[0])
     if families.guidance_distilled(model_patcher):
         conditioning = [[c, {**extras, "guidance": guidance}] for c, extras in conditioning]
     levels, path, result = [], [], []

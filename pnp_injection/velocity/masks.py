@@ -24,7 +24,7 @@ class EditMask:
         self.model, self.sigmas = model, sigmas
         self.mask = None
         if mask is not None:
-            cells = region.check_mask(mask[:, :1] if mask.ndim == x.ndim else mask, x.shape, x.shape[0])
+            cells = check_mask(mask[:, :1] if mask.ndim == x.ndim else mask, x.shape, x.shape[0])
             self.mask = region.rows_of(cells, x.shape[0]).to(x).expand(x.shape)
 
     def __bool__(self) -> bool:
@@ -53,6 +53,14 @@ class EditMask:
         if self.function is not None:
             return torch.where(self.mask > 0, edited, source)
         return edited * self.mask + source * (1 - self.mask)
+
+
+def check_mask(mask: torch.Tensor, latent_shape, rows: int) -> torch.Tensor:
+    """region.check_mask, where a latent of one frame ([B, C, 1, H, W]: Qwen-Image's images) is an image."""
+    if len(latent_shape) == 5 and latent_shape[2] == 1:
+        image = mask[:, :, 0] if mask.ndim == 5 else mask
+        return region.check_mask(image, (*latent_shape[:2], *latent_shape[3:]), rows).unsqueeze(2)
+    return region.check_mask(mask, latent_shape, rows)
 
 
 def denoise_mask(extra_args: dict, fallback: torch.Tensor | None = None) -> torch.Tensor | None:

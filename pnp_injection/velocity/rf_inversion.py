@@ -38,7 +38,7 @@ from .guider import prompt_rows, target_guider
 from .inversion import Inversion, InvertedNoise
 from .inversion import invert as run_inversion
 from .masks import EditMask, denoise_mask
-from .sampling import AUTO, chosen, edit_mask, run
+from .sampling import AUTO, chosen, edit_mask, run, source_samples
 from .schedule import edit_sigmas, official_kind
 
 METHOD = "RF-Inversion"
@@ -125,11 +125,11 @@ def edit(model_patcher, latent: dict, inversion_prompt, target, negative=None, s
     """RF-Inversion of the source `latent` (a LATENT): the controlled forward ODE with `inversion_prompt`
     (officially the empty prompt, at embedded guidance 0) toward the noise of `seed`, then the controlled reverse
     ODE with the `target` prompt at `guidance` (official 3.5). Returns a LATENT's samples."""
-    samples = latent["samples"]
+    samples = source_samples(model_patcher, latent)
     sigmas = official_sigmas(model_patcher, steps, samples.shape)
     guider = target_guider(model_patcher, target, negative, chosen(guidance, GUIDANCE))
     rows = max(prompt_rows(target), samples.shape[0])
-    region = edit_mask(mask, latent, rows)
+    region = edit_mask(mask, latent, samples.shape, rows)
     inversion = invert(model_patcher, samples, inversion_prompt, sigmas, comfy.sample.prepare_noise(samples, seed), gamma)
     widened = samples.expand(rows, *samples.shape[1:])  # a batch of prompts: one edit each, from one inversion
     return run(guider, widened, sampler(inversion, eta, start, stop), inversion.sigmas,

@@ -38,7 +38,7 @@ from .inversion import Inversion, InvertedNoise
 from .inversion import invert as run_inversion
 from .masks import EditMask, denoise_mask
 from .sampling import AUTO as AUTO_VALUE
-from .sampling import chosen, edit_mask, run
+from .sampling import chosen, edit_mask, run, source_samples
 from .schedule import edit_sigmas, official_kind
 
 METHOD = "UniEdit-Flow"
@@ -180,12 +180,12 @@ def edit(model_patcher, latent: dict, inversion_prompt, source, target, negative
     """UniEdit-Flow of the source `latent` (a LATENT): Uni-Inv with `inversion_prompt` (officially the empty
     prompt), then Uni-Edit from the `source` prompt to the `target` prompt, both prompts at `scale` (official:
     guidance 1, no classifier-free guidance). Returns a LATENT's samples."""
-    samples = latent["samples"]
+    samples = source_samples(model_patcher, latent)
     sigmas = official_sigmas(model_patcher, steps, samples.shape)
     scale = chosen(scale, GUIDANCE)
     guider = EditGuider(model_patcher, source, target, negative, scale, scale)
     rows = max(guider.rows, samples.shape[0])
-    region = edit_mask(mask, latent, rows)
+    region = edit_mask(mask, latent, samples.shape, rows)
     inversion = invert(model_patcher, samples, inversion_prompt, sigmas, alpha, rule, GUIDANCE)
     return run(guider, samples, sampler(inversion, omega), inversion.sigmas, InvertedNoise(inversion).generate_noise(
         {"samples": samples}), mask=region)
