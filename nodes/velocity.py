@@ -72,7 +72,7 @@ class PnPFlowEdit(io.ComfyNode):
                              tooltip="Seed of the noise FlowEdit draws at each step: another seed gives another edit."),
                 mask_input(),
             ],
-            outputs=[io.Latent.Output("latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")],
+            outputs=[io.Latent.Output("edited_latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")],
         )
 
     @classmethod
@@ -118,7 +118,7 @@ class PnPUniEdit(io.ComfyNode):
                 RULE,
                 mask_input(),
             ],
-            outputs=[io.Latent.Output("latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")],
+            outputs=[io.Latent.Output("edited_latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")],
         )
 
     @classmethod
@@ -166,7 +166,7 @@ class PnPRFInversion(io.ComfyNode):
                              tooltip="Seed of the random noise the inversion steers toward."),
                 mask_input(),
             ],
-            outputs=[io.Latent.Output("latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")],
+            outputs=[io.Latent.Output("edited_latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")],
         )
 
     @classmethod
@@ -218,10 +218,10 @@ class PnPFlowEditSampler(io.ComfyNode):
 def _inversion_outputs(method: str):
     return [
         Inversion.Output("inversion", display_name="inversion", tooltip=f"For {method} Sampler (PnP)."),
-        io.Noise.Output("noise", display_name="noise",
+        io.Noise.Output("inverted_noise", display_name="noise",
                         tooltip="For SamplerCustomAdvanced: makes it start at the inverted latent (give it the source "
                                 "latent as latent_image)."),
-        io.Sigmas.Output("sigmas", display_name="sigmas", tooltip="The edit's sigmas, for SamplerCustomAdvanced."),
+        io.Sigmas.Output("edit_sigmas", display_name="sigmas", tooltip="The edit's sigmas, for SamplerCustomAdvanced."),
     ]
 
 

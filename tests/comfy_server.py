@@ -7,7 +7,9 @@ The server gets a fresh base directory holding the random-weight SD1.5
 checkpoint (``CHECKPOINT_NAME``), a ControlNet for it (``CONTROLNET_NAME``),
 the random-weight files of tests/flux_files.py (``FLUX_UNET_NAME``, the Chroma ``CHROMA_UNET_NAME`` and the
 HunyuanVideo ``HUNYUAN_UNET_NAME`` in diffusion_models/, ``FLUX_CLIP_NAME`` in text_encoders/, ``FLUX_VAE_NAME``
-and ``HUNYUAN_VAE_NAME`` in vae/), a 64x64 test image and a 9-frame 64x64 test clip in input/
+and ``HUNYUAN_VAE_NAME`` in vae/), the random-weight files of tests/velocity_files.py (the Wan 2.1 ``WAN_UNET_NAME``
+in diffusion_models/, the SD3.5 checkpoint ``SD35_CHECKPOINT_NAME`` in checkpoints/), a 64x64 test image and a
+9-frame 64x64 test clip in input/
 (``INPUT_IMAGE_NAME``, ``INPUT_VIDEO_NAME``), and this checkout linked as ``custom_nodes/comfyui-pnp-diffusion``.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ import requests
 from checkpoint_factory import REPO_ROOT, cached_checkpoint
 from host import comfy_path
 from flux_files import cached_flux_file, clip_frames
+from velocity_files import cached_velocity_file
 
 PACK_NAME = "comfyui-pnp-diffusion"
 PACK_DIR = REPO_ROOT
@@ -38,6 +41,8 @@ FLUX_CLIP_NAME = "pnp-test-clip-l.safetensors"
 FLUX_VAE_NAME = "pnp-test-flux-ae.safetensors"
 HUNYUAN_UNET_NAME = "pnp-test-hunyuan-video.safetensors"
 HUNYUAN_VAE_NAME = "pnp-test-hunyuan-tae.safetensors"
+WAN_UNET_NAME = "pnp-test-wan.safetensors"
+SD35_CHECKPOINT_NAME = "pnp-test-sd35.safetensors"
 INPUT_IMAGE_NAME = "pnp-test-input.png"
 INPUT_VIDEO_NAME = "pnp-test-clip.mp4"
 INPUT_VIDEO_FPS = 8
@@ -101,6 +106,8 @@ def prepare_base_dir(base_dir) -> Path:
     (base / "models/vae" / HUNYUAN_VAE_NAME).symlink_to(cached_flux_file("hunyuan-tae"))
     (base / "models/text_encoders" / FLUX_CLIP_NAME).symlink_to(cached_flux_file("clip-l"))
     (base / "models/vae" / FLUX_VAE_NAME).symlink_to(cached_flux_file("flux-ae"))
+    (base / "models/diffusion_models" / WAN_UNET_NAME).symlink_to(cached_velocity_file("wan"))
+    (base / "models/checkpoints" / SD35_CHECKPOINT_NAME).symlink_to(cached_velocity_file("sd35"))
     # --base-directory also moves custom_nodes/, so the pack is linked in here.
     (base / "custom_nodes" / PACK_NAME).symlink_to(PACK_DIR, target_is_directory=True)
     write_test_png(base / "input" / INPUT_IMAGE_NAME)

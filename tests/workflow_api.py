@@ -261,12 +261,27 @@ def is_hunyuan_loader(node: dict) -> bool:
     return name is not None and "hunyuan" in str(node["inputs"].get(name, "")).lower()
 
 
+# The velocity edits' one-node and schedule nodes (nodes/velocity.py): their `steps` (-1: the official count for the
+# model) become the tests' count; the knobs left at -1 scale with it (FlowEdit's n_max keeps its share of the steps).
+VELOCITY_STEP_NODES = frozenset({"PnPFlowEdit", "PnPUniEdit", "PnPRFInversion", "PnPEditSigmas"})
+
+
+def loads_family(node: dict, word: str) -> bool:
+    """A Load Diffusion Model, Load VAE or Load Checkpoint of a file whose name has `word` (case-insensitive), as
+    wan2.1_t2v_1.3B_fp16, wan_2.1_vae, sd3.5_medium_incl_clips_t5xxlfp8scaled and qwen_image_fp8_e4m3fn."""
+    name = {"UNETLoader": "unet_name", "VAELoader": "vae_name", "CheckpointLoaderSimple": "ckpt_name"}.get(
+        node["class_type"])
+    return name is not None and word in str(node["inputs"].get(name, "")).lower()
+
+
 def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: str, flux_unet: str | None = None,
                      flux_text_encoder: str | None = None, flux_vae: str | None = None, flux_layers: dict | None = None,
                      steps: int = 4, inversion_steps: int = 8, other_steps: int = 2, size: int = 64,
                      flux_steps: int | None = None, chroma_unet: str | None = None,
                      chroma_steps: int | None = None, video: str | None = None, hunyuan_unet: str | None = None,
-                     hunyuan_vae: str | None = None, hunyuan_steps: int | None = None) -> dict:
+                     hunyuan_vae: str | None = None, hunyuan_steps: int | None = None, wan_unet: str | None = None,
+                     sd35_checkpoint: str | None = None, velocity_steps: int = 4,
+                     flux_velocity_steps: int | None = None) -> dict:
     """Overrides {node_id: {input: value}} that make an API prompt fast on the test models.
 
     Model and image names become the test files, PnP DDIM Inversion gets ``steps`` and
@@ -293,6 +308,14 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
     block counts, so its layers stay as shipped too.
     PnP Flux Inversion (KV-Edit) gets ``flux_steps`` and ``skip_steps`` in the same proportion, at least 1 where the
     shipped skip is not 0 and at most ``flux_steps`` - 1 (4 of 28 -> 1 of 3: one step skipped, two edited).
+    The velocity edits (``VELOCITY_STEP_NODES``: PnP FlowEdit, UniEdit-Flow, RF-Inversion, Edit Sigmas) get
+    ``velocity_steps`` (``flux_velocity_steps`` on the test Flux, whose evaluations cost about 1 s each); their other
+    knobs stay as shipped (at -1 FlowEdit's n_max keeps its share of the steps). Wan 2.1 graphs (``loads_family``
+    "wan", given ``wan_unet``): Load Diffusion Model gets ``wan_unet``, Load VAE the video VAE ``hunyuan_vae`` (a
+    TAEHV: the Wan 2.1 VAE's 16 channels, 8x in space and 4x in time), and Load CLIP type ``wan`` (umT5-XXL) becomes
+    Load CLIP type ``sd3`` with the test CLIP-L (4096-wide conditioning, as the model reads it). An SD3 checkpoint
+    (``loads_family`` "sd3") becomes ``sd35_checkpoint``. Qwen-Image graphs (``loads_family`` "qwen") keep their
+    loaders: no test file of that family is served (tests/velocity_files.py says why; its workflow runs in process).
     """
     names = {"CheckpointLoaderSimple": {"ckpt_name": checkpoint}, "ControlNetLoader": {"control_net_name": controlnet},
              "LoadImage": {"image": image}}
@@ -308,6 +331,10 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
     hunyuan_graph = bool(hunyuan_unet) and any(is_hunyuan_loader(node) for node in prompt.values())
     if hunyuan_graph and hunyuan_steps:
         flux_steps = hunyuan_steps
+    families = {word for node in prompt.values() for word in ("chroma", "hunyuan", "wan", "qwen")
+                if node["class_type"] == "UNETLoader" and loads_family(node, word)}
+    flux_graph = any(node["class_type"] == "UNETLoader" for node in prompt.values()) and not families
+    edit_steps = flux_velocity_steps if flux_graph and flux_velocity_steps else velocity_steps
 
     def flux_inject(count: int, shipped_steps: int) -> int:  # the same fraction of the steps; 0 stays 0, a part a part
         most = flux_steps if count >= shipped_steps else max(1, flux_steps - 1)
@@ -316,13 +343,21 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
     for node_id, node in prompt.items():
         inputs, kind = node["inputs"], node["class_type"]
         change = dict(names.get(kind, {}))
-        if kind == "UNETLoader":
+        if kind == "UNETLoader" and not loads_family(node, "qwen"):
             unet = chroma_unet if is_chroma_loader(node) and chroma_unet else flux_unet
             unet = hunyuan_unet if is_hunyuan_loader(node) and hunyuan_unet else unet
+            unet = wan_unet if loads_family(node, "wan") and wan_unet else unet
             if unet:
                 change["unet_name"] = unet
-        if kind == "VAELoader" and is_hunyuan_loader(node) and hunyuan_vae:
+        if kind in ("UNETLoader", "VAELoader") and loads_family(node, "qwen"):
+            change = {}
+        video_vae = is_hunyuan_loader(node) or (wan_unet and loads_family(node, "wan"))
+        if kind == "VAELoader" and video_vae and hunyuan_vae:
             change["vae_name"] = hunyuan_vae
+        if kind == "CheckpointLoaderSimple" and loads_family(node, "sd3") and sd35_checkpoint:
+            change["ckpt_name"] = sd35_checkpoint
+        if kind == "CLIPLoader" and inputs.get("type") == "wan" and wan_unet and flux_text_encoder:
+            change.update(clip_name=flux_text_encoder, type="sd3")
         if kind == "DualCLIPLoader" and inputs.get("type") == "hunyuan_video" and flux_text_encoder:
             change.update(clip_name1=flux_text_encoder, clip_name2=flux_text_encoder, type="sd3")
         if kind == "DualCLIPLoader" and inputs.get("type") == "flux" and flux_text_encoder:
@@ -340,6 +375,8 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
         elif isinstance(inputs.get("inject"), int) and isinstance(bank, list) and \
                 prompt[bank[0]]["class_type"] in FLUX_INVERSIONS:
             change["inject"] = flux_inject(inputs["inject"], prompt[bank[0]]["inputs"]["steps"])
+        elif kind in VELOCITY_STEP_NODES:
+            change["steps"] = edit_steps
         elif kind == "PnPInversion":
             fast = inputs.get("inversion_steps") == inputs.get("steps")
             change.update(steps=steps, inversion_steps=steps if fast else inversion_steps)

@@ -30,14 +30,16 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from comfy_server import (CHECKPOINT_NAME, CHROMA_UNET_NAME, CONTROLNET_NAME, FLUX_CLIP_NAME, FLUX_UNET_NAME,
-                          FLUX_VAE_NAME, HUNYUAN_UNET_NAME, HUNYUAN_VAE_NAME, INPUT_IMAGE_NAME, INPUT_VIDEO_NAME)
+                          FLUX_VAE_NAME, HUNYUAN_UNET_NAME, HUNYUAN_VAE_NAME, INPUT_IMAGE_NAME, INPUT_VIDEO_NAME,
+                          SD35_CHECKPOINT_NAME, WAN_UNET_NAME)
 from flux_files import FLUX_TEST_LAYERS
 from workflow_api import apply_overrides, shrink_for_tests, to_api
 
 WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
-EXPECTED = ["pnp-basic", "pnp-chroma", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-flux", "pnp-flux-advanced",
-            "pnp-flux-fireflow", "pnp-flux-kv-edit", "pnp-hires", "pnp-hunyuan-video", "pnp-masked", "pnp-multi-prompt",
-            "pnp-save-load-bank"]
+EXPECTED = ["pnp-basic", "pnp-chroma", "pnp-controlnet", "pnp-expert", "pnp-fast", "pnp-flowedit-flux", "pnp-flux",
+            "pnp-flux-advanced", "pnp-flux-fireflow", "pnp-flux-kv-edit", "pnp-hires", "pnp-hunyuan-video",
+            "pnp-masked", "pnp-multi-prompt", "pnp-qwen-image-edit", "pnp-save-load-bank", "pnp-sd35-edit",
+            "pnp-wan-video-edit"]
 BANK_WORKFLOW = "pnp-save-load-bank"
 FLUX_WORKFLOW = "pnp-flux"
 FLUX_ADVANCED_WORKFLOW = "pnp-flux-advanced"  # the same edit through SamplerCustomAdvanced
@@ -49,6 +51,19 @@ FLUX_WORKFLOWS = (FLUX_WORKFLOW, FLUX_ADVANCED_WORKFLOW, FIREFLOW_WORKFLOW, KV_E
                   HUNYUAN_WORKFLOW)
 MASKED_WORKFLOW = "pnp-masked"  # a regional edit: PnP Sampler's mask input
 MASKED_WORKFLOWS = (MASKED_WORKFLOW, KV_EDIT_WORKFLOW)  # runs with with_mask_checks; other Flux ones with inject 0
+# The velocity edits (nodes/velocity.py), run with with_edit_checks: FlowEdit on Flux.1 (the test Flux files), FlowEdit
+# on SD3.5 and UniEdit-Flow on Wan 2.1 (tests/velocity_files.py).
+FLOWEDIT_FLUX_WORKFLOW = "pnp-flowedit-flux"
+SD35_WORKFLOW = "pnp-sd35-edit"
+WAN_WORKFLOW = "pnp-wan-video-edit"
+VELOCITY_WORKFLOWS = (FLOWEDIT_FLUX_WORKFLOW, SD35_WORKFLOW, WAN_WORKFLOW)
+# FlowEdit on Qwen-Image: no Qwen-Image file the host's loaders detect fits a test (tests/velocity_files.py says why),
+# so the server does not run it: its graph runs in process (tests/graph_in_process.py) on the host's Qwen-Image class.
+QWEN_WORKFLOW = "pnp-qwen-image-edit"
+IN_PROCESS_WORKFLOWS = (QWEN_WORKFLOW,)
+# The source prompt's official scale of FlowEdit on each FlowEdit workflow's model: FLUX_exp.yaml line 8 on Flux.1 dev,
+# SD3_exp.yaml line 8 on SD3 (and by analogy on Qwen-Image). The reconstruction check sets the target's to it.
+SOURCE_SCALE = {FLOWEDIT_FLUX_WORKFLOW: 1.5, SD35_WORKFLOW: 3.5, QWEN_WORKFLOW: 3.5}
 RUN_1_GROUP = "Run 1"  # group titles of the save/load workflow, as its note explains them
 RUN_2_GROUP = "Run 2"
 RUN_TIMEOUT = 300
@@ -68,6 +83,12 @@ CHROMA_TEST_STEPS = 1
 # The test HunyuanVideo (width 128, the real 20 + 40 blocks) on the test clip (3 latent frames of 8x8: 48 video tokens
 # and 77 text tokens) costs about 0.17 s per evaluation on a CPU core: 4 steps, 1 injected (the shipped 2 of 25).
 HUNYUAN_TEST_STEPS = 4
+# The velocity edits' steps in the tests. FlowEdit on the test Flux (about 1 s per evaluation): 2 steps, both edited
+# (n_max -1: round(24 x 2 / 28) = 2), 4 evaluations per run. On the test SD3.5 and Wan 2.1 (a few hundredths of a
+# second per evaluation): 4 steps; FlowEdit edits 3 of them (round(33 x 4 / 50)), UniEdit-Flow inverts and edits 2
+# (floor(0.6 x 4)).
+VELOCITY_TEST_STEPS = 4
+FLOWEDIT_FLUX_TEST_STEPS = 2
 
 
 def overrides_for_tests(prompt: dict) -> dict:
@@ -76,7 +97,9 @@ def overrides_for_tests(prompt: dict) -> dict:
                             flux_unet=FLUX_UNET_NAME, flux_text_encoder=FLUX_CLIP_NAME, flux_vae=FLUX_VAE_NAME,
                             flux_layers=FLUX_TEST_LAYERS, flux_steps=FLUX_TEST_STEPS, chroma_unet=CHROMA_UNET_NAME,
                             chroma_steps=CHROMA_TEST_STEPS, video=INPUT_VIDEO_NAME, hunyuan_unet=HUNYUAN_UNET_NAME,
-                            hunyuan_vae=HUNYUAN_VAE_NAME, hunyuan_steps=HUNYUAN_TEST_STEPS)
+                            hunyuan_vae=HUNYUAN_VAE_NAME, hunyuan_steps=HUNYUAN_TEST_STEPS, wan_unet=WAN_UNET_NAME,
+                            sd35_checkpoint=SD35_CHECKPOINT_NAME, velocity_steps=VELOCITY_TEST_STEPS,
+                            flux_velocity_steps=FLOWEDIT_FLUX_TEST_STEPS)
 
 
 def shrunk(prompt: dict) -> dict:
@@ -169,6 +192,7 @@ class WorkflowRun:
     check_prompt: dict | None = None
     check_outputs: dict | None = None
     check_files: dict | None = None
+    edit_files: dict | None = None
     _images: dict = field(default_factory=dict, repr=False)
 
     def image(self) -> np.ndarray:
@@ -187,6 +211,20 @@ class WorkflowRun:
     def check_latent(self, save_id: str) -> np.ndarray:
         """The latent that `save_id` (``CHECK_SOURCE_LATENT``, ``CHECK_LATENT``) saved in ``check_prompt``."""
         return read_latent(self.check_files[save_id])
+
+    def edit_images(self, save_id: str) -> np.ndarray:
+        """The images that `save_id` (``CHECK_EDIT_SOURCE``, ``CHECK_EDIT``, ``CHECK_RECONSTRUCTION``) saved in a
+        velocity workflow's ``check_prompt`` (``with_edit_checks``), in order, as floats in [0, 1], [N, H, W, 3]: one
+        for an image, one per frame for a clip."""
+        if save_id not in self._images:
+            self._images[save_id] = np.stack([read_image(path) for path in sorted(self.edit_files[save_id])])
+        return self._images[save_id]
+
+    def edit_latent(self, save_id: str) -> np.ndarray:
+        """The latent that `save_id` (``CHECK_EDIT_SOURCE_LATENT``, ``CHECK_EDIT_LATENT``,
+        ``CHECK_RECONSTRUCTION_LATENT``) saved in a velocity workflow's ``check_prompt``."""
+        (path,) = self.edit_files[save_id]
+        return read_latent(path)
 
     def plain_image(self) -> np.ndarray:
         """The one image that ``plain_prompt`` saved (Flux workflows), as ``image``."""
@@ -251,6 +289,63 @@ def with_mask_checks(prompt: dict) -> dict:
     return prompt
 
 
+# with_edit_checks's saves: the source's VAE round trip, the edit (the workflow's own VAE Decode) as images (a clip's
+# frames one by one, before the video's compression), and the reconstruction's image; Save Latent of the source latent
+# (VAE Encode's), of the edit's latent and of the reconstruction's.
+CHECK_EDIT_SOURCE, CHECK_EDIT = "check_edit_source_save", "check_edit_save"
+CHECK_RECONSTRUCTION = "check_reconstruction_save"
+CHECK_EDIT_SOURCE_LATENT, CHECK_EDIT_LATENT = "check_edit_source_latent_save", "check_edit_latent_save"
+CHECK_RECONSTRUCTION_LATENT = "check_reconstruction_latent_save"
+EDIT_CHECK_SAVES = (CHECK_EDIT_SOURCE, CHECK_EDIT, CHECK_RECONSTRUCTION, CHECK_EDIT_SOURCE_LATENT, CHECK_EDIT_LATENT,
+                    CHECK_RECONSTRUCTION_LATENT)
+EDIT_NODES = ("PnPFlowEdit", "PnPUniEdit")  # the one-node velocity edits of the shipped workflows
+RECONSTRUCTION = "check_reconstruction"  # the edit node's copy that reconstructs the source
+
+
+def reconstruction(edit: dict, source_scale: float | None) -> dict:
+    """The edit node (API format) set up to give back its source, as the workflow's note tells the user to check:
+    FlowEdit with the source prompt as its target (``positive`` linked to what ``source_prompt`` is) and the target's
+    scale at the source's (`source_scale`); UniEdit-Flow with the inversion prompt as its source and target prompts
+    too (one prompt throughout)."""
+    node = json.loads(json.dumps(edit))
+    inputs = node["inputs"]
+    if node["class_type"] == "PnPFlowEdit":
+        inputs["positive"] = inputs["source_prompt"]
+        inputs["target_scale"] = source_scale
+    else:
+        inputs["source_prompt"] = inputs["positive"] = inputs["inversion_prompt"]
+    return node
+
+
+def with_edit_checks(prompt: dict, source_scale: float | None = None) -> dict:
+    """A velocity workflow's prompt with the outputs ``EDIT_CHECK_SAVES`` added on its own nodes: the source latent
+    (VAE Encode's) decoded and saved, the edit's latent and the source latent saved (Save Latent), the workflow's own
+    VAE Decode of the edit saved as images, and the edit node's ``reconstruction`` (`source_scale`: FlowEdit's
+    official source scale for the model) with its latent and image saved. Every node of the workflow's prompt is in it,
+    unchanged, so the server then answers the workflow's prompt from its cache."""
+    prompt = json.loads(json.dumps(prompt))
+    (edit_id,) = [k for k, n in prompt.items() if n["class_type"] in EDIT_NODES]
+    (encode_id,) = [k for k, n in prompt.items() if n["class_type"] == "VAEEncode"]
+    (decode_id,) = [k for k, n in prompt.items() if n["class_type"] == "VAEDecode"]
+    vae = prompt[encode_id]["inputs"]["vae"]
+    prompt[RECONSTRUCTION] = reconstruction(prompt[edit_id], source_scale)
+
+    def save_image(save_id, images, prefix):
+        prompt[save_id] = {"class_type": "SaveImage", "inputs": {"images": images, "filename_prefix": prefix}}
+
+    def save_latent(save_id, samples, prefix):
+        prompt[save_id] = {"class_type": "SaveLatent", "inputs": {"samples": samples, "filename_prefix": prefix}}
+    for save_id, samples, prefix in ((CHECK_EDIT_SOURCE, [encode_id, 0], "pnp-check-edit-source"),
+                                     (CHECK_RECONSTRUCTION, [RECONSTRUCTION, 0], "pnp-check-reconstruction")):
+        prompt[f"{save_id}_decode"] = {"class_type": "VAEDecode", "inputs": {"samples": samples, "vae": vae}}
+        save_image(save_id, [f"{save_id}_decode", 0], prefix)
+    save_image(CHECK_EDIT, [decode_id, 0], "pnp-check-edit")
+    save_latent(CHECK_EDIT_SOURCE_LATENT, [encode_id, 0], "latents/pnp-check-edit-source")
+    save_latent(CHECK_EDIT_LATENT, [edit_id, 0], "latents/pnp-check-edit")
+    save_latent(CHECK_RECONSTRUCTION_LATENT, [RECONSTRUCTION, 0], "latents/pnp-check-reconstruction")
+    return prompt
+
+
 class WorkflowRuns:
     """Runs each shipped workflow through the server on first use and keeps the run. A run that
     failed is not retried: every later test on that workflow fails with the same error."""
@@ -290,6 +385,12 @@ class WorkflowRuns:
             for save_id in CHECK_SAVES:
                 (check_files[save_id],) = self.server.output_files({save_id: check_outputs[save_id]})
             variants = dict(check_prompt=check_prompt, check_outputs=check_outputs, check_files=check_files)
+        if name in VELOCITY_WORKFLOWS:  # a superset of the workflow's prompt, as the masked workflows'
+            check_prompt = with_edit_checks(prompt, SOURCE_SCALE.get(name))
+            check_outputs = self.server.run(check_prompt, timeout=RUN_TIMEOUT)
+            edit_files = {save_id: self.server.output_files({save_id: check_outputs[save_id]})
+                          for save_id in EDIT_CHECK_SAVES}
+            variants = dict(check_prompt=check_prompt, check_outputs=check_outputs, edit_files=edit_files)
         outputs = self.server.run(prompt, timeout=RUN_TIMEOUT)
         run = WorkflowRun(name, prompt, outputs, self.server.output_files(outputs), **variants)
         if name == BANK_WORKFLOW:
