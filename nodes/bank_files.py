@@ -7,10 +7,11 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pnp_injection import PnPError
-from ..pnp_injection.unet.bank_file import SUFFIX
-from ..pnp_injection.unet.bank_file import load as load_bank
-from ..pnp_injection.unet.bank_file import save as save_bank
+from ..pnp_injection.bank_file import Format
+from ..pnp_injection.unet import bank_file as unet_bank_file
 from .types import CATEGORY, FeatureBank
+
+SUFFIX = unet_bank_file.SUFFIX
 
 
 OUTPUT_TAG = " [output]"  # ComfyUI's way of naming a file of the output folder in a list
@@ -25,7 +26,7 @@ _LISTINGS: dict[tuple[str, str], tuple[list[tuple[str, int]], list[str], int | N
 
 
 def _listed(root: str, tag: str = "", suffix: str = SUFFIX) -> list[str]:
-    """Bank files below `root`, by their own suffix alone: no file is opened.
+    """Bank files below `root`, by their own suffix alone, regular files only: no file is opened.
 
     Linked folders are never entered (a loop is not followed, a bank is listed once); a linked
     file is listed where it resolves inside `root`, as `input_path` requires. The search stops
@@ -55,7 +56,8 @@ def _search(root: str, ext: str) -> list[str]:
                     if entry.is_dir(follow_symlinks=False):
                         if depth < _DEPTH:
                             pending.append((entry.path, depth + 1))
-                    elif entry.name.endswith(ext) and (not entry.is_symlink() or _inside(real_root, entry.path)):
+                    elif (entry.name.endswith(ext) and entry.is_file()  # a regular file (a FIFO would block a read)
+                          and (not entry.is_symlink() or _inside(real_root, entry.path))):
                         found.append(os.path.relpath(entry.path, root))
         except OSError:  # unreadable or vanished: nothing listed from it
             continue
@@ -86,9 +88,9 @@ def bank_files(suffix: str = SUFFIX) -> list[str]:
             + _listed(folder_paths.get_output_directory(), OUTPUT_TAG, suffix))
 
 
-def input_path(name: str) -> str:
+def input_path(name: str, fmt: Format = unet_bank_file.FORMAT) -> str:
     """The file `name` inside the input folder (or the output folder, when tagged so); names
-    that leave their folder are refused."""
+    that leave their folder are refused, and a missing file names `fmt`'s saver."""
     if name.endswith(OUTPUT_TAG):
         name, root, where = name[: -len(OUTPUT_TAG)], folder_paths.get_output_directory(), "output"
     else:
@@ -101,8 +103,8 @@ def input_path(name: str) -> str:
         raise PnPError(f"Bank file {name!r} is outside ComfyUI's {where} folder: give a name inside it, "
                        f"without '..' or an absolute path.")
     if not os.path.isfile(path):
-        raise PnPError(f"No bank file {name!r} in ComfyUI's {where} folder: save one with PnP Save Feature "
-                       f"Bank, or copy a bank file there.")
+        raise PnPError(f"No bank file {name!r} in ComfyUI's {where} folder: save one with {fmt.saver}, or copy a "
+                       f"{fmt.what} file ({fmt.suffix}) there.")
     return path
 
 
@@ -169,18 +171,26 @@ def output_path(filename_prefix: str, suffix: str = SUFFIX, default: str = "pnp_
         counter += 1
 
 
-class PnPSaveFeatureBank(io.ComfyNode):
+class SaveBank(io.ComfyNode):
+    """The Save Feature Bank node of a wing: its subclass names the node, its bank's socket type,
+    its format and its save function, and takes the next free name when another save took one first.
+    (Lower-case attributes: ComfyNode's upper-case names are its own.)"""
+
+    node_id = display_name = category = description = bank_tip = default_prefix = ""
+    bank_type: io.Custom
+    bank_format: Format
+
+    @staticmethod
+    def save(bank, path):
+        raise NotImplementedError
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="PnPSaveFeatureBank",
-            display_name="PnP Save Feature Bank",
-            category=CATEGORY,
-            description="Saves a feature bank to ComfyUI's output folder (safetensors), to reuse a source "
-                        "without inverting and capturing it again.",
+            node_id=cls.node_id, display_name=cls.display_name, category=cls.category, description=cls.description,
             inputs=[
-                FeatureBank.Input("feature_bank", tooltip="From PnP Capture Features."),
-                io.String.Input("filename_prefix", default="pnp_bank",
+                cls.bank_type.Input("feature_bank", tooltip=cls.bank_tip),
+                io.String.Input("filename_prefix", default=cls.default_prefix,
                                 tooltip="File name prefix inside the output folder (subfolders allowed, '..' is not)."),
             ],
             outputs=[],
@@ -191,32 +201,38 @@ class PnPSaveFeatureBank(io.ComfyNode):
     def execute(cls, feature_bank, filename_prefix) -> io.NodeOutput:
         attempt = 0
         while True:  # another ComfyUI saving to this folder may take the name first: output_path gives the next
-            path, shown = output_path(filename_prefix, SUFFIX, "pnp_bank", attempt)
+            path, shown = output_path(filename_prefix, cls.bank_format.suffix, cls.default_prefix, attempt)
             try:
-                save_bank(feature_bank, path)
+                cls.save(feature_bank, path)
                 return io.NodeOutput(ui={"text": [shown]})
             except FileExistsError:
                 attempt += 1
 
 
-class PnPLoadFeatureBank(io.ComfyNode):
+class LoadBank(io.ComfyNode):
+    """The Load Feature Bank node of a wing: its subclass names the node, its bank's socket type,
+    its format and its load function; files are listed by the format's suffix."""
+
+    node_id = display_name = category = description = file_tip = output_tip = ""
+    bank_type: io.Custom
+    bank_format: Format
+
+    @staticmethod
+    def load(path):
+        raise NotImplementedError
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="PnPLoadFeatureBank",
-            display_name="PnP Load Feature Bank",
-            category=CATEGORY,
-            description="Loads a feature bank saved by PnP Save Feature Bank, from ComfyUI's input or output folder.",
-            inputs=[io.Combo.Input("bank_file", options=bank_files(),
-                                   tooltip=f"A bank file ({SUFFIX}) in ComfyUI's input folder, or one saved in the output "
-                                           "folder (marked [output]). Refresh the page to list a bank saved since.")],
-            outputs=[FeatureBank.Output("feature_bank", display_name="feature_bank", tooltip="Use like the output of PnP Capture Features.")],
+            node_id=cls.node_id, display_name=cls.display_name, category=cls.category, description=cls.description,
+            inputs=[io.Combo.Input("bank_file", options=bank_files(cls.bank_format.suffix), tooltip=cls.file_tip)],
+            outputs=[cls.bank_type.Output("feature_bank", display_name="feature_bank", tooltip=cls.output_tip)],
         )
 
     @classmethod
     def fingerprint_inputs(cls, bank_file):
         try:  # a rewritten file is a new bank
-            stat = os.stat(input_path(bank_file))
+            stat = os.stat(input_path(bank_file, cls.bank_format))
             return f"{bank_file}:{stat.st_size}:{stat.st_mtime_ns}"
         except PnPError:
             return bank_file
@@ -224,11 +240,28 @@ class PnPLoadFeatureBank(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, bank_file):
         try:
-            input_path(bank_file)
+            input_path(bank_file, cls.bank_format)
         except PnPError as e:
             return str(e)
         return True
 
     @classmethod
     def execute(cls, bank_file) -> io.NodeOutput:
-        return io.NodeOutput(load_bank(input_path(bank_file)))
+        return io.NodeOutput(cls.load(input_path(bank_file, cls.bank_format)))
+
+
+class PnPSaveFeatureBank(SaveBank):
+    node_id, display_name, category = "PnPSaveFeatureBank", "PnP Save Feature Bank", CATEGORY
+    description = ("Saves a feature bank to ComfyUI's output folder (safetensors), to reuse a source without inverting "
+                   "and capturing it again.")
+    bank_tip, default_prefix = "From PnP Capture Features.", "pnp_bank"
+    bank_type, bank_format, save = FeatureBank, unet_bank_file.FORMAT, staticmethod(unet_bank_file.save)
+
+
+class PnPLoadFeatureBank(LoadBank):
+    node_id, display_name, category = "PnPLoadFeatureBank", "PnP Load Feature Bank", CATEGORY
+    description = "Loads a feature bank saved by PnP Save Feature Bank, from ComfyUI's input or output folder."
+    file_tip = (f"A bank file ({SUFFIX}) in ComfyUI's input folder, or one saved in the output folder (marked "
+                f"[output]). Refresh the page to list a bank saved since.")
+    output_tip = "Use like the output of PnP Capture Features."
+    bank_type, bank_format, load = FeatureBank, unet_bank_file.FORMAT, staticmethod(unet_bank_file.load)

@@ -13,7 +13,7 @@ from ..pnp_injection.flow import schedule as flux_schedule
 from ..pnp_injection.errors import PnPError
 from ..pnp_injection.flow import solvers
 from ..pnp_injection.flow.inversion import invert
-from .bank_files import PnPLoadFeatureBank, bank_files, input_path, output_path
+from .bank_files import LoadBank, SaveBank
 from .types import FLUX_CATEGORY, SAMPLER_CATEGORY, mask_input
 
 FluxFeatureBank = io.Custom("PNP_FLUX_BANK")
@@ -194,6 +194,7 @@ class PnPFluxFireFlowSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, feature_bank, positive, guidance, inject, mask=None) -> io.NodeOutput:
+        flux_patches.refuse_kv_edit(feature_bank)  # before the solver: PnP Flux Sampler refuses it too
         if feature_bank.solver != "fireflow":
             raise PnPError(f"This bank was inverted with {feature_bank.solver}, not FireFlow: sample it with PnP Flux "
                            f"Sampler, or invert with PnP Flux Inversion (FireFlow).")
@@ -285,62 +286,22 @@ class PnPFireFlowSampler(io.ComfyNode):
         return io.NodeOutput(solvers.sampler("fireflow"))
 
 
-class PnPFluxSaveBank(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="PnPFluxSaveBank",
-            display_name="PnP Flux Save Feature Bank",
-            category=FLUX_CATEGORY,
-            description="Saves a Flux feature bank to ComfyUI's output folder (safetensors), to edit a source again "
-                        "without inverting it.",
-            inputs=[
-                FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux Inversion."),
-                io.String.Input("filename_prefix", default="pnp_flux_bank",
-                                tooltip="File name prefix inside the output folder (subfolders allowed, '..' is not)."),
-            ],
-            outputs=[],
-            is_output_node=True,
-        )
-
-    @classmethod
-    def execute(cls, feature_bank, filename_prefix) -> io.NodeOutput:
-        attempt = 0
-        while True:  # another ComfyUI saving to this folder may take the name first: output_path gives the next
-            path, shown = output_path(filename_prefix, flux_bank_file.SUFFIX, "pnp_flux_bank", attempt)
-            try:
-                flux_bank_file.save(feature_bank, path)
-                return io.NodeOutput(ui={"text": [shown]})
-            except FileExistsError:
-                attempt += 1
+class PnPFluxSaveBank(SaveBank):
+    node_id, display_name, category = "PnPFluxSaveBank", "PnP Flux Save Feature Bank", FLUX_CATEGORY
+    description = ("Saves a Flux feature bank to ComfyUI's output folder (safetensors), to edit a source again "
+                   "without inverting it.")
+    bank_tip, default_prefix = "From PnP Flux Inversion.", "pnp_flux_bank"
+    bank_type, bank_format, save = FluxFeatureBank, flux_bank_file.FORMAT, staticmethod(flux_bank_file.save)
 
 
-class PnPFluxLoadBank(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="PnPFluxLoadBank",
-            display_name="PnP Flux Load Feature Bank",
-            category=FLUX_CATEGORY,
-            description="Loads a Flux feature bank saved by PnP Flux Save Feature Bank, from ComfyUI's input or output folder.",
-            inputs=[io.Combo.Input("bank_file", options=bank_files(flux_bank_file.SUFFIX),
-                                   tooltip=f"A Flux bank file ({flux_bank_file.SUFFIX}) in the input folder, or one saved in "
-                                           "the output folder (marked [output]). Refresh the page to list a bank saved since.")],
-            outputs=[FluxFeatureBank.Output("feature_bank", display_name="feature_bank",
-                                            tooltip="Use like the output of PnP Flux Inversion.")],
-        )
-
-    @classmethod
-    def fingerprint_inputs(cls, bank_file):
-        return PnPLoadFeatureBank.fingerprint_inputs(bank_file)
-
-    @classmethod
-    def validate_inputs(cls, bank_file):
-        return PnPLoadFeatureBank.validate_inputs(bank_file)
-
-    @classmethod
-    def execute(cls, bank_file) -> io.NodeOutput:
-        return io.NodeOutput(flux_bank_file.load(input_path(bank_file)))
+class PnPFluxLoadBank(LoadBank):
+    node_id, display_name, category = "PnPFluxLoadBank", "PnP Flux Load Feature Bank", FLUX_CATEGORY
+    description = ("Loads a Flux feature bank saved by PnP Flux Save Feature Bank, from ComfyUI's input or output "
+                   "folder.")
+    file_tip = (f"A Flux bank file ({flux_bank_file.SUFFIX}) in the input folder, or one saved in the output folder "
+                f"(marked [output]). Refresh the page to list a bank saved since.")
+    output_tip = "Use like the output of PnP Flux Inversion."
+    bank_type, bank_format, load = FluxFeatureBank, flux_bank_file.FORMAT, staticmethod(flux_bank_file.load)
 
 
 FLUX_NODES = [PnPFluxInversion, PnPFluxSampler, PnPFluxFireFlowInversion, PnPFluxFireFlowSampler,

@@ -1,8 +1,8 @@
 """Plug-and-Play diffusion features (Tumanyan et al., CVPR 2023) on ComfyUI models.
 
 The engine, usable without the node layer. Its top level is the shared core: errors, input
-checks, schedules and sigma keys, bank placement and streaming, bank-file I/O, model-call
-plumbing, layer-text parsing and the sampling passes. One sub-package per model family (a
+checks, schedules and sigma keys, bank placement and streaming, bank-file I/O and integrity,
+model-call plumbing, layer-text parsing and the sampling passes. One sub-package per model family (a
 wing) builds on it; a wing imports the core and itself, never another wing, and the core
 imports no wing:
 

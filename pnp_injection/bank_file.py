@@ -1,10 +1,13 @@
-"""Bank files on disk, for every wing: safetensors with versioned metadata, written atomically
-and read without pickle. Each wing defines its own format (name, version, suffix) on top."""
+"""Bank files on disk, for every wing: safetensors with versioned metadata and a checksum, written
+atomically and read without pickle, each field checked once at load (`bank_integrity`). Each wing
+registers its format (`Format`: name, version, suffix, its nodes) and says what its metadata
+implies for every tensor (its layout)."""
 from __future__ import annotations
 
 import errno
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -12,6 +15,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from . import placement
+from .bank_integrity import (CHECKSUM, Header, Layout, Unreadable, check_layout, check_values, checked, checksum,
+                             damaged, read_header, verify_checksum)
 from .errors import PnPError
 
 
@@ -29,7 +35,8 @@ def write(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str 
     temp = None
     try:
         temp = _temporary(path.parent)
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temp), metadata=metadata)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(tensors, str(temp), metadata={**metadata, CHECKSUM: checksum(metadata, tensors)})
         _publish(temp, path)
     except FileExistsError:
         raise
@@ -80,22 +87,83 @@ def _publish(temp: Path, path: Path) -> None:
         raise
 
 
-def read(path: str | os.PathLike, check: Callable[[str, dict], None], what: str,
-         saver: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a bank file, its header passed through `check` first; a file
-    safetensors cannot read is a PnPError naming `saver`."""
+@dataclass(frozen=True)
+class Format:
+    """A wing's bank-file format, registered here so that each loader names the other's file
+    (and the nodes that read it) without a wing naming another."""
+
+    name: str       # the header's "format"
+    version: int
+    suffix: str     # files are listed by it
+    what: str       # "feature bank", as the messages call it
+    saver: str      # the nodes that write and read it
+    loader: str
+    fix: str        # what to do with a damaged file, e.g. "invert the source again and save ..."
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register(fmt: Format) -> Format:
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def check_header(name: str, metadata: dict, fmt: Format) -> None:
+    """The file is of `fmt` and its version; another registered format names its loader."""
+    found = metadata.get("format")
+    other = FORMATS.get(found)
+    if other is not None and other is not fmt:
+        raise PnPError(f"{name} is a {other.what}: load it with {other.loader}, or choose a file written by "
+                       f"{fmt.saver}.")
+    if found != fmt.name:
+        shown = f"its format is {found!r}" if found else f"no '{fmt.name}' metadata"
+        raise PnPError(f"{name} is not a PnP {fmt.what} file ({shown}): choose a file written by {fmt.saver}.")
+    if metadata.get("version") != str(fmt.version):
+        raise PnPError(f"{name} is a {fmt.what} of version {metadata.get('version')!r}; this pack reads version "
+                       f"{fmt.version}: {fmt.fix}")
+
+
+def read(path: str | os.PathLike, fmt: Format, layout: Callable[[Header], Layout],
+         check_small: Callable[[dict[str, torch.Tensor]], None] = lambda small: None,
+         ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a bank file of `fmt`, each check once, before what it guards:
+
+    1. the header alone: format and version, then every tensor's shape and dtype against what
+       the metadata implies (`layout`, the wing's), and the declared size against free memory;
+    2. the checksum, streamed from the file;
+    3. the small tensors (schedule, latent, mask, kept tokens), then the wing's `check_small`;
+    4. the tables; every value finite and within bounds (`bank_integrity.check_values`).
+    Nothing is unpickled. Any failure is a PnPError naming the file, the field and `fmt.fix`."""
     name = Path(path).name
     try:
+        header = read_header(path)
+    except (Unreadable, OSError) as e:
+        raise PnPError(f"{name} is not a readable {fmt.what} ({e}): it may be truncated or not a PnP bank file. "
+                       f"Choose a file written by {fmt.saver}.") from None
+    check_header(name, header.metadata, fmt)
+    expected = checked(name, fmt.fix, layout, header)
+    checked(name, fmt.fix, check_layout, header, expected)
+    placement.check_fits(header.nbytes(), placement.storage_device(), f"bank file {name}")
+    if verify_checksum(path, header) is False:
+        raise damaged(name, CHECKSUM, "its tables or metadata are not what was saved: the file changed on disk or in "
+                                      "transfer, or was edited", fmt.fix)
+    small = [key for key, e in expected.items() if not e.table]
+    tensors: dict[str, torch.Tensor] = {}
+    try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            check(name, metadata)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors.update((key, f.get_tensor(key)) for key in small)
+            checked(name, fmt.fix, check_values, tensors)
+            checked(name, fmt.fix, check_small, dict(tensors))
+            tables = {key: f.get_tensor(key) for key in expected if key not in tensors}
     except PnPError:
         raise
-    except Exception as e:  # safetensors reports truncation and bad headers in many ways
-        raise PnPError(f"{name} is not a readable {what} ({e}): it may be truncated or not a "
-                       f"PnP bank file. Save the bank again with {saver}.") from None
-    return tensors, metadata
+    except Exception as e:  # noqa: BLE001 - safetensors reports a file changed under it in many ways
+        raise PnPError(f"{name} could not be read ({e}): it may have changed while it was read. Load it again, or "
+                       f"choose a file written by {fmt.saver}.") from None
+    checked(name, fmt.fix, check_values, tables)
+    tensors.update(tables)
+    return tensors, header.metadata
 
 
 def optional_tensors(bank) -> dict[str, torch.Tensor]:
@@ -103,6 +171,3 @@ def optional_tensors(bank) -> dict[str, torch.Tensor]:
     files written before masks lack them, and such a bank refuses a mask with a clear error."""
     return {name: t for name, t in (("path", bank.path), ("mask", bank.mask)) if t is not None}
 
-
-def consistent_path(path: torch.Tensor | None, steps: int, latent_shape) -> bool:
-    return path is None or tuple(path.shape) == (steps + 1, *latent_shape)

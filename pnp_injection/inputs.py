@@ -1,5 +1,5 @@
-"""Checks of what a user gives the engine, shared by the wings: source latents, numbers, prompts
-and the tensors of loaded bank files."""
+"""Checks of what a user gives the engine, shared by the wings: source latents, numbers and
+prompts (a loaded bank file is checked by bank_integrity)."""
 from __future__ import annotations
 
 import math
@@ -98,34 +98,6 @@ def check_whole_latent_prompts(conds: dict | None, what: str = "The target's") -
     """Every prompt of a guider (`guider.conds`: positive, negative, ...) covers the whole latent."""
     for name, conditioning in (conds or {}).items():
         check_whole_latent(conditioning, f"{what} `{name}` prompt")
-
-
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def check_bank_tensors(name: str, tensors: dict[str, torch.Tensor], fix: str) -> None:
-    """The tensors of a loaded bank file are floating (float32, float16, bfloat16) and finite,
-    or a PnPError naming the file, the tensor and `fix`. One reduction pass per tensor, no copy."""
-    for key, t in tensors.items():
-        if t.dtype not in FLOAT_DTYPES:
-            raise PnPError(f"{name} holds `{key}` as {str(t.dtype).replace('torch.', '')}, not as float32, float16 "
-                           f"or bfloat16: the file is damaged or was written by other software; {fix}")
-        if t.numel() and not all(math.isfinite(float(v)) for v in torch.aminmax(t)):
-            raise PnPError(f"{name} contains NaN or infinite values (in `{key}`): the file is damaged or was "
-                           f"written by other software; {fix}")
-
-
-def check_falling_sigmas(name: str, sigmas: torch.Tensor, fix: str, first: float | None = None) -> None:
-    """A loaded bank's schedule falls strictly to 0 (from `first`, when given), or a PnPError."""
-    falling = (sigmas.ndim == 1 and len(sigmas) >= 2 and float(sigmas[-1]) == 0.0
-               and bool((sigmas[1:] < sigmas[:-1]).all())
-               and (first is None or math.isclose(float(sigmas[0]), first, rel_tol=1e-6)))
-    if not falling:
-        shown = ", ".join(f"{float(s):.4g}" for s in sigmas.reshape(-1)[:6])
-        start = f"from {first} " if first is not None else ""
-        raise PnPError(f"{name} has a schedule that does not fall strictly {start}to 0 ({shown}"
-                       f"{', ...' if sigmas.numel() > 6 else ''}): the file is damaged or was written by other "
-                       f"software; {fix}")
 
 
 def check_same_architecture(bank_signature: str, here: str, redo: str) -> None:

@@ -21,14 +21,25 @@ def check_length(text: str, what: str, example: str) -> None:
                        f"{MAX_LENGTH:,} characters. Shorten it: name blocks by ranges, as in {example!r}.")
 
 
+EXCERPT = 60  # characters of a text quoted in a message
+
+
+def excerpt(text: str) -> str:
+    """`text` quoted for a message: whole when short, else its start and its length."""
+    text = text.strip()
+    if len(text) <= EXCERPT:
+        return repr(text)
+    return f"{text[:EXCERPT]!r}... ({len(text):,} characters)"
+
+
 def _number(text: str) -> int:
     text = text.strip()
     if not (text.isascii() and text.isdigit()):
         raise ValueError(text)
     value = int(text)  # at most MAX_LENGTH digits: cheap
     if value > MAX_NUMBER:
-        raise PnPError(f"Layer number {text} is beyond {MAX_NUMBER}: no supported model has that many "
-                       f"blocks. Give block numbers within the model's blocks (0-based).")
+        raise PnPError(f"Layer number {text if len(text) <= EXCERPT else excerpt(text)} is beyond {MAX_NUMBER}: no "
+                       f"supported model has that many blocks. Give block numbers within the model's blocks (0-based).")
     return value
 
 
@@ -42,7 +53,7 @@ def ranges(text: str) -> list[range]:
         first = _number(lo)
         last = _number(hi) if dash else first
         if last < first:
-            raise PnPError(f"The range {part.strip()!r} runs backwards: write the lower block first, "
+            raise PnPError(f"The range {excerpt(part)} runs backwards: write the lower block first, "
                            f"as in '{last}-{first}'.")
         out.append(range(first, last + 1))
     return out
@@ -61,7 +72,6 @@ def check_count(total: int, what: str) -> None:
 
 def expand(spans: list[range]) -> list[int]:
     return [n for r in spans for n in r]
-
 
 
 def read_clauses(text: str, what: str, example: str, read_clause, size, grammar: str) -> list:

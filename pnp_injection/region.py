@@ -67,11 +67,14 @@ class SourcePath:
         return float(self.sigmas[j]), self.latents[j]
 
 
-def check_mask(mask: torch.Tensor, latent_shape, rows: int) -> torch.Tensor:
+def check_mask(mask: torch.Tensor, latent_shape, rows: int, *, single: str | None = None) -> torch.Tensor:
     """`mask` as [1 or rows, 1, H, W] at the latent's size, resized as ComfyUI resizes noise
     masks (comfy.utils.reshape_mask, bilinear); a PnPError naming the fix otherwise. It may be
     drawn at the latent's size or the source image's (8 px per cell; VAE Encode drops up to 7).
-    Masks edit images: a video latent refuses one."""
+    Masks edit images: a video latent refuses one. A mask with no cell above 0 at the latent's
+    size would edit nothing: refused, on every path alike, whether it was black everywhere or its
+    white region fell between the cells the resize samples. `single`: why only one mask is taken
+    (a method with one mask for the whole batch)."""
     if len(latent_shape) == 5:
         raise PnPError("Masks edit images; this latent is a video: disconnect the mask (or remove the latent's "
                        "noise_mask) to edit the whole clip.")
@@ -91,7 +94,7 @@ def check_mask(mask: torch.Tensor, latent_shape, rows: int) -> torch.Tensor:
         raise PnPError("The mask contains NaN or infinite values: draw it again, or rebuild it with mask nodes.")
     if float(low) < 0 or float(high) > 1:
         raise PnPError(f"The mask's values run from {float(low):.3g} to {float(high):.3g}; a mask holds 0 (keep the "
-                       f"source) to 1 (edit): clamp or normalise it (e.g. with ThresholdMask or Invert Mask).")
+                       f"source) to 1 (edit): clamp or normalise it (e.g. with ThresholdMask or InvertMask).")
     height, width = latent_shape[-2], latent_shape[-1]
     mh, mw = mask.shape[-2:]
     pixels = height * VAE_SCALE <= mh < (height + 1) * VAE_SCALE and width * VAE_SCALE <= mw < (width + 1) * VAE_SCALE
@@ -99,10 +102,27 @@ def check_mask(mask: torch.Tensor, latent_shape, rows: int) -> torch.Tensor:
         raise PnPError(f"The mask is {mw}x{mh} but the source is {width * VAE_SCALE}x{height * VAE_SCALE} px (latent "
                        f"{width}x{height}): draw the mask on the source image (Load Image's mask editor), or scale it "
                        f"to the source's size first (e.g. Upscale Image on the mask as an image).")
+    if single is not None and mask.shape[0] != 1:
+        raise PnPError(f"{single}, and the mask holds {mask.shape[0]} masks: give one mask.")
     if mask.shape[0] not in (1, rows):
         raise PnPError(f"The mask holds {mask.shape[0]} masks but the batch has {rows} rows: give one mask for all "
                        f"rows, or one mask per row.")
-    return comfy.utils.reshape_mask(mask, (mask.shape[0], 1, height, width))
+    cells = comfy.utils.reshape_mask(mask, (mask.shape[0], 1, height, width))
+    for row in range(mask.shape[0]):
+        if not bool(cells[row].any()):
+            which = f"Mask {row} of the batch" if mask.shape[0] > 1 else "The mask"
+            raise _nothing_to_edit(which, bool(mask[row].any()), (mw, mh), (width, height))
+    return cells
+
+
+def _nothing_to_edit(which: str, white: bool, drawn, latent) -> PnPError:
+    if white:  # white pixels, all between the pixels the bilinear resize reads (2 of every 8 per side)
+        return PnPError(f"{which}'s white region vanishes at the latent's resolution: resized from {drawn[0]}x"
+                        f"{drawn[1]} to the latent's {latent[0]}x{latent[1]} cells ({VAE_SCALE} px each), no cell is "
+                        f"above 0, so nothing would be edited. Grow the mask by at least {VAE_SCALE} px (GrowMask, "
+                        f"expand {VAE_SCALE}), or draw a larger region.")
+    return PnPError(f"{which} is black everywhere (all 0), so nothing would be edited: paint the region to edit white "
+                    f"(Load Image's mask editor), or check that the mask is not inverted (InvertMask).")
 
 
 def rows_of(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -116,8 +136,8 @@ class Region:
     PREDICT_NOISE holds the latent outside the mask on the source's path. Without any mask the
     run is untouched. Immutable: clones of the model share it."""
 
-    def __init__(self, path: SourcePath | None, mask: torch.Tensor | None, fix_path: str):
-        self.path, self.mask, self.fix_path = path, mask, fix_path
+    def __init__(self, path: SourcePath | None, mask: torch.Tensor | None, fix_path: str, fix_schedule: str):
+        self.path, self.mask, self.fix_path, self.fix_schedule = path, mask, fix_path, fix_schedule
 
     def __deepcopy__(self, memo):
         return self
@@ -132,7 +152,8 @@ class Region:
                            f"not hold that path (a bank file saved by an earlier version of this pack). "
                            f"{self.fix_path}")
         source_rows(self.path.latents.shape[1], noise.shape[0], "latent batch")
-        check_same_schedule(self.path.sigmas, sigmas, len(self.path.sigmas), "masked edit's source path")
+        check_same_schedule(self.path.sigmas, sigmas, len(self.path.sigmas), "masked edit's source path",
+                            self.fix_schedule)
         guider = executor.class_obj
         original = guider.model_options
         guider.model_options = comfy.model_patcher.create_model_options_clone(original)
@@ -172,8 +193,11 @@ class Region:
         return out * m + along * (1 - m)
 
 
-def apply(patched, path: SourcePath | None, mask: torch.Tensor | None, key: str, fix_path: str) -> None:
-    """Install the masked-edit wrappers on `patched` (a clone the caller owns) under `key`."""
-    region = Region(path, mask, fix_path)
+def apply(patched, path: SourcePath | None, mask: torch.Tensor | None, key: str, fix_path: str,
+          fix_schedule: str) -> None:
+    """Install the masked-edit wrappers on `patched` (a clone the caller owns) under `key`;
+    `fix_path` and `fix_schedule` name the wing's nodes for a bank without the source's path
+    and for a sampler on other sigmas."""
+    region = Region(path, mask, fix_path, fix_schedule)
     patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, key, region.outer_sample)
     patched.add_wrapper_with_key(ext.WrappersMP.PREDICT_NOISE, key, region.predict_noise)

@@ -20,7 +20,7 @@ import comfy.model_patcher
 import comfy.samplers
 import comfy.supported_models as sm
 from comfyui_pnp.nodes.bank_files import PnPSaveFeatureBank
-from comfyui_pnp.pnp_injection import model_calls
+from comfyui_pnp.pnp_injection import bank_integrity, model_calls
 from comfyui_pnp.pnp_injection.unet import layers as unet_layers
 
 CONTEXT = 64
@@ -215,14 +215,19 @@ def save_and_stage(bank, folders, prefix="pnp_bank"):
     return saved, staged
 
 
-def rewrite(path, edit_tensors=None, edit_meta=None):
-    """Rewrite a safetensors file in place, after `edit_tensors(tensors)` and `edit_meta(metadata)`."""
+def rewrite(path, edit_tensors=None, edit_meta=None, resign=False):
+    """Rewrite a safetensors file in place, after `edit_tensors(tensors)` and `edit_meta(metadata)`.
+    The checksum the pack wrote stays as it was (the edit is then named as damage), unless `resign`:
+    then it is computed again, as other software or a deliberate edit would, so that the checks
+    behind it are reached."""
     with safe_open(str(path), "pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
     if edit_tensors:
         edit_tensors(tensors)
     if edit_meta:
         edit_meta(meta)
+    if resign:
+        meta[bank_integrity.CHECKSUM] = bank_integrity.checksum(meta, {k: t.contiguous() for k, t in tensors.items()})
     save_file(tensors, str(path), metadata=meta)
 
 

@@ -116,9 +116,12 @@ def test_the_header_is_checked_before_any_tensor_is_read(captured, folders, monk
     (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "may be truncated"),
     (lambda p: p.write_bytes(b"not a bank at all"), "may be truncated"),
     (lambda p: rewrite(p, edit_meta=lambda m: m.update(version="7")), "version '7'; this pack reads version 2"),
-    (lambda p: rewrite(p, edit_meta=lambda m: m.pop("format")), "is not a PnP feature bank file"),
-    (lambda p: rewrite(p, edit_tensors=lambda t: t.update({"residual.4": t["residual.4"][:2]})), "is damaged"),
-    (lambda p: rewrite(p, edit_tensors=lambda t: t.pop("attention.5.0")), "is damaged"),
+    (lambda p: rewrite(p, edit_meta=lambda m: m.pop("format")), "is not a PnP U-Net feature bank file"),
+    (lambda p: rewrite(p, edit_tensors=lambda t: t.update({"residual.4": t["residual.4"][:2]})),
+     r"is a damaged or edited bank file \(`residual.4`: its shape is \[2, 1, 64, 4, 4\] where the metadata gives "
+     r"\[4, 1, 64, 4, 4\]"),
+    (lambda p: rewrite(p, edit_tensors=lambda t: t.pop("attention.5.0")),
+     r"is a damaged or edited bank file \(`attention.5.0`: the tensor is missing\)"),
 ], ids=["truncated", "garbage", "unknown-version", "not-a-bank", "tampered-shape", "missing-tensor"])
 def test_bad_bank_files_get_a_clear_error(captured, folders, damage, message):
     _, _, bank = captured
@@ -157,6 +160,6 @@ class Trap:
 def test_bank_files_are_never_unpickled(folders):
     _, inp = folders
     torch.save({"sigmas": torch.zeros(3), "trap": Trap()}, inp / "pickled.safetensors")
-    with pytest.raises(PnPError, match="not a readable feature bank"):
+    with pytest.raises(PnPError, match="not a readable U-Net feature bank"):
         PnPLoadFeatureBank.execute("pickled.safetensors")
     assert UNPICKLED == []

@@ -76,8 +76,8 @@ def test_catalogue(setup, folders):
             "without '..' or an absolute path."),
         "bank version": (
             lambda: PnPLoadFeatureBank.execute(staged.name),
-            f"{staged.name} is a feature bank of version '7'; this pack reads version 2. Capture and save it "
-            f"again with this version of the pack."),
+            f"{staged.name} is a U-Net feature bank of version '7'; this pack reads version 2: capture the source "
+            f"again and save the bank with PnP Save Feature Bank."),
     }
     for case, (fn, expected) in catalogue.items():
         assert message(fn) == expected, case

@@ -187,7 +187,7 @@ def test_bank_files_round_trip(flux, folders):
     trajectory = unet_inversion.invert(sd15, harness.latent(), harness.conditioning(), steps=2, evaluations=2)
     PnPSaveFeatureBank.execute(unet_banks.capture(sd15, trajectory), "unet")
     (unet_file,) = output.glob("unet*.safetensors")
-    with pytest.raises(PnPError, match="it is a U-Net bank: load it with PnP Load Feature Bank"):
+    with pytest.raises(PnPError, match="is a U-Net feature bank: load it with PnP Load Feature Bank"):
         PnPFluxLoadBank.execute(f"{unet_file.name} [output]")
     damaged = inputs / "damaged.safetensors"
     damaged.write_bytes(saved.read_bytes()[:-100])

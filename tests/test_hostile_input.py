@@ -147,6 +147,20 @@ def test_linked_files_are_listed_only_where_the_loader_takes_them(folders, tmp_p
         bank_nodes.input_path(f"far{UNET_SUFFIX}")
 
 
+def test_only_regular_files_are_listed(folders):
+    """A FIFO (or another special file) named like a bank is not offered: reading it would block the
+    loader, and the loader refuses it anyway. Fails if the list offers it."""
+    _, inputs = folders
+    os.mkfifo(inputs / f"pipe{UNET_SUFFIX}")
+    os.mkfifo(inputs / f"pipe{FLUX_SUFFIX}")
+    (inputs / f"real{UNET_SUFFIX}").write_bytes(b"x")
+    (inputs / f"link{UNET_SUFFIX}").symlink_to(inputs / f"pipe{UNET_SUFFIX}")
+    assert PnPLoadFeatureBank.define_schema().inputs[0].options == [f"real{UNET_SUFFIX}"]
+    assert PnPFluxLoadBank.define_schema().inputs[0].options == []
+    with pytest.raises(PnPError, match="No bank file"):
+        PnPLoadFeatureBank.execute(f"pipe{UNET_SUFFIX}")
+
+
 def test_a_cached_listing_sees_new_banks(folders, monkeypatch):
     """Fails if the listing, reused while the folders are unchanged, misses a bank saved since
     or keeps one deleted since."""
@@ -184,8 +198,9 @@ def unet_bank(value: float = 0.0):
                                   layers=unet_layers.LayerSet((4,), ()), architecture="test")
 
 
-def flux_bank():
-    return flux_banks.FeatureBank(sigmas=torch.linspace(1, 0, 3), noise=torch.zeros(1, 16, 2, 2),
+def flux_bank(value: float = 0.0):
+    """A tiny Flux bank whose `noise` holds `value`."""
+    return flux_banks.FeatureBank(sigmas=torch.linspace(1, 0, 3), noise=torch.full((1, 16, 2, 2), value),
                                   tables={"single.20.v": torch.zeros(1, 1, 4, 8)},
                                   layers=flux_layers.parse_custom("single.20:v"), solver="euler", steps_kept=1,
                                   text_tokens=2, architecture="test")
@@ -257,16 +272,25 @@ def test_saves_and_loads_agree_on_linked_folders(folders, tmp_path):
     assert saved(PnPSaveFeatureBank, unet_bank(), "real/x")  # a real subfolder is fine
 
 
-def test_concurrent_saves_to_one_prefix_never_overwrite(folders, monkeypatch):
+SAVERS = {"unet": (PnPSaveFeatureBank, unet_bank, "start"), "flux": (PnPFluxSaveBank, flux_bank, "noise")}
+
+
+@pytest.mark.parametrize("wing", SAVERS)
+def test_concurrent_saves_to_one_prefix_never_overwrite(folders, monkeypatch, wing):
     """Two savers (as two ComfyUI instances on one output folder) save to one prefix at once,
-    both first handed the same free name. Fails if a save overwrites another or shares its
-    temporary file (banks lost), if two saves report the same file, or if a save fails."""
+    both first handed the same free name, through each wing's Save Feature Bank node (one base
+    class: the name both take comes from one `output_path`). Fails if a save overwrites another or
+    shares its temporary file (banks lost), if two saves report the same file, or if a save fails."""
+    node, make_bank, key = SAVERS[wing]
     output, _ = folders
     rounds, savers = 15, 2
     real_output_path = bank_nodes.output_path
     barrier = threading.Barrier(savers)
 
+    asked = []
+
     def same_name_first(prefix, suffix, default, attempt=0):
+        asked.append(attempt)
         found = real_output_path(prefix, suffix, default, attempt)
         if attempt == 0:  # both savers hold the same free name before either writes
             try:
@@ -282,7 +306,7 @@ def test_concurrent_saves_to_one_prefix_never_overwrite(folders, monkeypatch):
     def saver(index):
         try:
             for i in range(rounds):
-                shown.append(saved(PnPSaveFeatureBank, unet_bank(float(index * 1000 + i)), "race/bank"))
+                shown.append(saved(node, make_bank(float(index * 1000 + i)), "race/bank"))
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
             barrier.abort()
@@ -293,10 +317,11 @@ def test_concurrent_saves_to_one_prefix_never_overwrite(folders, monkeypatch):
     for thread in threads:
         thread.join()
     assert not errors, errors
+    assert asked.count(0) == rounds * savers  # every save went through the patched name (the race was run)
     assert len(shown) == len(set(shown)) == rounds * savers
     assert files(output) == sorted(name.replace(os.sep, "/") for name in shown)  # no temporary file left
     values = set()
     for name in shown:
         with safe_open(str(output / name), "pt") as f:
-            values.add(float(f.get_tensor("start")[0, 0, 0, 0]))
+            values.add(float(f.get_tensor(key)[0, 0, 0, 0]))
     assert values == {float(n * 1000 + i) for n in range(savers) for i in range(rounds)}

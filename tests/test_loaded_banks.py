@@ -25,8 +25,9 @@ from comfyui_pnp.pnp_injection.unet import bank as banks
 from comfyui_pnp.pnp_injection.unet import bank_file, generation, guidance, inversion, patches, sampling
 
 STEPS = 5
-UNET_FIX = "capture the source again and save the bank with PnP Save Feature Bank"
-FLUX_FIX = "invert the source again and save the bank with PnP Flux Save Feature Bank"
+UNET_FIX = "Capture the source again and save the bank with PnP Save Feature Bank"
+FLUX_FIX = "Invert the source again and save the bank with PnP Flux Save Feature Bank"
+DAMAGED = r"is a damaged or edited bank file"
 # A small Flux.1 (1 double, 2 single blocks) and layers of every kind: image-stream double,
 # all-token single (text included) and image-token single.
 FLUX_LAYERS = "double.0:v; single.0:v; single.1:k@image"
@@ -58,10 +59,11 @@ def assert_image_like(latent):
     assert float(latent.float().std()) > 0.1, "a flat result"
 
 
-def damaged_copy(path, out, edit_tensors=None, edit_meta=None):
-    """A copy of a bank file with its tensors or metadata edited, written by safetensors directly."""
+def damaged_copy(path, out, edit_tensors=None, edit_meta=None, resign=True):
+    """A copy of a bank file with its tensors or metadata edited, written by safetensors directly;
+    its checksum computed again (as other software would) unless `resign` is False."""
     shutil.copyfile(path, out)
-    harness.rewrite(out, edit_tensors, edit_meta)
+    harness.rewrite(out, edit_tensors, edit_meta, resign)
     return out
 
 
@@ -129,8 +131,8 @@ def test_nan_or_inf_in_a_unet_bank_is_refused_when_loaded(sd15, tmp_path, key, v
     loads (it samples a black image reported as success) or the error blames anything else."""
     *_, path = sd15
     bad = damaged_copy(path, tmp_path / "bad.pnpbank.safetensors", poke(key, value))
-    with pytest.raises(PnPError, match=rf"bad\.pnpbank\.safetensors contains NaN or infinite values \(in `{key}`\): "
-                                       rf"the file is damaged or was written by other software; {UNET_FIX}\."):
+    with pytest.raises(PnPError, match=rf"bad\.pnpbank\.safetensors {DAMAGED} \(`{key}`: it holds NaN or infinite "
+                                       rf"values\)\. {UNET_FIX}\."):
         bank_file.load(bad)
 
 
@@ -145,8 +147,8 @@ def test_tables_of_a_non_floating_dtype_are_refused_when_loaded(sd15, tmp_path, 
         tensors[key] = tensors[key].to(dtype)
     bad = damaged_copy(path, tmp_path / "typed.pnpbank.safetensors", retype)
     name = str(dtype).replace("torch.", "")
-    with pytest.raises(PnPError, match=rf"holds `{key}` as {name}, not as float32, float16 or bfloat16: the file is "
-                                       rf"damaged or was written by other software; {UNET_FIX}\."):
+    with pytest.raises(PnPError, match=rf"{DAMAGED} \(`{key}`: it is stored as {name}, not as float32, float16 or "
+                                       rf"bfloat16\)\. {UNET_FIX}\."):
         bank_file.load(bad)
 
 
@@ -164,8 +166,8 @@ def test_a_unet_schedule_not_falling_to_zero_is_refused_when_loaded(sd15, tmp_pa
     def resigma(tensors):
         tensors["sigmas"] = edit(tensors["sigmas"])
     bad = damaged_copy(path, tmp_path / "sigmas.pnpbank.safetensors", resigma)
-    with pytest.raises(PnPError, match=rf"has a schedule that does not fall strictly to 0 \(.*\): the file is "
-                                       rf"damaged or was written by other software; {UNET_FIX}\."):
+    with pytest.raises(PnPError, match=rf"{DAMAGED} \(`sigmas`: the schedule does not fall strictly to 0 \(.*\)\)\. "
+                                       rf"{UNET_FIX}\."):
         bank_file.load(bad)
 
 
@@ -291,7 +293,7 @@ def test_each_loader_names_the_other_and_only_for_its_format(sd15, flux, tmp_pat
     _, _, flux_path = flux
     with pytest.raises(PnPError, match=r"is a Flux feature bank: load it with PnP Flux Load Feature Bank"):
         bank_file.load(flux_path)
-    with pytest.raises(PnPError, match=r"it is a U-Net bank: load it with PnP Load Feature Bank"):
+    with pytest.raises(PnPError, match=r"is a U-Net feature bank: load it with PnP Load Feature Bank"):
         flux_bank_file.load(unet_path)
     other = tmp_path / "weights.safetensors"
     save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "pt"})
@@ -299,7 +301,7 @@ def test_each_loader_names_the_other_and_only_for_its_format(sd15, flux, tmp_pat
                                        r"written by PnP Flux Save Feature Bank") as err:
         flux_bank_file.load(other)
     assert "U-Net" not in str(err.value)
-    with pytest.raises(PnPError, match=r"is not a PnP feature bank file \(no 'pnp-feature-bank' metadata\)") as err:
+    with pytest.raises(PnPError, match=r"is not a PnP U-Net feature bank file \(its format is 'pt'\)") as err:
         bank_file.load(other)
     assert "Flux" not in str(err.value)
 
@@ -329,8 +331,7 @@ def test_nan_or_inf_in_a_flux_bank_is_refused_when_loaded(flux, tmp_path, key, v
     file: refused naming the tensor and the fix. Fails if it loads (a black image)."""
     _, _, path = flux
     bad = damaged_copy(path, tmp_path / "bad.pnpfluxbank.safetensors", poke(key, value))
-    with pytest.raises(PnPError, match=rf"contains NaN or infinite values \(in `{key}`\): the file is damaged or was "
-                                       rf"written by other software; {FLUX_FIX}\."):
+    with pytest.raises(PnPError, match=rf"{DAMAGED} \(`{key}`: it holds NaN or infinite values\)\. {FLUX_FIX}\."):
         flux_bank_file.load(bad)
 
 
@@ -342,7 +343,7 @@ def test_flux_tables_of_a_non_floating_dtype_are_refused_when_loaded(flux, tmp_p
     def retype(tensors):
         tensors["features.single.0.v"] = tensors["features.single.0.v"].to(dtype)
     bad = damaged_copy(path, tmp_path / "typed.pnpfluxbank.safetensors", retype)
-    with pytest.raises(PnPError, match=rf"holds `features.single.0.v` as {str(dtype)[6:]}, not as float32.*{FLUX_FIX}"):
+    with pytest.raises(PnPError, match=rf"`features.single.0.v`: it is stored as {str(dtype)[6:]}, not as float32.*{FLUX_FIX}"):
         flux_bank_file.load(bad)
 
 
@@ -356,7 +357,7 @@ def test_a_flux_schedule_not_falling_from_1_to_0_is_refused_when_loaded(flux, tm
     def resigma(tensors):
         tensors["sigmas"] = edit(tensors["sigmas"])
     bad = damaged_copy(path, tmp_path / "sigmas.pnpfluxbank.safetensors", resigma)
-    with pytest.raises(PnPError, match=rf"has a schedule that does not fall strictly from 1\.0 to 0 .*{FLUX_FIX}"):
+    with pytest.raises(PnPError, match=rf"`sigmas`: the schedule does not fall strictly from 1\.0 to 0 .*{FLUX_FIX}"):
         flux_bank_file.load(bad)
 
 
@@ -370,8 +371,8 @@ def test_a_flux_bank_with_too_few_tokens_is_refused_when_loaded(flux, tmp_path, 
     def cut(tensors):
         tensors[f"features.{key}"] = tensors[f"features.{key}"][:, :, :needed - 1].contiguous()
     bad = damaged_copy(path, tmp_path / "cut.pnpfluxbank.safetensors", cut)
-    with pytest.raises(PnPError, match=rf"is damaged: its `{key}` table holds {needed - 1} tokens but its 128x128 px "
-                                       rf"source has {needed} there.*{FLUX_FIX}"):
+    with pytest.raises(PnPError, match=rf"{DAMAGED} \(`features\.{key}`: its shape is \[6, 1, {needed - 1}, 64\] where "
+                                       rf"the metadata gives \[6, 1, {needed}, 64\].*{FLUX_FIX}"):
         flux_bank_file.load(bad)
 
 

@@ -96,13 +96,13 @@ def test_inverted_source_outside_the_mask_is_the_trajectorys_end(unet):
 
 
 def test_degenerate_masks(unet):
-    """All ones: the unmasked edit bit for bit (the blend is exact arithmetic with weight 1).
-    All zeros: the source's path throughout, the source at the end."""
+    """All ones: the unmasked edit bit for bit (the blend is exact arithmetic with weight 1). All
+    zeros would edit nothing: refused before any model work, as on every path (test_mask_refusals.py)."""
     assert torch.equal(unet["edit"](mask=torch.ones(1, SIZE, SIZE)), unet["unmasked"])
     probe = CallProbe(unet["model"])
-    out = unet["edit"](mask=torch.zeros(1, SIZE, SIZE), model=probe.model)
-    assert probe.off_path(unet["bank"], lambda x: x) < 1e-5
-    assert harness.rel(out, unet["source"]) < 1e-5
+    with pytest.raises(PnPError, match="The mask is black everywhere"):
+        unet["edit"](mask=torch.zeros(1, SIZE, SIZE), model=probe.model)
+    assert probe.calls == []
 
 
 def test_one_mask_per_row_of_a_prompt_batch(unet):

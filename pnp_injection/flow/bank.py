@@ -27,6 +27,10 @@ from ..schedule import SIGMA_RTOL, check_same_schedule, step_at
 from . import layers as flux_layers
 
 
+SCHEDULE_FIX = ("Sample with the same model (and ModelSamplingFlux), steps and scheduler as PnP Flux Inversion at "
+                "denoise 1.0, or feed the sigmas of PnP Flux Noise to SamplerCustomAdvanced.")
+
+
 @dataclass(frozen=True, eq=False)
 class FeatureBank:
     """Immutable; clones of a patched model share it (see `__deepcopy__`)."""
@@ -94,9 +98,7 @@ class FeatureBank:
     def check_schedule(self, sigmas: torch.Tensor, inject: int) -> None:
         """The sampler's sigmas must start with the bank's over the injected steps, sigma_0
         included: the inverted latent is the noise at sigma_0."""
-        check_same_schedule(self.sigmas[self.first_step:], sigmas, inject + 1, "Flux feature bank",
-                            fix="Sample with the same model (and ModelSamplingFlux), steps and scheduler as PnP Flux "
-                                "Inversion at denoise 1.0, or feed the sigmas of PnP Flux Noise to SamplerCustomAdvanced.")
+        check_same_schedule(self.sigmas[self.first_step:], sigmas, inject + 1, "Flux feature bank", SCHEDULE_FIX)
 
     def check_latent(self, shape, what: str = "latent") -> None:
         """Size and batch of a latent the bank can serve: the source's size, 1 row or the bank's rows."""

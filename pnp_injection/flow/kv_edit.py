@@ -52,21 +52,20 @@ STEPS, SKIP, INVERSION_GUIDANCE, GUIDANCE, ATTN_SCALE = 28, 4, 1.5, 5.5, 1.0  # 
 
 def foreground(mask: torch.Tensor, latent_shape) -> tuple[torch.Tensor, torch.Tensor]:
     """The mask's cells ([1, 1, H, W], 0 or 1: every value above 0 is 1) and the background tokens'
-    indices (tokens of 2x2 cells with no cell set)."""
+    indices (`background`)."""
     if latent_shape[-2] % 2 or latent_shape[-1] % 2:
         raise PnPError(f"KV-Edit keeps Flux's 2x2-cell tokens whole, and this source's latent is "
                        f"{latent_shape[-1]}x{latent_shape[-2]} cells: give a source whose sides are multiples of 16 px "
                        f"(e.g. crop or scale it with ImageScale).")
-    cells = region.check_mask(mask, latent_shape, 1)
-    if cells.shape[0] != 1:
-        raise PnPError(f"KV-Edit keeps one background for the whole batch, and the mask holds {cells.shape[0]} masks: "
-                       f"give one mask.")
+    cells = region.check_mask(mask, latent_shape, 1, single="KV-Edit keeps one background for the whole batch")
     cells = (cells > 0).float()
-    if not bool(cells.any()):
-        raise PnPError("The mask is black everywhere: KV-Edit would edit nothing. Paint the region to edit white "
-                       "(Load Image's mask editor), or check that the mask is not inverted (Invert Mask).")
+    return cells, background(cells)
+
+
+def background(cells: torch.Tensor) -> torch.Tensor:
+    """The indices of the tokens (2x2 cells) with no cell of `cells` ([1, 1, H, W], 0 or 1) set."""
     per_token = torch.nn.functional.max_pool2d(cells, 2)  # 1 where any of the token's cells is set
-    return cells, (per_token.flatten() == 0).nonzero().flatten()
+    return (per_token.flatten() == 0).nonzero().flatten()
 
 
 def invert(model_patcher, latent: torch.Tensor, conditioning, mask: torch.Tensor | None, steps: int = STEPS,

@@ -48,7 +48,7 @@ import comfy.supported_models as sm
 import torch
 
 from ..errors import PnPError
-from ..layer_text import count, expand, ranges, read_clauses
+from ..layer_text import count, excerpt, expand, ranges, read_clauses
 
 TENSORS = ("q", "k", "v")
 SUPPORTED = ("PnP supports SD 1.x, SD 2.x and SDXL U-Nets (PnP DDIM Inversion and the nodes after it) "
@@ -60,6 +60,8 @@ SUPPORTED = ("PnP supports SD 1.x, SD 2.x and SDXL U-Nets (PnP DDIM Inversion an
 class Family:
     name: str       # in bank signatures: "flux1", "chroma", "flux2", "hunyuan_video"
     label: str      # as users know it
+    patch: int | tuple[int, ...] = 2  # latent cells per image token (bank.image_count): 2x2, or per axis
+    channels: int = 16                # of its latents
 
 
 # Text a family pads its prompt to inside the model call: Flux.2 left-pads to 512 tokens
@@ -74,8 +76,9 @@ def text_tokens(family_name: str, prompt_tokens: int) -> int:
 
 # RF-Solver-Edit's official code exists for Flux.1 and HunyuanVideo (`for_family`); Chroma and Flux.2 take its rule
 # by analogy. HunyuanVideo puts the video tokens first and the text last (`text_first`).
-FLUX1, CHROMA, FLUX2 = Family("flux1", "Flux.1"), Family("chroma", "Chroma"), Family("flux2", "Flux.2")
-HUNYUAN_VIDEO = Family("hunyuan_video", "HunyuanVideo")
+FLUX1, CHROMA = Family("flux1", "Flux.1"), Family("chroma", "Chroma")
+FLUX2 = Family("flux2", "Flux.2", patch=1, channels=128)  # a token per latent cell (comfy/supported_models.py Flux2)
+HUNYUAN_VIDEO = Family("hunyuan_video", "HunyuanVideo", patch=(1, 2, 2))  # frames unpatched
 FAMILIES = (FLUX1, CHROMA, FLUX2, HUNYUAN_VIDEO)
 
 
@@ -215,6 +218,10 @@ def for_family(preset: str, family: Family, single_blocks: int) -> FluxLayerSet:
     if preset.startswith("fireflow"):
         return FluxLayerSet(tuple(replace(site, block=b) for site in PRESETS[preset].sites[:1]
                                   for b in range(single_blocks)))
+    if family is HUNYUAN_VIDEO:  # RF-Solver-Edit's video code is HunyuanVideo's official edit
+        raise PnPError(f"The {preset!r} layers are the official code's block numbers for Flux.1, and this model is "
+                       f"{family.label}, whose official edit (RF-Solver-Edit's video code) has its own layers: choose "
+                       f"'rf-solver-edit' (V of all tokens in single blocks 21-39) or give custom_layers.")
     raise PnPError(f"The {preset!r} layers are the official code's block numbers for Flux.1, and this model is "
                    f"{family.label}, for which no official code exists: choose {ANALOGY!r} (V of all tokens in the "
                    f"second half of the single-stream blocks) or give custom_layers.")
@@ -265,7 +272,7 @@ def parse_custom(text: str) -> FluxLayerSet:
     Linear in the text's length, which is capped (layer_text.MAX_LENGTH); every range is
     checked before it is expanded."""
     clauses = read_clauses(text, _WHAT, _EXAMPLE, _clause, lambda c: count(c[1]),
-                           f"Cannot read the Flux layer set {text!r}. Write clauses separated by ';', each "
+                           f"Cannot read the Flux layer set {excerpt(text)}. Write clauses separated by ';', each "
                            f"'<double|single>.<blocks>:<tensors>' with blocks like 20-37 or 0,1,17 and tensors from q,k,v "
                            f"(a tensor marked '+' gets the source's added instead of replaced, as FireFlow's add_q); "
                            f"single blocks take '@image' for the image tokens only (default all tokens); double blocks "
@@ -277,7 +284,7 @@ def parse_custom(text: str) -> FluxLayerSet:
         raise PnPError("The custom Flux layer set names no layer: give at least one clause, as in 'single.20-37:v'.")
     layers = FluxLayerSet(tuple(sites))
     if len(set(layers.keys())) != len(layers.keys()):
-        raise PnPError(f"The custom Flux layer set {text!r} names a block's tensor twice: list each once.")
+        raise PnPError(f"The custom Flux layer set {excerpt(text)} names a block's tensor twice: list each once.")
     return layers
 
 

@@ -24,7 +24,7 @@ from ..inputs import check_whole_latent_prompts
 from ..model_calls import (SamplingRun, call_sigma, outside_compiler, rows_from_source, run_feed, sampling_run,
                            without_wrappers)
 from . import layers as flux_layers
-from .bank import FeatureBank, image_count
+from .bank import SCHEDULE_FIX, FeatureBank, image_count
 from .solvers import NAMES, solver_of
 
 WRAPPER_KEY = "pnp_flux_injection"
@@ -241,15 +241,21 @@ def with_injection(model_patcher, injection: Injection):
     return patched
 
 
+def refuse_kv_edit(bank: FeatureBank) -> None:
+    """A KV-Edit bank serves KV-Edit's sampler only (the other samplers would inject a part of the image)."""
+    if bank.is_kv_edit:
+        raise PnPError("This bank was kept for KV-Edit (PnP Flux Inversion (KV-Edit)): it holds the background's keys "
+                       "and values from the skipped steps on. Sample it with PnP Flux Sampler (KV-Edit).")
+
+
 def apply_injection(model_patcher, bank: FeatureBank, inject: int = 20, mask: torch.Tensor | None = None):
     """A clone of `model_patcher` that injects `bank` at the first `inject` steps; the input
     is untouched. With a mask (this one, else a noise_mask on the sampled latent, else the
     source's) the edit is regional (`region`): outside the mask sampling follows the inverted
     path; injection acts on the whole latent, as without a mask."""
-    if bank.is_kv_edit:
-        raise PnPError("This bank was kept for KV-Edit (PnP Flux Inversion (KV-Edit)): it holds the background's keys "
-                       "and values from the skipped steps on. Sample it with PnP Flux Sampler (KV-Edit).")
+    refuse_kv_edit(bank)
     bank.check_injection(model_patcher, inject)
     patched = with_injection(model_patcher, Injection(bank, inject))
-    region.apply(patched, bank.source_path, mask if mask is not None else bank.mask, WRAPPER_KEY, MASK_FIX)
+    region.apply(patched, bank.source_path, mask if mask is not None else bank.mask, WRAPPER_KEY, MASK_FIX,
+                 SCHEDULE_FIX)
     return patched

@@ -12,7 +12,7 @@ import comfy.supported_models as sm
 import torch
 
 from ..errors import PnPError
-from ..layer_text import count, expand, ranges, read_clauses
+from ..layer_text import count, excerpt, expand, ranges, read_clauses
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def parse_custom(text: str) -> LayerSet:
     Linear in the text's length, which is capped (layer_text.MAX_LENGTH); every range is
     checked before it is expanded."""
     clauses = read_clauses(text, _WHAT, _EXAMPLE, _clause, lambda c: count(c[1]) * count(c[2]),
-                           f"Cannot read the custom layer set {text!r}. Write it as "
+                           f"Cannot read the custom layer set {excerpt(text)}. Write it as "
                            f"'res:output.4; attn:output.4-11@0' (ResBlocks by output block number; attention "
                            f"as output blocks @ transformer index, '@*' for all).")
     res: list[int] = []

@@ -28,7 +28,7 @@ from ..inputs import check_whole_latent_prompts
 from ..model_calls import (SamplingRun, call_sigma, outside_compiler, rows_from_source, run_feed, sampling_run,
                            without_wrappers)
 from ..placement import StepFeed, Tables
-from ..schedule import step_at
+from ..schedule import UNET_SCHEDULE_FIX, step_at
 from . import layers as layer_sets
 
 WRAPPER_KEY = "pnp_injection"        # our wrappers, on every model we patch
@@ -228,7 +228,8 @@ def apply_injection(model_patcher, bank, feature_injection: float = 0.8, attenti
     injection = Injection(bank, feature_count, attention_count, inject_outside)
     patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, injection.outer_sample)
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, injection.diffusion_model)
-    region.apply(patched, bank.source_path, mask if mask is not None else bank.mask, WRAPPER_KEY, MASK_FIX)
+    region.apply(patched, bank.source_path, mask if mask is not None else bank.mask, WRAPPER_KEY, MASK_FIX,
+                 UNET_SCHEDULE_FIX)
     if attention_count:
         with_attention_patch_first(patched)
     return patched
