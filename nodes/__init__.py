@@ -8,19 +8,19 @@ from .flux_kv_edit import KV_EDIT_NODES
 from .generation import PnPGenerateSource
 from .injection import PnPApplyInjection, PnPGuider, PnPSampler, PnPSigmas
 from .inversion import PnPInversion
-from .preview import PnPFeaturePreview
+from .preview import PnPFeaturePreview, PnPFluxFeaturePreview
 from .velocity import VELOCITY_NODES
 
 NODES = [PnPInversion, PnPGenerateSource, PnPCaptureFeatures, PnPApplyInjection, PnPSampler, PnPSigmas,
          PnPGuider, PnPSaveFeatureBank, PnPLoadFeatureBank, PnPFeaturePreview, *FLUX_NODES,
-         *KV_EDIT_NODES, *VELOCITY_NODES]
+         *KV_EDIT_NODES, *VELOCITY_NODES, PnPFluxFeaturePreview]
 NODE_IDS = ["PnPInversion", "PnPGenerateSource", "PnPCaptureFeatures", "PnPApplyInjection", "PnPSampler",
             "PnPSigmas", "PnPGuider", "PnPSaveFeatureBank", "PnPLoadFeatureBank", "PnPFeaturePreview",
             "PnPFluxInversion", "PnPFluxSampler", "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler",
             "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler", "PnPFireFlowSampler", "PnPFluxSaveBank",
             "PnPFluxLoadBank", "PnPFluxKVEditInversion", "PnPFluxKVEditSampler", "PnPFlowEdit", "PnPUniEdit",
             "PnPRFInversion", "PnPEditGuider", "PnPFlowEditSampler", "PnPUniInversion", "PnPUniEditSampler",
-            "PnPRFInversionInvert", "PnPRFInversionSampler", "PnPEditSigmas"]
+            "PnPRFInversionInvert", "PnPRFInversionSampler", "PnPEditSigmas", "PnPFluxFeaturePreview"]
 
 
 class PnPExtension(ComfyExtension):

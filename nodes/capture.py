@@ -2,8 +2,9 @@ import torch
 from comfy_api.latest import io
 
 from ..pnp_injection import placement
-from ..pnp_injection.unet import bank, layers
-from .types import CATEGORY, FeatureBank, Trajectory
+from ..pnp_injection.unet import bank as banks
+from ..pnp_injection.unet import layers
+from .types import CATEGORY, FeatureBank, Trajectory, bank_input
 
 PRECISIONS = {"model": None, "half": torch.float16}
 
@@ -39,13 +40,14 @@ class PnPCaptureFeatures(io.ComfyNode):
                                tooltip="offload: ComfyUI's intermediate device (system memory unless --gpu-only); each "
                                        "step's tensors reach the GPU just before they are needed, so the bank holds no GPU "
                                        "memory between runs. model: keep it on the GPU (no transfers). cpu: system memory always."),
+                bank_input(),
             ],
             outputs=[FeatureBank.Output("feature_bank", display_name="feature_bank", tooltip="Source features per step: feed PnP Sampler or PnP Apply Feature Injection.")],
         )
 
     @classmethod
     def execute(cls, model, trajectory, feature_steps, attention_steps, layers, custom_layers="",
-                conditioning=None, bank_precision="model", bank_device="offload") -> io.NodeOutput:
-        return io.NodeOutput(bank.capture(model, trajectory, feature_steps, attention_steps, layers,
-                                          custom_layers or "", conditioning, PRECISIONS[bank_precision],
-                                          bank_device))
+                conditioning=None, bank_precision="model", bank_device="offload", bank="auto") -> io.NodeOutput:
+        return io.NodeOutput(banks.capture(model, trajectory, feature_steps, attention_steps, layers,
+                                           custom_layers or "", conditioning, PRECISIONS[bank_precision],
+                                           bank_device, bank))

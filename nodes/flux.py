@@ -1,6 +1,6 @@
-"""Flux.1 nodes: RF-Solver and FireFlow inversion with feature keeping, injected sampling, the
-inverted latent as NOISE, the RF-Solver and FireFlow SAMPLERs, and Flux bank files. Thin shells
-over `pnp_injection.flow`."""
+"""The flow wing's nodes, named "Flux" and serving Flux.1, Chroma, Flux.2 and HunyuanVideo: RF-Solver
+and FireFlow inversion with feature keeping, injected sampling, the inverted latent as NOISE, the
+RF-Solver and FireFlow SAMPLERs, and Flux bank files. Thin shells over `pnp_injection.flow`."""
 from comfy_api.latest import io
 
 import comfy.samplers
@@ -14,7 +14,7 @@ from ..pnp_injection.errors import PnPError
 from ..pnp_injection.flow import solvers
 from ..pnp_injection.flow.inversion import invert
 from .bank_files import LoadBank, SaveBank
-from .types import FLUX_CATEGORY, SAMPLER_CATEGORY, mask_input
+from .types import FLUX_CATEGORY, SAMPLER_CATEGORY, bank_input, mask_input
 
 FluxFeatureBank = io.Custom("PNP_FLUX_BANK")
 
@@ -31,14 +31,18 @@ class PnPFluxInversion(io.ComfyNode):
             node_id="PnPFluxInversion",
             display_name="PnP Flux Inversion (RF-Solver)",
             category=FLUX_CATEGORY,
-            description="Inverts a Flux.1 source latent up to pure noise with RF-Solver and keeps the source's "
+            description="Inverts a source latent (Flux.1, Chroma, Flux.2; a HunyuanVideo clip) up to pure noise with "
+                        "RF-Solver and keeps the source's "
                         "attention features on the way (RF-Solver-Edit): the feature bank for PnP Flux Sampler.",
             inputs=[
                 io.Model.Input("model", tooltip="A Flux.1 dev model; or Chroma or Flux.2 (with the 'by analogy' layers); or "
                                                 "HunyuanVideo with a video latent (RF-Solver-Edit's official video edit). "
                                                 "Use the same model for sampling."),
                 io.Latent.Input("latent", tooltip=SOURCE_TIP),
-                io.Conditioning.Input("conditioning", tooltip="The source prompt (a description of the source image, or empty)."),
+                io.Conditioning.Input("conditioning", tooltip="The source prompt (a description of the source image, or empty). "
+                                                              "On HunyuanVideo it is padded to 256 tokens and the padding "
+                                                              "masked, as the official code (whose video example's source "
+                                                              "prompt is empty)."),
                 io.Int.Input("steps", default=25, min=1, max=1000,
                              tooltip="Steps of the inversion and of the sampling (official: 25)."),
                 io.Int.Input("keep_steps", default=20, min=0, max=1000,
@@ -67,6 +71,7 @@ class PnPFluxInversion(io.ComfyNode):
                 io.String.Input("custom_layers", default="", optional=True,
                                 tooltip="Overrides `layers`, e.g. 'single.20-37:v' or 'double.0,1,17,18:k,v; single.6,9,34,35,37:k,v@image' "
                                         "(blocks by number; tensors from q,k,v; '@image' keeps a single block's image tokens only)."),
+                bank_input(),
             ],
             outputs=[FluxFeatureBank.Output("feature_bank", display_name="feature_bank",
                                             tooltip="The inverted latent and the kept features: feed PnP Flux Sampler, "
@@ -75,9 +80,9 @@ class PnPFluxInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, conditioning, steps, keep_steps, guidance, layers, solver, scheduler,
-                custom_layers="") -> io.NodeOutput:
+                custom_layers="", bank="auto") -> io.NodeOutput:
         return io.NodeOutput(invert(model, latent["samples"], conditioning, steps, keep_steps, layers, custom_layers,
-                                    solver, scheduler, guidance, latent.get("noise_mask")))
+                                    solver, scheduler, guidance, latent.get("noise_mask"), bank=bank))
 
 
 # FireFlow's recommended editing settings: HolmesShuan/FireFlow-Fast-Inversion-of-Rectified-Flow-for-
@@ -93,12 +98,15 @@ class PnPFluxFireFlowInversion(io.ComfyNode):
             node_id="PnPFluxFireFlowInversion",
             display_name="PnP Flux Inversion (FireFlow)",
             category=FLUX_CATEGORY,
-            description="Inverts a Flux.1 source latent up to pure noise with FireFlow's solver (one model evaluation "
-                        "per step, reusing the previous midpoint's velocity) and keeps the source's attention features "
-                        "on the way, at FireFlow's recommended settings: 8 steps, 1 kept step, single blocks 0-37. "
+            description="Inverts a source latent (Flux.1, Chroma, Flux.2; a HunyuanVideo clip) up to pure noise with "
+                        "FireFlow's solver (one model evaluation per step, reusing the previous midpoint's velocity) and "
+                        "keeps the source's attention features on the way, at FireFlow's recommended settings: 8 steps, "
+                        "1 kept step, every single block (0-37 on Flux.1). "
                         "The feature bank for PnP Flux Sampler (FireFlow).",
             inputs=[
-                io.Model.Input("model", tooltip="A Flux.1 dev model. Use the same model for sampling."),
+                io.Model.Input("model", tooltip="A Flux.1 dev model (FireFlow's own); or Chroma, Flux.2 or HunyuanVideo, "
+                                                "which take FireFlow's layers over their own single blocks. Use the "
+                                                "same model for sampling."),
                 io.Latent.Input("latent", tooltip=SOURCE_TIP),
                 io.Conditioning.Input("conditioning", tooltip="The source prompt (a description of the source image, or empty)."),
                 io.Int.Input("steps", default=FIREFLOW_STEPS, min=1, max=1000,
@@ -110,7 +118,7 @@ class PnPFluxFireFlowInversion(io.ComfyNode):
                 io.Float.Input("guidance", default=1.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Flux guidance of the inversion (FireFlow: 1). It replaces any FluxGuidance on the prompt."),
                 io.Combo.Input("strategy", options=list(flux_layers.STRATEGIES), default="replace_v",
-                               tooltip="How the source's features act in single blocks 0-37. replace_v (FireFlow's default): the "
+                               tooltip="How the source's features act in every single block (0-37 on Flux.1). replace_v (FireFlow's default): the "
                                        "source's values replace the target's. add_q / add_k / add_v: the source's queries, keys "
                                        "or values are added (q and k after the QK-norm), for edits replace_v resists, at the cost "
                                        "of the source's structure; with replace_v they add control back."),
@@ -121,6 +129,7 @@ class PnPFluxFireFlowInversion(io.ComfyNode):
                                 tooltip="Overrides `strategy`'s layers, e.g. 'single.0-37:v' or 'single.0-37:+q,v' ('+': the "
                                         "source's tensor is added instead of replacing; '@image' keeps a single block's image "
                                         "tokens only)."),
+                bank_input(),
             ],
             outputs=[FluxFeatureBank.Output("feature_bank", display_name="feature_bank",
                                             tooltip="The inverted latent and the kept features: feed PnP Flux Sampler (FireFlow), "
@@ -130,10 +139,10 @@ class PnPFluxFireFlowInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, conditioning, steps, keep_steps, guidance, strategy, scheduler,
-                custom_layers="") -> io.NodeOutput:
+                custom_layers="", bank="auto") -> io.NodeOutput:
         return io.NodeOutput(invert(model, latent["samples"], conditioning, steps, keep_steps,
                                     flux_layers.fireflow_preset(strategy), custom_layers, "fireflow", scheduler, guidance,
-                                    latent.get("noise_mask")))
+                                    latent.get("noise_mask"), bank=bank, what="PnP Flux Inversion (FireFlow)"))
 
 
 def _inject_input(default: int = 20, tip: str = INJECT_TIP):
@@ -152,7 +161,11 @@ class PnPFluxSampler(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The unpatched Flux model of the inversion."),
                 FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux Inversion."),
-                io.Conditioning.Input("positive", tooltip="The target prompt."),
+                io.Conditioning.Input("positive", tooltip="The target prompt. All-token layers (rf-solver-edit) carry the "
+                                                          "source's text values too: on HunyuanVideo the prompts are "
+                                                          "padded to 256 tokens and masked as the official code, so any "
+                                                          "length up to 256 works; on Chroma the target must encode to "
+                                                          "the source's token count."),
                 io.Float.Input("guidance", default=5.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Flux guidance of the target (official: 5). It replaces any FluxGuidance on the prompt."),
                 _inject_input(),

@@ -4,7 +4,7 @@ from comfy_api.latest import io
 from ..pnp_injection.flow import kv_edit
 from ..pnp_injection.flow import schedule as flux_schedule
 from .flux import FluxFeatureBank
-from .types import FLUX_CATEGORY, MASK_TIP
+from .types import FLUX_CATEGORY, MASK_WHERE, bank_input
 
 
 class PnPFluxKVEditInversion(io.ComfyNode):
@@ -34,8 +34,9 @@ class PnPFluxKVEditInversion(io.ComfyNode):
                 io.Combo.Input("scheduler", options=flux_schedule.SCHEDULERS, default=flux_schedule.OFFICIAL,
                                tooltip="official: Flux's get_schedule shifted for the source's size, as KV-Edit samples."),
                 io.Mask.Input("mask", optional=True,
-                              tooltip=MASK_TIP.split(" It wins")[0] + " KV-Edit uses it hard: every cell above 0 is "
-                                      "edited. It wins over the latent's noise_mask."),
+                              tooltip=f"{MASK_WHERE} KV-Edit uses it hard: every cell above 0 is edited. It wins "
+                                      f"over the latent's noise_mask."),
+                bank_input(),
             ],
             outputs=[FluxFeatureBank.Output("feature_bank", display_name="feature_bank",
                                             tooltip="The path and the background's keys and values: feed PnP Flux "
@@ -43,10 +44,11 @@ class PnPFluxKVEditInversion(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, latent, conditioning, steps, skip_steps, guidance, scheduler, mask=None) -> io.NodeOutput:
+    def execute(cls, model, latent, conditioning, steps, skip_steps, guidance, scheduler, mask=None,
+                bank="auto") -> io.NodeOutput:
         chosen = mask if mask is not None else latent.get("noise_mask")
         return io.NodeOutput(kv_edit.invert(model, latent["samples"], conditioning, chosen, steps, skip_steps, guidance,
-                                            scheduler))
+                                            scheduler, bank))
 
 
 class PnPFluxKVEditSampler(io.ComfyNode):

@@ -10,7 +10,7 @@ imports no wing:
     trajectory = unet.inversion.invert(model, latent, conditioning, steps, evaluations, scheduler)
     bank = unet.bank.capture(model, trajectory, feature_steps, attention_steps, preset)
     samples = unet.sampling.pnp_sample(model, bank, positive, negative, cfg, ...)
-- `flow` (rectified-flow transformers: Flux.1 with RF-Solver-Edit)
+- `flow` (rectified-flow transformers: Flux.1, Chroma, Flux.2, HunyuanVideo; RF-Solver-Edit, FireFlow, KV-Edit)
     bank = flow.inversion.invert(model, latent, conditioning, steps, keep_steps, ...)
     samples = flow.sampling.pnp_sample(model, bank, positive, guidance, inject)
 """

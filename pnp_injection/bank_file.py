@@ -5,6 +5,7 @@ implies for every tensor (its layout)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import secrets
 from dataclasses import dataclass
@@ -13,11 +14,10 @@ from typing import Callable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from . import placement
-from .bank_integrity import (CHECKSUM, Header, Layout, Unreadable, check_layout, check_values, checked, checksum,
-                             damaged, read_header, verify_checksum)
+from .bank_integrity import (CHECKSUM, CODES, Checksum, Header, Layout, Unreadable, check_layout, check_values, checked,
+                             damaged, read_header, tensor_chunks, verify_checksum)
 from .errors import PnPError
 
 
@@ -35,8 +35,8 @@ def write(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str 
     temp = None
     try:
         temp = _temporary(path.parent)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(tensors, str(temp), metadata={**metadata, CHECKSUM: checksum(metadata, tensors)})
+        tensors = {k: v if hasattr(v, "chunks") else v.detach().contiguous().cpu() for k, v in tensors.items()}
+        _save(tensors, metadata, temp)
         _publish(temp, path)
     except FileExistsError:
         raise
@@ -47,6 +47,36 @@ def write(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str 
         if temp is not None:
             temp.unlink(missing_ok=True)
     return path
+
+
+def _save(tensors: dict, metadata: dict[str, str], path: Path) -> None:
+    """A safetensors file of `tensors` (in memory, or tables of a bank on disk) and `metadata` with its checksum,
+    streamed: each tensor's bytes are written (and hashed) a chunk at a time, so a bank on disk is never read
+    into memory. The checksum's place is held in the header and filled in when the data are written."""
+    keys = sorted(tensors)
+    placeholder = f"sha256:{'0' * 64}"
+    entries, offset = {}, 0
+    for key in keys:
+        t = tensors[key]
+        size = t.numel() * t.element_size()
+        entries[key] = {"dtype": CODES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+
+    def header(value: str) -> bytes:
+        text = json.dumps({"__metadata__": {**metadata, CHECKSUM: value}, **entries}, separators=(",", ":")).encode()
+        return text + b" " * (-len(text) % 8)  # the data start 8-byte aligned, as safetensors writes them
+    digest = Checksum(metadata)
+    with open(path, "r+b") as f:
+        first = header(placeholder)
+        f.write(len(first).to_bytes(8, "little") + first)
+        for key in keys:
+            digest.tensor(key, tensors[key])
+            for chunk in tensor_chunks(tensors[key]):
+                digest.update(chunk)
+                f.write(chunk)
+        final = header(digest.value())
+        f.seek(8)
+        f.write(final)  # the same length: the checksum's text has a fixed size
 
 
 _FIXES = {
@@ -164,6 +194,14 @@ def read(path: str | os.PathLike, fmt: Format, layout: Callable[[Header], Layout
     checked(name, fmt.fix, check_values, tables)
     tensors.update(tables)
     return tensors, header.metadata
+
+
+def check_savable(bank, fmt: Format) -> None:
+    """A bank that keeps no tables (bank `recompute`) has nothing to save: say how to get one that does."""
+    if getattr(bank, "calls", None) is not None:
+        raise PnPError(f"This feature bank keeps no tables (bank `recompute`: its features are computed again while "
+                       f"sampling), so {fmt.saver} has nothing to write: make the bank with `bank` memory or disk to "
+                       f"save it.")
 
 
 def optional_tensors(bank) -> dict[str, torch.Tensor]:

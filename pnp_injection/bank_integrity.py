@@ -227,14 +227,40 @@ def optional_layout(header: Header, steps: int, latent_shape) -> Layout:
 def checksum(metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> str:
     """The checksum written at save: of the metadata (but this field) and of the tensors (CPU,
     contiguous), hashed from their memory in place (no copy)."""
-    digest = _start(metadata)
+    digest = Checksum(metadata)
     for key in sorted(tensors):
-        t = tensors[key]
-        _field(digest, _describe(key, CODES.get(t.dtype, str(t.dtype)), tuple(t.shape)))
-        raw = memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
-        for at in range(0, len(raw), CHUNK):
-            digest.update(raw[at:at + CHUNK])
-    return f"sha256:{digest.hexdigest()}"
+        digest.tensor(key, tensors[key])
+        for chunk in tensor_chunks(tensors[key]):
+            digest.update(chunk)
+    return digest.value()
+
+
+class Checksum:
+    """The checksum computed as a file is streamed: the metadata first, then each tensor (in sorted key order):
+    `tensor(key, t)` then `update(chunk)` for its bytes."""
+
+    def __init__(self, metadata: Mapping[str, str]):
+        self.digest = _start(metadata)
+
+    def tensor(self, key: str, t) -> None:
+        _field(self.digest, _describe(key, CODES.get(t.dtype, str(t.dtype)), tuple(t.shape)))
+
+    def update(self, chunk) -> None:
+        self.digest.update(chunk)
+
+    def value(self) -> str:
+        return f"sha256:{self.digest.hexdigest()}"
+
+
+def tensor_chunks(t):
+    """A tensor's bytes (CPU, contiguous), CHUNK at a time, from its memory in place; a table that lives elsewhere
+    (a bank on disk) gives its own `chunks()`."""
+    if hasattr(t, "chunks"):
+        yield from t.chunks()
+        return
+    raw = memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+    for at in range(0, len(raw), CHUNK):
+        yield raw[at:at + CHUNK]
 
 
 def verify_checksum(path: str | os.PathLike, header: Header) -> bool | None:

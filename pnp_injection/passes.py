@@ -14,6 +14,7 @@ import comfy.utils
 import torch
 
 from .errors import PnPError
+from .model_calls import patcher_without_step_caches
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma batch) -> denoised
 
@@ -25,9 +26,10 @@ GUIDANCE_HOOKS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_p
 
 
 def unguided(model_patcher):
-    """A clone without sampler-level guidance hooks. Everything that changes the network
-    function (weights such as LoRA, block patches such as FreeU, wrappers) stays."""
-    clone = model_patcher.clone()
+    """A clone without sampler-level guidance hooks and without step caches. Everything else that
+    changes the network function (weights such as LoRA, block patches such as FreeU, wrappers) stays."""
+    clone = patcher_without_step_caches(model_patcher, "while PnP inverts or records the source, as each of "
+                                                       "these calls is kept")
     for key in GUIDANCE_HOOKS:
         clone.model_options.pop(key, None)
     return clone

@@ -4,20 +4,22 @@ A bank is kept on ComfyUI's intermediate device (system memory unless ComfyUI ru
 --gpu-only), page-locked where CUDA is present, so it holds no GPU memory between runs; ComfyUI
 keeps node outputs in its cache, outside model management. Before any model work a wing
 estimates its bank's bytes and `check_fits` refuses one that cannot fit. While recording,
-`Tables` allocates each table once and fills it in place. While sampling, a `StepFeed` moves
-one step's slice to the model's device just before the call that needs it, starts the copy
-of the next step's slice in the background, and drops a slice once sampling has moved past
-its step. `device="model"` at capture keeps a bank on the GPU for users who want that.
+`Tables` allocates each table once and fills it in place. While sampling, streaming.StepFeed
+brings each step's slices to the model's device. `device="model"` at capture keeps a bank on
+the GPU for users who want that.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Hashable
 
 import comfy.model_management
 import torch
 
+from . import disk, recompute
 from .errors import PnPError
+from .tables import Recording
 
 
 def storage_device() -> torch.device:
@@ -72,48 +74,32 @@ def allocate(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
                        f"{SHRINK}") from None
 
 
-class Tables:
-    """A bank's per-step tables, each allocated once, when its first slot arrives, and filled
-    in place: no per-slot tensors are kept and nothing is stacked afterwards, so the bank
-    never exists twice. The first write to a slot is the one kept (an extra evaluation at the
-    same sigma neither overwrites nor grows the bank)."""
+class Tables(Recording):
+    """A bank's per-step tables in memory, each allocated once, when its first slot arrives, and filled in place:
+    no per-slot tensors are kept and nothing is stacked afterwards, so the bank never exists twice."""
 
     def __init__(self, slots: Callable[[Hashable], int], device_for: Callable[[torch.Tensor], torch.device],
                  dtype: torch.dtype | None = None):
-        self.slots, self.device_for, self.dtype = slots, device_for, dtype  # slots(key): the table's length
-        self.tables: dict[Hashable, torch.Tensor] = {}
-        self.filled: dict[Hashable, set[int]] = {}
+        super().__init__(slots, dtype)
+        self.device_for = device_for
         self.queued = False  # copies from the GPU still in flight
 
-    def put(self, key: Hashable, slot: int, t: torch.Tensor) -> None:
-        if key not in self.tables:
-            self.tables[key] = allocate((self.slots(key), *t.shape), self.dtype or t.dtype, self.device_for(t))
-            self.filled[key] = set()
-        if slot in self.filled[key]:
-            return
-        table = self.tables[key]
-        if tuple(table.shape[1:]) != tuple(t.shape):
-            raise PnPError(f"The source pass gave {key} the shape {tuple(t.shape)} at one step and "
-                           f"{tuple(table.shape[1:])} at another: a patch on the model changes its inner shapes "
-                           f"between steps; remove it from the model PnP inverts.")
+    def new_table(self, shape, dtype, like) -> torch.Tensor:
+        return allocate(shape, dtype, self.device_for(like))
+
+    def write(self, table: torch.Tensor, slot: int, t: torch.Tensor) -> None:
         # From the GPU the copy is queued on the current stream (ordered before any reuse of
         # t's memory) and overlaps the model's next kernels; `complete` waits for it.
         table[slot].copy_(t.detach(), non_blocking=t.is_cuda)
         self.queued |= t.is_cuda
-        self.filled[key].add(slot)
 
-    def complete(self, key: Hashable, count: int, name: str) -> torch.Tensor:
-        """The table of `key` for slots 0..count-1, all of them written, or a PnPError."""
+    def finish(self) -> None:
         if self.queued:
             torch.cuda.synchronize()
             self.queued = False
-        if count == 0:
-            return torch.empty(0)
-        missing = sorted(set(range(count)) - self.filled.get(key, set()))
-        if missing:
-            raise PnPError(f"The source pass did not reach layer {name} at steps {missing[:8]}: "
-                           f"this model does not run that layer; choose other layers.")
-        return self.tables[key][:count]
+
+    def first(self, table: torch.Tensor, count: int) -> torch.Tensor:
+        return table[:count]
 
 
 # What shrinks a bank, for the messages that refuse one.
@@ -171,65 +157,78 @@ def compute_dtype(model_patcher) -> torch.dtype:
     return model_patcher.model_options.get("dtype") or getattr(model, "manual_cast_dtype", None) or model.get_dtype()
 
 
-class StepFeed:
-    """Streams per-step slices of a bank's tables to the model's device.
+# Where a bank's tables live (the `bank` input of the inversion and capture nodes).
+MODES = {
+    "auto": "memory when the bank takes at most half of the memory free, else disk when the disk has room, else "
+            "recompute",
+    "memory": "system memory (page-locked where CUDA is present): the fastest",
+    "disk": "a file in ComfyUI's temp folder, read one step ahead while sampling; deleted with the bank",
+    "recompute": "no tables: each kept tensor is computed again while sampling, one network call per kept step or "
+                 "evaluation, from the source's path (a few MiB)",
+}
+MEMORY_SHARE = 0.5  # `auto` keeps a bank in memory up to this share of the memory free (room for the model's work)
 
-    `tables` maps a key to a tensor [steps, ...]. `get(step, key, like)` returns that step's
-    slice on `like`'s device and dtype. Slices of the current step are cached for every
-    U-Net call at that step (cond/uncond splits, PAG/SAG passes) and the next step's are
-    copied ahead, non-blocking, on a side stream; a slice is dropped when the step moves on
-    and everything is dropped by `release()` (called when sampling ends).
-    """
 
-    def __init__(self, tables: Mapping[Hashable, torch.Tensor]):
-        self.tables = tables
-        self._ready: dict[tuple[int, Hashable], torch.Tensor] = {}
-        self._step: int | None = None
-        self.bytes_moved = 0
+@dataclass(frozen=True)
+class Placement:
+    """Where a bank's tables go, and why (for the log and the node's text)."""
+    mode: str
+    reason: str
 
-    def get(self, step: int, key: Hashable, like: torch.Tensor) -> torch.Tensor:
-        if step != self._step:
-            self._advance(step)
-        slot = (step, key)
-        out = self._ready.get(slot)
-        if out is None or out.device != like.device or out.dtype != like.dtype:
-            out = self._copy(self.tables[key][step], like)
-            self._ready[slot] = out
-            self._prefetch(step + 1, like)
-        if out.device.type == "cuda":  # the copy ran on the side stream: order it before use
-            current = torch.cuda.current_stream(out.device)
-            current.wait_stream(self._stream(out.device))
-            out.record_stream(current)
-        return out
 
-    def release(self) -> None:
-        self._ready.clear()
-        self._step = None
+def choose(requested: str, estimate: int, device: torch.device, disk_free: Callable[[], int],
+           recompute_bytes: int = 0) -> Placement:
+    """The placement of a bank of `estimate` bytes: `requested`, checked, or for `auto` the first of memory, disk
+    and recompute that fits. A placement that cannot fit is refused before any model work, with the figures."""
+    if requested not in MODES:
+        raise PnPError(f"Unknown bank placement {requested!r}; choose one of {list(MODES)}.")
+    free = available_bytes(device)
+    figures = (f"the bank takes {estimate / 2**30:.2f} GiB; {free / 2**30:.2f} GiB of memory is free and "
+               f"{disk_free() / 2**30:.2f} GiB on the temp folder's disk; `recompute` keeps "
+               f"{recompute_bytes / 2**20:,.1f} MiB")
+    if requested == "memory":
+        if estimate > free:
+            raise PnPError(f"The feature bank does not fit in memory ({figures}). Choose `bank` auto, disk or "
+                           f"recompute, or {SHRINK[0].lower()}{SHRINK[1:]}")
+        return Placement("memory", "asked for")
+    if requested == "disk":
+        if estimate > disk_free():
+            raise PnPError(f"The feature bank does not fit on the temp folder's disk ({figures}). Choose `bank` auto "
+                           f"or recompute, or free some disk space.")
+        return Placement("disk", "asked for")
+    if recompute_bytes > free and not (requested == "auto" and estimate <= disk_free()):
+        raise PnPError(f"The feature bank fits in no placement ({figures}). Free some memory or disk space, or "
+                       f"{SHRINK[0].lower()}{SHRINK[1:]}")
+    if requested == "recompute":
+        return Placement("recompute", "asked for")
+    if estimate <= MEMORY_SHARE * free:
+        return Placement("memory", f"auto: at most half of the {free / 2**30:.2f} GiB of memory free")
+    if estimate <= disk_free():
+        return Placement("disk", f"auto: more than half of the {free / 2**30:.2f} GiB of memory free; "
+                                 f"{disk_free() / 2**30:.2f} GiB free on disk")
+    return Placement("recompute", f"auto: more than half of the {free / 2**30:.2f} GiB of memory free and more than "
+                                  f"the {disk_free() / 2**30:.2f} GiB free on disk")
 
-    def _advance(self, step: int) -> None:
-        self._ready = {slot: t for slot, t in self._ready.items() if slot[0] >= step}
-        self._step = step
 
-    def _prefetch(self, step: int, like: torch.Tensor) -> None:
-        if like.device.type != "cuda":
-            return  # nothing to overlap on the CPU
-        for key, table in self.tables.items():
-            if step < table.shape[0] and (step, key) not in self._ready:
-                self._ready[(step, key)] = self._copy(table[step], like)
+def recording_tables(placement: Placement, slots: Callable[[Hashable], int], device_for, dtype=None):
+    """The recording side of a bank's tables for `placement` (each with placement.Tables' `put` and `complete`)."""
+    if placement.mode == "disk":
+        return disk.DiskTables(slots, dtype)
+    if placement.mode == "recompute":
+        return recompute.RecordedTables(slots, dtype)
+    return Tables(slots, device_for, dtype)
 
-    def _copy(self, source: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        if source.device == like.device:
-            return source.to(dtype=like.dtype)
-        self.bytes_moved += nbytes([source])
-        if like.device.type == "cuda":
-            with torch.cuda.stream(self._stream(like.device)):
-                return source.to(device=like.device, dtype=like.dtype, non_blocking=True)
-        return source.to(device=like.device, dtype=like.dtype)
 
-    _streams: dict[torch.device, object] = {}
+def report(what: str, placement: Placement, tables, seconds: float, kept: str, extra_bytes: int = 0) -> str:
+    """The bank's line for the log and the node: size, where it lives and why, the kept steps, the time."""
+    where = {"memory": "in memory", "disk": "on disk (ComfyUI's temp folder)",
+             "recompute": f"recomputed while sampling ({size(extra_bytes)} of source calls kept)"}[placement.mode]
+    logical = sum(t.numel() * t.element_size() for t in tables)
+    return f"{what}: bank of {size(logical)} {where} ({placement.reason}); {kept}; made in {seconds:.1f} s"
 
-    @classmethod
-    def _stream(cls, device: torch.device):
-        if device not in cls._streams:
-            cls._streams[device] = torch.cuda.Stream(device)
-        return cls._streams[device]
+
+def size(nbytes: int) -> str:
+    """1.23 GiB, 45.6 MiB or 789 KiB."""
+    if nbytes >= 2**30:
+        return f"{nbytes / 2**30:,.2f} GiB"
+    return f"{nbytes / 2**20:,.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:,.0f} KiB"

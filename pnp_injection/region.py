@@ -32,10 +32,10 @@ import torch
 
 from .errors import PnPError
 from .inputs import VAE_SCALE
-from .model_calls import source_rows
+from .model_calls import call_sigma, source_rows, with_clock
 from .schedule import SIGMA_RTOL, check_same_schedule
 
-RUN_KEY = "pnp_region"  # transformer_options entry: the mask of the masked sampling run in progress
+RUN_KEY = "pnp_region"  # transformer_options entry: (mask, SourcePath) of the masked run in progress, on its device
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,9 +157,11 @@ class Region:
         guider = executor.class_obj
         original = guider.model_options
         guider.model_options = comfy.model_patcher.create_model_options_clone(original)
-        guider.model_options.setdefault("transformer_options", {})[RUN_KEY] = mask
+        device = guider.model_patcher.load_device  # the run's mask and path move there once, not at every call
+        run = (mask.to(device), SourcePath(self.path.sigmas, self.path.latents.to(device)))
+        guider.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
         try:
-            out = executor(noise, latent_image, sampler, sigmas, None, *args, **kwargs)
+            out = with_clock(executor, noise, latent_image, sampler, sigmas, None, *args, **kwargs)
         finally:
             guider.model_options = original
         end = rows_of(guider.model_patcher.model.process_latent_out(self.path.latents[-1].float()), out.shape[0]).to(out)
@@ -172,10 +174,11 @@ class Region:
 
     def predict_noise(self, executor, x, timestep, model_options={}, seed=None):
         options = model_options.get("transformer_options", {})
-        mask = options.get(RUN_KEY)
-        if mask is None:
+        run = options.get(RUN_KEY)
+        if run is None:
             return executor(x, timestep, model_options, seed)
-        sigma = float(timestep.reshape(-1)[0])
+        mask, path = run
+        sigma = call_sigma(options, timestep)
         m = rows_of(mask, x.shape[0]).to(x).expand(x.shape)
         guider, sigmas = executor.class_obj, options.get("sample_sigmas")
         adjust = model_options.get("denoise_mask_function")
@@ -183,9 +186,9 @@ class Region:
             m = adjust(timestep, m, extra_options={"model": guider, "sigmas": sigmas})
         else:  # the mask's support: soft cells are blended at the end (outer_sample)
             m = (m > 0).to(m.dtype)
-        here = rows_of(self.path.level(sigma), x.shape[0]).to(x)
+        here = rows_of(path.level(sigma), x.shape[0]).to(x)
         out = executor(x * m + here * (1 - m), timestep, model_options, seed)
-        sigma_next, target = self.path.next_level(sigma)
+        sigma_next, target = path.next_level(sigma)
         target = rows_of(target, x.shape[0]).to(x)
         # The prediction whose first-order step from x (x + (x - D) / sigma * (sigma_next - sigma))
         # lands on the path's next level; at the last step (sigma_next 0) it is the source itself.

@@ -16,7 +16,8 @@ video edit on its diffusers twin.
   diffusion/schedulers/scheduling_flow_match_discrete.py) run on the twin with a given sigma schedule:
   flux_reference.RFSolverEdit's loop (the same algorithm as the official video pipeline: the midpoint
   rule, keys (end level when inverting / start level when sampling, second_order)), hooked on the
-  single blocks 21..39 (`block_id > 20`). It does not use this pack's engine.
+  single blocks 21..39 (`block_id > 20`), with both prompts padded to 256 tokens and masked as the
+  official code (official_text, VarlenAttention; see "Text" below). It does not use this pack's engine.
 
 What the model sees, in this host (facts an engine needs):
 - Latent: user space [B, 16, T, H, W] (EmptyHunyuanLatentVideo: T = (frames - 1) // 4 + 1, H/8, W/8);
@@ -25,9 +26,19 @@ What the model sees, in this host (facts an engine needs):
 - Single blocks: torch.cat((img, txt), 1): VIDEO tokens FIRST, text last (as the official code and
   diffusers); the output keeps img[:, :img_len]. Double blocks: flipped_img_txt=True (video first too).
 - Text: the host's llama tokenizer does not pad (min_length=1) and the mask is dropped when all ones,
-  so the text length is the prompt's token count: V of all tokens can only be swapped between prompts
-  of the same length (the official prompts are always 256 padded tokens). The reference refuses others.
-  The token refiner pools with the plain mean (diffusers: the masked mean): equal without padding.
+  so a CONDITIONING's text length is the prompt's token count. The official code pads every prompt on the
+  right to 256 tokens with a mask (hyvideo/config.py line 101; text_encoder/__init__.py lines 246-259) and
+  masks the padding three ways: the token refiner pools the masked mean (token_refiner.py lines 222-228) and
+  lets a padding token attend to the first token only (lines 143-157), both of which diffusers' twin does
+  alike (its context_embedder and token_refiner); the double and single blocks attend through
+  flash_attn_varlen_func over cu_seqlens (attenion.py lines 30-53, 103-116; models.py lines 627-631): the
+  video and prompt tokens one sequence, the padding another. diffusers' blocks instead mask the padding's
+  keys for every query (a padding token attends to the prompt), as does the host given an attention_mask:
+  VarlenAttention gives the twin's blocks the official segments. The padding's values: the official code's
+  hold the text encoder's output at its pad tokens, which no CONDITIONING carries; the reference pads with
+  zeros (official_text), the values the pack pads with, so the two are compared on the same text.
+  Without injection the padding changes nothing (the video and prompt tokens never see it); with V of
+  all tokens injected, a target prompt longer than the source's takes the source padding's V.
 - Guidance: embedded (distilled) guidance only, conds key `guidance` (model_base default 6.0), the model
   embeds guidance * 1000 (timestep_embedding's default time_factor); diffusers' twin takes guidance
   already multiplied by 1000 and t = sigma * 1000 (the official convention), unlike its Flux twin.
@@ -48,6 +59,7 @@ CONTEXT, POOLED = 32, 32                   # llava-llama-3 width (real 4096), CL
 DOUBLE, SINGLE = 20, 40                    # HYVideo-T/2-cfgdistill: mm_double_blocks_depth, mm_single_blocks_depth
 OFFICIAL_BLOCKS = range(21, 40)            # models.py: `info['block_id'] > 20` over the 40 single blocks
 GUIDANCE = 6.0                             # model_base.HunyuanVideo.extra_conds default; official --embedded-cfg-scale
+OFFICIAL_TEXT = 256                        # hyvideo/config.py line 101: --text-len 256, every prompt padded to it
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -194,17 +206,48 @@ def assert_twin_agrees(model, seed: int = 3, sigma: float = 0.6, tokens: int = 7
 
 # --- the official video edit ------------------------------------------------------------------
 
+def official_text(prompt, length: int = OFFICIAL_TEXT):
+    """The prompt as the official pipeline gives it to the model: the context padded on the right to `length`
+    tokens (zeros: see "Text" in the module's docstring), the attention mask (1 for the prompt's tokens, 0 for
+    the padding) and the pooled vector. A longer prompt is refused (the official tokenizer would cut it)."""
+    txt, vec = text_of(prompt)
+    batch, tokens, width = txt.shape
+    if tokens > length:
+        raise ValueError(f"the prompt has {tokens} text tokens; the official code cuts prompts at {length}")
+    padded = torch.cat([txt, torch.zeros(batch, length - tokens, width)], 1)
+    mask = (torch.arange(length) < tokens).long().expand(batch, length)
+    return padded, mask, vec
+
+
+class VarlenAttention:
+    """The official blocks' attention (flash_attn_varlen_func over cu_seqlens, attenion.py lines 30-53, 103-116)
+    as a processor of the twin's double and single blocks: diffusers hands them its key mask [B, 1, 1, N] (True on
+    the video and prompt tokens), and each token attends to the tokens on its side of it: the video and prompt
+    tokens to each other, the padding to the padding. `keys_only` keeps diffusers' own key mask (the padding
+    attends to the video and prompt tokens): a mutation."""
+
+    def __init__(self, keys_only: bool = False):
+        from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+        self.inner, self.keys_only = HunyuanVideoAttnProcessor2_0(), keys_only
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        if attention_mask is not None and not self.keys_only:
+            kept = attention_mask.reshape(attention_mask.shape[0], -1)               # [B, N]
+            attention_mask = kept[:, None, :, None] == kept[:, None, None, :]        # [B, 1, N, N]
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+
 class HunyuanRFSolverEdit(RFSolverEdit):
     """RFSolverEdit (flux_reference) on diffusers' HunyuanVideo: its single blocks have a separate
     attn.to_v applied to cat([video, text]) (video first), so the hook keeps / replaces V of all
-    tokens, before the attention, as the official models.py:347-354 does with the v of linear1. Only the
-    call differs: t and the embedded guidance are passed times 1000, with a text mask of ones."""
+    tokens (the padding included), before the attention, as the official models.py:347-354 does with the v of
+    linear1. Only the call differs: t and the embedded guidance are passed times 1000, with the text's mask
+    (given to `denoise` in place of Flux's ids)."""
 
-    def velocity(self, img, t, txt, vec, guidance, ids):
+    def velocity(self, img, t, txt, vec, guidance, mask):
         ones = torch.ones(img.shape[0])
         return self.net(hidden_states=img, timestep=t * 1000 * ones, encoder_hidden_states=txt,
-                        encoder_attention_mask=torch.ones(txt.shape[:2], dtype=torch.long), pooled_projections=vec,
-                        guidance=guidance * 1000 * ones).sample
+                        encoder_attention_mask=mask, pooled_projections=vec, guidance=guidance * 1000 * ones).sample
 
 
 def official_sigmas(steps: int = 25, shift: float = 7.0) -> list:
@@ -213,31 +256,42 @@ def official_sigmas(steps: int = 25, shift: float = 7.0) -> list:
     return [shift * s / (1 + (shift - 1) * s) for s in torch.linspace(1, 0, steps + 1).tolist()]
 
 
+MASKINGS = ("official", "keys only", "none")
+
+
 def rf_solver_edit_video(model, source, source_prompt, target_prompt, sigmas, inject, guidance,
-                         blocks=OFFICIAL_BLOCKS, net=None):
+                         blocks=OFFICIAL_BLOCKS, net=None, text: int = OFFICIAL_TEXT, masking: str = "official"):
     """RF-Solver-Edit's official video edit on the diffusers twin (fresh unless `net` is given):
     invert `source` (user space [B, 16, T, H, W]) up `sigmas` (descending from 1 to 0) with RF-Solver
     (the midpoint rule, 2 evaluations per step) under the source prompt at embedded guidance 1, keeping
     V of all tokens in the single blocks `blocks` at both evaluations of the last `inject` inversion
     steps (keyed by the step's end level, second_order False / True), then sample the target prompt down
     the same sigmas at embedded guidance `guidance` (no real CFG), putting those V back at both
-    evaluations of the first `inject` steps (keyed by the step's start level). Returns the edited latent
-    in user space."""
+    evaluations of the first `inject` steps (keyed by the step's start level). Both prompts are padded to
+    `text` tokens (official_text) and masked as the official code; `masking` "keys only" (the padding attends
+    to the prompt in the blocks, as diffusers and the host mask it) and "none" (the padding left unmasked) are
+    mutations. Returns the edited latent in user space."""
     sigmas = [float(s) for s in sigmas]  # the dict keys are these floats, shared by both passes
     if not (abs(sigmas[0] - 1.0) < 1e-6 and sigmas[-1] == 0.0 and all(a > b for a, b in zip(sigmas, sigmas[1:]))):
         raise ValueError(f"sigmas must descend from 1 to 0, got {sigmas}")
     if not 0 <= inject <= len(sigmas) - 1:
         raise ValueError(f"inject must be in [0, {len(sigmas) - 1}], got {inject}")
-    src_txt, src_vec = text_of(source_prompt)
-    tgt_txt, tgt_vec = text_of(target_prompt)
-    if inject > 0 and src_txt.shape[1] != tgt_txt.shape[1]:
-        # V of ALL tokens (text included) is swapped, as in the official code, whose llama text is always
-        # 256 padded tokens; in this host the text is not padded, so the prompts must match in length.
-        raise ValueError(f"source prompt has {src_txt.shape[1]} text tokens, target {tgt_txt.shape[1]}: "
-                         "V of all tokens cannot be swapped")
-    reference = HunyuanRFSolverEdit(diffusers_twin(model) if net is None else net, blocks)
-    z = model.model.process_latent_in(source.float())
-    noise = reference.denoise(z, sigmas, True, inject, 1.0, src_txt, src_vec, None)
-    out = reference.denoise(noise, sigmas, False, inject, float(guidance), tgt_txt, tgt_vec, None)
-    reference.features.clear()  # its hooks stay on a given `net` but are inert (mode None) from here on
+    if masking not in MASKINGS:
+        raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
+    src_txt, src_mask, src_vec = official_text(source_prompt, text)
+    tgt_txt, tgt_mask, tgt_vec = official_text(target_prompt, text)
+    if masking == "none":
+        src_mask, tgt_mask = torch.ones_like(src_mask), torch.ones_like(tgt_mask)
+    net = diffusers_twin(model) if net is None else net
+    processors = net.attn_processors
+    for block in [*net.transformer_blocks, *net.single_transformer_blocks]:
+        block.attn.set_processor(VarlenAttention(keys_only=masking == "keys only"))
+    try:
+        reference = HunyuanRFSolverEdit(net, blocks)
+        z = model.model.process_latent_in(source.float())
+        noise = reference.denoise(z, sigmas, True, inject, 1.0, src_txt, src_vec, src_mask)
+        out = reference.denoise(noise, sigmas, False, inject, float(guidance), tgt_txt, tgt_vec, tgt_mask)
+        reference.features.clear()  # its hooks stay on a given `net` but are inert (mode None) from here on
+    finally:
+        net.set_attn_processor(processors)
     return model.model.process_latent_out(out)

@@ -1,6 +1,8 @@
 """Banks are sized before any model work, written once, and owned per sampling run; a batch of
 prompts gives one latent per prompt. Both wings."""
 import logging
+import re
+import time
 
 import pytest
 import torch
@@ -62,17 +64,21 @@ def test_flux_estimate_is_the_bank_size(preset, size):
 
 
 def test_a_bank_that_cannot_fit_is_refused_before_any_model_work(sd15, flux, monkeypatch):
-    """With less memory free than the bank needs, capture and Flux inversion refuse with both
-    figures and the settings that shrink the bank, before a single model evaluation. Fails if
-    the estimate comes after the model work or the message lacks the figures or the fix."""
+    """With less memory free than the bank needs, capture and Flux inversion asked to keep the bank in memory
+    refuse with the figures (the bank, the memory and the disk free, what recompute keeps), the other placements
+    and the settings that shrink the bank, before a single model evaluation. Fails if the estimate comes after
+    the model work or the message lacks the figures or the fix."""
     trajectory = inversion.invert(sd15, harness.latent(), harness.conditioning(seed=5), STEPS, STEPS)
     monkeypatch.setattr(placement, "available_bytes", lambda device: 1000)
     with harness.CountCalls(sd15) as calls, pytest.raises(PnPError) as error:
-        banks.capture(sd15, trajectory)
+        banks.capture(sd15, trajectory, bank="memory")
     assert calls.calls == 0
-    assert "GiB" in str(error.value) and "only 0.00 GiB" in str(error.value) and "Shrink the bank" in str(error.value)
-    with harness.CountCalls(flux) as calls, pytest.raises(PnPError, match="Shrink the bank"):
-        flux_inversion.invert(flux, fh.latent(), fh.conditioning(seed=5), STEPS, 3, custom_layers=SMALL_FLUX_LAYERS)
+    for part in ("the bank takes 0.00 GiB; 0.00 GiB of memory is free", "on the temp folder's disk",
+                 "`recompute` keeps", "Choose `bank` auto, disk or recompute", "shrink the bank"):
+        assert part in str(error.value), (part, str(error.value))
+    with harness.CountCalls(flux) as calls, pytest.raises(PnPError, match="shrink the bank"):
+        flux_inversion.invert(flux, fh.latent(), fh.conditioning(seed=5), STEPS, 3, custom_layers=SMALL_FLUX_LAYERS,
+                              bank="memory")
     assert calls.calls == 0
 
 
@@ -127,7 +133,7 @@ def test_each_sampling_run_owns_its_state(sd15):
     assert RUN_KEY not in patched.model_options.get("transformer_options", {})
     assert RUN_KEY not in spied.model_options.get("transformer_options", {})
     assert torch.equal(first, second)
-    assert all(not r.feed._ready for r in seen)  # released at the end
+    assert all(not r.feed._slices for r in seen)  # released at the end
 
 
 def harness_sample(model, start, bank, positive, negative):
@@ -164,16 +170,53 @@ def test_a_batch_of_prompts_gives_one_latent_per_prompt(sd15, flux):
     assert harness.rel(got[0:1], got[1:2]) > 0.01
 
 
+def slowed(model_patcher, delay: float):
+    """A clone whose every model call first sleeps `delay` s, and the list of its calls (to give the log's
+    time figures a known floor)."""
+    import comfy.patcher_extension as ext
+    calls = []
+
+    def slow(executor, *args, **kwargs):
+        calls.append(1)
+        time.sleep(delay)
+        return executor(*args, **kwargs)
+    clone = model_patcher.clone()
+    clone.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "test_slow", slow)
+    return clone, calls
+
+
+TIME_SHOWN = re.compile(r"\bin (\d+(?:\.\d+)?) s$")  # "... in 0.7 s" closes each line
+
+
 def test_capture_and_inversion_log_size_place_and_time(sd15, flux, caplog):
-    """One info line each: the bank's size, its placement and the time taken."""
+    """One info line each: the bank's size, its placement and the seconds the call took. Every model call
+    here sleeps 0.05 s first, so the time shown must be at least the calls' sleep and at most the call's
+    wall time (within the 0.05 s of rounding to a tenth). Fails if a line is missing, or its time is not
+    the call's own (missing, a constant, a timestamp, milliseconds, a clock started before the call or
+    stopped before the model work)."""
     caplog.set_level(logging.INFO)
-    trajectory = inversion.invert(sd15, harness.latent(), harness.conditioning(seed=5), STEPS, STEPS)
-    banks.capture(sd15, trajectory)
-    flux_inversion.invert(flux, fh.latent(), fh.conditioning(seed=5), STEPS, 3, custom_layers=SMALL_FLUX_LAYERS)
+    delay, spans = 0.05, {}
+
+    def run(name, model, fn):
+        slow, calls = slowed(model, delay)
+        started = time.perf_counter()
+        out = fn(slow)
+        spans[name] = (len(calls) * delay, time.perf_counter() - started)
+        return out
+    trajectory = run("PnP DDIM Inversion", sd15,
+                     lambda m: inversion.invert(m, harness.latent(), harness.conditioning(seed=5), STEPS, STEPS))
+    run("PnP Capture Features", sd15, lambda m: banks.capture(m, trajectory))
+    run("PnP Flux Inversion", flux, lambda m: flux_inversion.invert(m, fh.latent(), fh.conditioning(seed=5), STEPS, 3,
+                                                                    custom_layers=SMALL_FLUX_LAYERS))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("PnP")]
-    assert any(line.startswith("PnP DDIM Inversion: trajectory") and "MiB on cpu" in line and " s" in line for line in lines), lines
-    assert any(line.startswith("PnP Capture Features: bank") and "MiB on cpu" in line for line in lines), lines
-    assert any(line.startswith("PnP Flux Inversion: bank") and "MiB on cpu" in line for line in lines), lines
+    assert any(line.startswith("PnP DDIM Inversion: trajectory") and "MiB on cpu" in line for line in lines), lines
+    assert any(line.startswith("PnP Capture Features: bank of") and "KiB in memory" in line for line in lines), lines
+    assert any(line.startswith("PnP Flux Inversion: bank of") and "KiB in memory" in line for line in lines), lines
+    for name, (floor, ceiling) in spans.items():
+        (line,) = [line for line in lines if line.startswith(f"{name}: ")]
+        shown = TIME_SHOWN.search(line)
+        assert shown, f"{line!r} does not end with the time taken, 'in N.N s'"
+        assert floor > 0.1 and floor - 0.05 <= float(shown[1]) <= ceiling + 0.05, (line, floor, ceiling)
 
 
 def test_the_advanced_route_notes_a_first_order_sampler_and_missing_guidance(flux, caplog):

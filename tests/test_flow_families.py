@@ -79,7 +79,7 @@ def test_limits_interrupts_sizes_and_the_bank_estimate(family, monkeypatch):
     """Interrupts stop the inversion and the sampling at the next model call; a latent of another size
     and a bank that cannot fit are refused before any model work; the estimate is the bank's size
     (Flux.2's tokens are latent cells, its text 512 tokens)."""
-    from comfyui_pnp.pnp_injection import placement
+    from comfyui_pnp.pnp_injection import disk, placement
     from comfyui_pnp.pnp_injection.flow import bank as flux_banks
     from comfyui_pnp.pnp_injection.flow import inversion as flux_inversion
 
@@ -94,10 +94,11 @@ def test_limits_interrupts_sizes_and_the_bank_estimate(family, monkeypatch):
     assert flux_harness.interrupted_after(model, 2, lambda: family["edit"](INJECT)) == 2
     smaller = source[..., : source.shape[-2] - 2, :]
     monkeypatch.setattr(placement, "available_bytes", lambda device: 1000)
+    monkeypatch.setattr(disk, "free_bytes", lambda folder=None: 1000)  # no placement fits
     with harness.CountCalls(model) as calls:
         with pytest.raises(PnPError, match="feature bank was made at"):
             sampling_of(model, bank, family["target"], smaller)
-        with pytest.raises(PnPError, match="Shrink the bank"):
+        with pytest.raises(PnPError, match="fits in no placement.*shrink the bank"):
             invert()
     assert calls.calls == 0
 

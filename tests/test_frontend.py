@@ -9,20 +9,27 @@ images (Save Image) or video (Save Video, playing) in the page and in /history. 
 test server cannot run (``IN_PROCESS_WORKFLOWS``: Qwen-Image, whose graph tests/test_workflows.py runs in process) is
 loaded, converted and shrunk in the page, not queued.
 
-``PNP_SCREENSHOTS=1`` also writes docs/screenshots/<workflow>.png (the graph as shipped) and the
-template browser's card picture workflows/<workflow>.jpg. ``PNP_RESAVE_WORKFLOWS=1`` writes each
+``PNP_SCREENSHOTS=1`` also writes docs/screenshots/<workflow>.png (the graph as shipped) and redraws the
+template browser's card pictures, workflows/<workflow>.jpg (scripts/draw_cards.py: this frontend shows a custom
+pack's template by its file name alone, so each card's title, one-line description and purpose are drawn into its
+picture; ``test_the_template_browser_shows_each_card`` checks them in the real template browser).
+``PNP_RESAVE_WORKFLOWS=1`` writes each
 workflow back as the frontend exports it after loading it, which is how a file catches up with
 inputs added to a node since it was saved (test_workflows.py's strict widget check names them).
 
 Chromium is the Debian package (/usr/bin/chromium, installed by scripts/setup.sh); Playwright
 downloads no browser here.
 """
+import base64
+import io
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -33,6 +40,9 @@ from workflow_api import apply_overrides, to_api
 from workflow_runs import (BANK_WORKFLOW, EXPECTED, FLOWEDIT_FLUX_WORKFLOW, FLUX_WORKFLOWS, IN_PROCESS_WORKFLOWS,
                            RUN_1_GROUP, RUN_2_GROUP, SAVE_TYPES, WORKFLOW_DIR, load, overrides_for_tests,
                            run_2_of_the_bank_workflow)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import draw_cards  # noqa: E402  (the card pictures' drawing: scripts/draw_cards.py)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -221,24 +231,9 @@ def screenshot(page, name: str, width: int = 2000, margin: int = 20):
         with Image.open(path) as shot:  # 256 colours: a third of the size, no visible change for a UI
             shot.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
                 path, optimize=True)
-        center = page.evaluate("""() => {  // the middle of the pack's nodes and the samplers
-          const nodes = app.graph.nodes.filter(n => n.type.startsWith('PnP') || /Sampler|ControlNetApply/.test(n.type));
-          const x = nodes.reduce((sum, n) => sum + n.pos[0] + n.size[0] / 2, 0) / nodes.length;
-          return (x + app.canvas.ds.offset[0]) * app.canvas.ds.scale;
-        }""")
-        thumbnail(path, center, WORKFLOW_DIR / f"{name}.jpg")
     finally:
         page.evaluate("() => app.extensionManager.command.execute('Workspace.ToggleFocusMode')")
         page.set_viewport_size({"width": 1600, "height": 900})
-
-
-def thumbnail(screenshot_path: Path, center_x: float, out: Path, size: int = 400):
-    """The template browser's card picture (workflows/<name>.jpg): a square of the screenshot around `center_x`."""
-    with Image.open(screenshot_path) as image:
-        side = min(image.height, image.width)
-        left = int(min(max(center_x - side / 2, 0), image.width - side))
-        card = image.convert("RGB").crop((left, 0, left + side, side)).resize((size, size), Image.LANCZOS)
-        card.save(out, quality=85, optimize=True)
 
 
 def test_the_missing_node_check_sees_a_missing_node(page):
@@ -337,6 +332,88 @@ def test_converter_matches_the_frontend_on_reroutes_primitives_bypass_and_mute(p
     assert {n["class_type"] for n in expected.values()} == {
         "CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "PrimitiveInt", "VAEDecode", "SaveImage"}
     assert to_api(workflow, comfy_server.object_info()) == expected
+
+
+def picture(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def test_every_workflow_has_a_card_drawn_from_its_graph():
+    """Each shipped workflow has a card (scripts/draw_cards.py: a title, a one-sentence description, the pack's nodes
+    it runs), and workflows/<name>.jpg is that card's drawing, 400 px square. Fails when a workflow comes without a
+    card, a card names a node its graph does not run, or a picture is stale (a card edited or a node renamed since:
+    run scripts/draw_cards.py, or this test with PNP_SCREENSHOTS=1). A changed digit of a description moves 2e-4 of
+    the pixels by more than a quarter of the range; the bound is 5e-5."""
+    assert sorted(draw_cards.CARDS) == EXPECTED
+    for name, card in draw_cards.CARDS.items():
+        drawn = draw_cards.jpeg(draw_cards.draw(card))
+        if SCREENSHOTS:
+            (WORKFLOW_DIR / f"{name}.jpg").write_bytes(drawn)
+        runs = {node["type"] for node in load(name)["nodes"] if node.get("mode", 0) != 4}
+        assert set(card.nodes) <= runs, f"{name}'s card names {sorted(set(card.nodes) - runs)}, which its graph lacks"
+        assert card.title and card.description.endswith(".") and card.description.count(". ") == 0, name
+        shipped = picture((WORKFLOW_DIR / f"{name}.jpg").read_bytes())
+        assert shipped.shape == (draw_cards.SIZE, draw_cards.SIZE, 3), name
+        moved = float((np.abs(shipped - picture(drawn)) > 0.25).mean())
+        assert moved <= 5e-5, (f"workflows/{name}.jpg is not its card's drawing ({moved:.1e} of it differs): "
+                               f"run scripts/draw_cards.py")
+
+
+CARD_NAV = "PnP Diffusion Features"  # locales/en/main.json: templateWorkflows.category.<the pack's folder name>
+# One card of the open template browser (the frontend's test id `template-workflow-<name>`), once its picture has
+# loaded (pictures load as their cards scroll into view): its title, description, and the picture it shows, as the
+# page decoded it (drawn into a canvas, read back as PNG).
+CARD_JS = """(card) => {
+  const img = card.querySelector('img');
+  const canvas = document.createElement('canvas');
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  canvas.getContext('2d').drawImage(img, 0, 0);
+  return {title: card.querySelector('h3')?.innerText, description: card.querySelector('p')?.innerText,
+          alt: img.alt, png: canvas.toDataURL('image/png')};
+}"""
+
+
+def test_the_template_browser_shows_each_card(page, comfy_server):
+    """The real template browser (Browse Templates): the pack's category is named by the pack's locale file (the
+    host's /i18n; otherwise the folder name) and lists one card per shipped workflow, each showing that workflow's
+    drawn picture (the bytes of workflows/<name>.jpg, 400x400) with its title and one-line description in it. The
+    card's own text is what this frontend makes of the file name (its title, and its description with '-' turned
+    into spaces): it reads no title or description for a custom pack's template (scripts/draw_cards.py says where).
+    Opening a card loads its workflow. Fails when the category's name, a card or its picture is missing, or a card
+    shows another workflow's picture."""
+    close_dialogs(page)
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    dialog = page.locator(".workflow-template-selector-dialog")
+    dialog.get_by_text(CARD_NAV, exact=True).first.click()
+    try:
+        page.wait_for_function("n => document.querySelectorAll('[data-testid^=\"template-workflow-\"]').length === n",
+                               arg=len(EXPECTED), timeout=30_000)
+        assert dialog.get_by_text(CARD_NAV, exact=True).count() >= 2  # the nav entry and the section's heading
+        listed = page.evaluate("() => [...document.querySelectorAll('[data-testid^=\"template-workflow-\"]')]"
+                               ".map(c => c.dataset.testid.replace('template-workflow-', '')).sort()")
+        assert listed == EXPECTED
+        for name in EXPECTED:
+            card = dialog.locator(f'[data-testid="template-workflow-{name}"]')
+            card.scroll_into_view_if_needed()
+            card.locator("img").wait_for(timeout=15_000)
+            page.wait_for_function("c => c.querySelector('img').complete && c.querySelector('img').naturalWidth > 0",
+                                   arg=card.element_handle(), timeout=15_000)
+            shown = card.evaluate(CARD_JS)
+            assert shown["title"] == name and shown["description"] == name.replace("-", " ") and shown["alt"] == name
+            pixels = picture(base64.b64decode(shown.pop("png").split(",", 1)[1]))
+            expected = picture((WORKFLOW_DIR / f"{name}.jpg").read_bytes())
+            assert pixels.shape == expected.shape == (draw_cards.SIZE, draw_cards.SIZE, 3), (name, pixels.shape)
+            moved = float((np.abs(pixels - expected) > 0.25).mean())  # two JPEG decoders: a few values apart at most
+            assert moved <= 5e-5, f"the card of {name} does not show workflows/{name}.jpg ({moved:.1e} differs)"
+        dialog.locator('[data-testid="template-workflow-pnp-basic"]').click()  # open it, as a user does
+        page.wait_for_function("() => !document.querySelector('.workflow-template-selector-dialog')", timeout=30_000)
+        page.wait_for_function("n => app.graph.nodes.length === n", arg=len(load("pnp-basic")["nodes"]), timeout=30_000)
+        shown_types = page.evaluate("() => app.graph.nodes.map(n => n.type).sort()")
+        assert shown_types == sorted(node["type"] for node in load("pnp-basic")["nodes"])
+    finally:
+        close_dialogs(page)
 
 
 def test_no_uncaught_errors_from_the_pack(page):

@@ -34,7 +34,7 @@ from comfyui_pnp.nodes.types import CATEGORY, EDIT_CATEGORY, FLUX_CATEGORY, GUID
 ROOT = Path(__file__).resolve().parents[1]
 FLUX_NODES = {"PnPFluxInversion", "PnPFluxSampler", "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler",
               "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler", "PnPFireFlowSampler", "PnPFluxSaveBank",
-              "PnPFluxLoadBank", "PnPFluxKVEditInversion", "PnPFluxKVEditSampler"}
+              "PnPFluxLoadBank", "PnPFluxKVEditInversion", "PnPFluxKVEditSampler", "PnPFluxFeaturePreview"}
 SAMPLERS = {"PnPRFSolverSampler", "PnPFireFlowSampler"}  # SAMPLER nodes, with ComfyUI's own
 EDIT_SAMPLERS = {"PnPFlowEditSampler", "PnPUniEditSampler", "PnPRFInversionSampler"}  # the velocity edits' SAMPLERs
 EDIT_NODES = {"PnPFlowEdit", "PnPUniEdit", "PnPRFInversion", "PnPUniInversion", "PnPRFInversionInvert", "PnPEditSigmas"}
@@ -44,7 +44,7 @@ COUNTERPARTS = {"PnPFluxInversion": "PnPInversion", "PnPFluxSampler": "PnPSample
                 "PnPFluxApplyInjection": "PnPApplyInjection", "PnPFluxSaveBank": "PnPSaveFeatureBank",
                 "PnPFluxLoadBank": "PnPLoadFeatureBank", "PnPFluxFireFlowInversion": "PnPInversion",
                 "PnPFluxFireFlowSampler": "PnPSampler", "PnPFluxKVEditInversion": "PnPInversion",
-                "PnPFluxKVEditSampler": "PnPSampler"}
+                "PnPFluxKVEditSampler": "PnPSampler", "PnPFluxFeaturePreview": "PnPFeaturePreview"}
 SOLVERS = ("DDIM ", " (RF-Solver)", " (FireFlow)", " (KV-Edit)")  # an inversion's name says its solver
 # Every input name of the pack and its one meaning. A new input gets a line here; a name already
 # here is used only in this meaning (a second meaning needs a second name).
@@ -57,6 +57,7 @@ MEANINGS = {
     "source_negative": "the prompt the negative-prompt schedule blends in",
     "trajectory": "the source latent at every sampling sigma",
     "feature_bank": "the source's kept features with their schedule (the family's bank type)",
+    "bank": "where the bank's tables live: memory, a temp file or recomputed while sampling",
     "steps": "sampling steps of the schedule the source, the bank and the target share",
     "inversion_steps": "model evaluations of the U-Net inversion",
     "keep_steps": "sampling steps whose features the Flux bank keeps",
@@ -87,6 +88,8 @@ MEANINGS = {
     "features": "which kind of kept features to show",
     "block": "an output block's number",
     "transformer_index": "a transformer's index within an output block",
+    "site": "one kept tensor of a Flux bank, as stream.block.tensor (single.20.v)",
+    "frame": "a video latent's frame index",
     "source_prompt": "the prompt describing the source, the starting side of a velocity edit",
     "inversion_prompt": "the prompt a velocity edit's inversion runs with (officially empty)",
     "source_scale": "the source prompt's guidance (embedded on distilled models, CFG elsewhere)",
@@ -246,7 +249,7 @@ def test_node_ids_are_kept_and_names_run_parallel():
                         "PnPFluxSaveBank", "PnPFluxLoadBank", "PnPFluxKVEditInversion", "PnPFluxKVEditSampler",
                         "PnPFlowEdit", "PnPUniEdit", "PnPRFInversion", "PnPEditGuider", "PnPFlowEditSampler",
                         "PnPUniInversion", "PnPUniEditSampler", "PnPRFInversionInvert", "PnPRFInversionSampler",
-                        "PnPEditSigmas"]
+                        "PnPEditSigmas", "PnPFluxFeaturePreview"]
 
     def plain(name: str) -> str:
         for solver in SOLVERS:

@@ -23,8 +23,10 @@ from .. import placement, region
 from ..errors import PnPError
 from ..inputs import check_same_architecture, check_source_size
 from ..model_calls import source_rows
+from ..recompute import SourceCalls
 from ..schedule import SIGMA_RTOL, check_same_schedule, step_at
 from . import layers as flux_layers
+from . import text_padding
 
 
 SCHEDULE_FIX = ("Sample with the same model (and ModelSamplingFlux), steps and scheduler as PnP Flux Inversion at "
@@ -37,7 +39,8 @@ class FeatureBank:
 
     sigmas: torch.Tensor                 # (N+1,) sampling schedule, 1 ... 0
     noise: torch.Tensor                  # the inverted latent at sigma_0 = 1, model space [B, C, H, W]
-    tables: dict[str, torch.Tensor]      # site key -> [slots, B, tokens, hidden]
+    tables: dict[str, torch.Tensor]      # site key -> [slots, B, tokens, hidden] (placement.MODES: in memory, a
+                                         # disk.DiskTable, or a recompute.VirtualTable)
     layers: flux_layers.FluxLayerSet
     solver: str                          # rf_solver, fireflow or euler (solvers.SOLVERS)
     steps_kept: int                      # first sampling steps whose features are held
@@ -47,6 +50,8 @@ class FeatureBank:
     mask: torch.Tensor | None = None     # the source latent's noise_mask, if it carried one (KV-Edit: its cells)
     first_step: int = 0                  # the first kept sampling step (KV-Edit: the skipped steps)
     tokens: torch.Tensor | None = None   # the image tokens kept (KV-Edit: the background's); None: all
+    calls: SourceCalls | None = None     # bank `recompute`: the inversion's calls the tables are computed again from
+    info: str = ""                       # size, placement, kept steps and time, as the node shows them
 
     @property
     def is_kv_edit(self) -> bool:
@@ -105,16 +110,21 @@ class FeatureBank:
         check_source_size(shape, self.noise.shape, what)
         source_rows(self.noise.shape[0], shape[0], f"{what} batch")
 
-    def check_text(self, tokens: int) -> None:
+    def check_text(self, tokens: int, mask: torch.Tensor | None = None) -> None:
         """All-token layers carry the source's text tokens: the target must have as many (counted as
-        the model call sees them: Flux.2 pads its prompts)."""
+        the model call sees them: Flux.2 pads its prompts to 512; HunyuanVideo's source was padded to
+        256 and a target up to that length takes its first tokens, text_padding.py), and on
+        HunyuanVideo no padding `mask` of another node's."""
         family = self.architecture.split(":")[0]
-        tokens = flux_layers.text_tokens(family, tokens)
+        if self.layers.needs_same_text_length and family in flux_layers.PADDED_HERE:
+            text_padding.check_unmasked(mask)
+        tokens = flux_layers.text_tokens(family, tokens, self.text_tokens)
         if self.layers.needs_same_text_length and tokens != self.text_tokens:
             fix = {"chroma": "Chroma's text encoder does not pad: word both prompts to the same token count",
-                   "hunyuan_video": "ComfyUI does not pad HunyuanVideo's prompts (the official code pads both to 256): "
-                                    "word both prompts to the same token count, or inject the video tokens only with "
-                                    "custom_layers 'single.21-39:v@image'"}.get(
+                   "hunyuan_video": f"PnP Flux pads HunyuanVideo's prompts as the official code, the source to "
+                                    f"{self.text_tokens} tokens, and a target may be as long (the official code cuts "
+                                    f"every prompt at 256): shorten the target prompt to at most {self.text_tokens} "
+                                    f"llava-llama-3 tokens"}.get(
                 family, "Keep both prompts under 256 T5 tokens (ComfyUI pads them to 256)")
             raise PnPError(f"The target prompt encodes to {tokens} text tokens but the source prompt to "
                            f"{self.text_tokens}; the layers {self.layers.describe()!r} replace all tokens, text "

@@ -32,6 +32,7 @@ FAMILIES = {family.name: family for family in flux_layers.FAMILIES}
 
 def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
     """Write `bank` to `path` atomically (a partial file never carries the final name)."""
+    bank_file.check_savable(bank, FORMAT)
     tensors = {"sigmas": bank.sigmas, "noise": bank.noise}
     tensors.update({f"features.{key}": t for key, t in bank.tables.items()})
     tensors.update(bank_file.optional_tensors(bank))

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import comfy.patcher_extension as ext
 import torch
 
-from .. import placement, region
+from .. import disk, notices, placement, region
 from ..errors import PnPError
 from ..inputs import VAE_SCALE, check_finite, check_latent, check_whole_latent, pixel_size
-from ..model_calls import without_wrappers
+from ..model_calls import HOST_SIGMA, without_wrappers
 from ..passes import Progress, run_loop
+from ..recompute import SourceCalls
 from . import layers as flux_layers
 from . import schedule as flux_schedule
-from . import solvers
+from . import solvers, text_padding
 from .bank import FeatureBank, estimate_bytes, inversion_slot, slot_count
 from .patches import WRAPPER_KEY as INJECTION_KEY
 from .patches import Recorder
@@ -94,11 +96,12 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
            preset: str = "rf-solver-edit", custom_layers: str = "", solver: str = "rf_solver",
            scheduler: str = flux_schedule.OFFICIAL, guidance: float = 1.0,
            mask: torch.Tensor | None = None, first_step: int = 0,
-           tokens: torch.Tensor | None = None) -> FeatureBank:
+           tokens: torch.Tensor | None = None, bank: str = "auto",
+           what: str = "PnP Flux Inversion") -> FeatureBank:
     """Invert `latent` (user latent space) and keep the layers' features for `keep_steps`
     sampling steps from `first_step` (of the image tokens `tokens`, default all), and the
     inverted path at every sigma (masked edits). `mask` is the source latent's noise_mask, kept
-    for sampling."""
+    for sampling. The tables live where `bank` says (placement.MODES); `what` names the node in its text."""
     layers = flux_layers.resolve(model_patcher, preset, custom_layers)  # other families stop here
     solvers.check_solver(solver)
     check_source(model_patcher, latent)
@@ -113,12 +116,16 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
                        f"give 0 to {steps}.")
 
     slots = slot_count(solver, steps, keep_steps)
-    text_tokens = max(context.shape[1] for context, _ in conditioning)
-    placement.check_fits(estimate_bytes(model_patcher, layers, latent.shape, text_tokens, slots,
-                                        None if tokens is None else len(tokens)), placement.storage_device())
-    tables = placement.Tables(lambda key: slots, device_for=lambda t: placement.storage_device())
+    text_tokens = text_padding.length(model_patcher.model.diffusion_model, layers,  # HunyuanVideo: padded
+                                      max(context.shape[1] for context, _ in conditioning))
+    estimate = estimate_bytes(model_patcher, layers, latent.shape, text_tokens, slots,
+                              None if tokens is None else len(tokens))
+    chosen = placement.choose(bank, estimate, placement.storage_device(), disk.free_bytes,
+                              slots * latent.numel() * 4)  # each slot's latent, float32
+    tables = placement.recording_tables(chosen, lambda key: slots, lambda t: placement.storage_device())
+    calls = SourceCalls(placement.storage_device()) if chosen.mode == "recompute" else None
     recorder = Recorder(layers, lambda sigma: inversion_slot(sigmas, sigma, solver, keep_steps, first_step), tables,
-                        tokens)
+                        tokens, calls)
     patched = without_wrappers(model_patcher, INJECTION_KEY)  # invert the plain network, never an injected one
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, RECORDER_KEY, recorder)
     progress = Progress(steps)
@@ -130,7 +137,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
         path[steps].copy_(x)  # the source, at sigma 0
 
         def velocity(x_, sigma, evaluation):
-            model(x_, sigma * ones)
+            model(x_, sigma * ones, **{HOST_SIGMA: sigma})
             return recorder.velocity
 
         def after_step(i, x_):  # x at ascending[i + 1] = sampling sigma_{steps - 1 - i}
@@ -144,9 +151,12 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
         sigmas=sigmas, noise=placement.keep(path[0]), path=path, mask=mask,
         tables={key: tables.complete(key, slots, key) for key in layers.keys()}, layers=layers, solver=solver,
         steps_kept=keep_steps, text_tokens=int(recorder.text_tokens), architecture=flux_layers.signature(model_patcher),
-        first_step=first_step, tokens=tokens,
+        first_step=first_step, tokens=tokens, calls=calls,
     )
-    logging.info(f"PnP Flux Inversion: bank {placement.summary([*bank.tables.values(), bank.noise])}, {steps} steps "
-                 f"of {solver} ({solvers.evaluations(solver, steps)} model evaluations) in "
-                 f"{time.perf_counter() - started:.1f} s")
+    kept = (f"{keep_steps} of {steps} steps of {solver} kept ({solvers.evaluations(solver, steps)} model "
+            f"evaluations)")
+    info = placement.report(what, chosen, bank.tables.values(), time.perf_counter() - started, kept,
+                            calls.nbytes() if calls is not None else 0)
+    notices.show(info)
+    bank = replace(bank, info=info)
     return bank

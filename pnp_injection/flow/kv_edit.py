@@ -38,7 +38,7 @@ from tqdm.auto import trange
 from .. import passes, region
 from ..errors import PnPError
 from ..inputs import check_finite, check_whole_latent
-from ..model_calls import target_rows
+from ..model_calls import HOST_SIGMA, target_rows
 from . import layers as flux_layers
 from . import schedule as flux_schedule
 from .bank import FeatureBank
@@ -69,8 +69,10 @@ def background(cells: torch.Tensor) -> torch.Tensor:
 
 
 def invert(model_patcher, latent: torch.Tensor, conditioning, mask: torch.Tensor | None, steps: int = STEPS,
-           skip: int = SKIP, guidance: float = INVERSION_GUIDANCE, scheduler: str = flux_schedule.OFFICIAL) -> FeatureBank:
-    """KV-Edit's inversion of `latent` (user space) under `mask` (the region to edit)."""
+           skip: int = SKIP, guidance: float = INVERSION_GUIDANCE, scheduler: str = flux_schedule.OFFICIAL,
+           bank: str = "auto") -> FeatureBank:
+    """KV-Edit's inversion of `latent` (user space) under `mask` (the region to edit); the bank lives where `bank`
+    says (placement.MODES)."""
     if mask is None:
         raise PnPError("KV-Edit edits the masked region only: connect a mask (Load Image's mask editor on the source) "
                        "or give the source latent a noise_mask (Set Latent Noise Mask).")
@@ -79,7 +81,8 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, mask: torch.Tensor
     flux_layers.check_flux1(model_patcher, "KV-Edit")
     cells, background = foreground(mask, latent.shape)
     return invert_flux(model_patcher, latent, conditioning, steps, steps - skip, "", every_block(model_patcher),
-                       "euler", scheduler, guidance, mask=cells, first_step=skip, tokens=background)
+                       "euler", scheduler, guidance, mask=cells, first_step=skip, tokens=background, bank=bank,
+                       what="PnP Flux Inversion (KV-Edit)")
 
 
 def every_block(model_patcher) -> str:
@@ -96,18 +99,19 @@ def kv_sampler(bank: FeatureBank):
 
     @torch.no_grad()
     def sample_kv_edit(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        extra_args = extra_args or {}
+        call = passes.model_call(model, extra_args or {})
         rows = x.shape[0]
         m = cells.to(x)
+        levels = sigmas.tolist()  # one read of the device per run
 
         def at(level):  # the source's path, one row per target row
             return region.rows_of(path[level], rows).to(x)
         x = at(1)  # the latent stored under sigma_0 (models/kv_edit.py lines 185-187)
         for i in trange(len(sigmas) - 1, disable=disable):
             comfy.model_management.throw_exception_if_processing_interrupted()
-            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            sigma, sigma_next = levels[i], levels[i + 1]
             x = at(bank.first_step + i + 1) * (1 - m) + x * m
-            denoised = model(x, sigma * x.new_ones(rows), **extra_args)
+            denoised = call(x, sigma * x.new_ones(rows), **{HOST_SIGMA: sigma})
             if callback is not None:
                 callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
             x = x + (sigma_next - sigma) * (x - denoised) / sigma

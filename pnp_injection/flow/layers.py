@@ -1,10 +1,12 @@
 """Which projections of a Flux-family transformer the flow path reads and overwrites, as data.
 
-Families (`FAMILIES`): Flux.1 (dev, schnell, Kontext), and its descendants Chroma and Flux.2 as
-the host defines them (comfy/ldm/chroma, Flux2 in comfy/supported_models.py). All three have
-double- and single-stream blocks with the layout below; Flux.2's single `linear1` holds q, k, v
-in its first 3 * hidden columns too (then the SwiGLU's gate and up), its text is padded to 512
-tokens, and its image tokens are latent cells (patch size 1) instead of 2x2 patches.
+Families (`FAMILIES`): Flux.1 (dev, schnell, Kontext), its descendants Chroma and Flux.2 as
+the host defines them (comfy/ldm/chroma, Flux2 in comfy/supported_models.py), and HunyuanVideo
+(comfy/ldm/hunyuan_video). All four have double- and single-stream blocks with the layout below;
+Flux.2's single `linear1` holds q, k, v in its first 3 * hidden columns too (then the SwiGLU's
+gate and up), its text is padded to 512 tokens, and its image tokens are latent cells (patch size
+1) instead of 2x2 patches; HunyuanVideo's tokens are 1x2x2 cells over frames, and its single
+blocks hold the text after the video tokens (`text_first`).
 
 Flux.1 has 19 double-stream blocks (image and text tokens in separate weights) and 38
 single-stream blocks (text and image tokens concatenated, text first). A *site* is one
@@ -64,13 +66,20 @@ class Family:
     channels: int = 16                # of its latents
 
 
-# Text a family pads its prompt to inside the model call: Flux.2 left-pads to 512 tokens
-# (comfy/model_base.py, Flux2.extra_conds).
-TEXT_PADDED_TO = {"flux2": 512}
+# Text a family's prompt is padded to in the model calls that carry text features: Flux.2 left-pads to 512 tokens
+# inside the host (comfy/model_base.py, Flux2.extra_conds). HunyuanVideo's official code pads every prompt to 256
+# tokens, masked (Hunyuanvideo_Video_Edit/hyvideo/config.py line 101); the host does not, so this wing pads the
+# inversion's calls itself (`PADDED_HERE`, flow/text_padding.py), and a shorter target takes the bank's first tokens.
+TEXT_PADDED_TO = {"flux2": 512, "hunyuan_video": 256}
+PADDED_HERE = ("hunyuan_video",)
 
 
-def text_tokens(family_name: str, prompt_tokens: int) -> int:
-    """The text tokens a model call of the family sees for a prompt of `prompt_tokens`."""
+def text_tokens(family_name: str, prompt_tokens: int, source_tokens: int = 0) -> int:
+    """The text tokens a model call of the family sees for a prompt of `prompt_tokens`, as the bank counts them; while
+    sampling a bank whose source calls had `source_tokens`, a family padded here counts a target up to that length as
+    that length (it takes the bank's first tokens, text_padding.unpadded)."""
+    if family_name in PADDED_HERE and source_tokens:
+        return max(prompt_tokens, source_tokens)
     return max(prompt_tokens, TEXT_PADDED_TO.get(family_name, 0))
 
 
@@ -231,7 +240,12 @@ def text_first(net) -> bool:
     """Whether the single blocks put the text before the image tokens: all but HunyuanVideo, whose blocks hold
     [video, text] (comfy/ldm/hunyuan_video/model.py, `torch.cat((img, txt), 1)`; the official
     hyvideo/modules/models.py line 650 alike)."""
-    return not (_HUNYUAN_NET is not None and isinstance(net, _HUNYUAN_NET))
+    return not is_hunyuan_video(net)
+
+
+def is_hunyuan_video(net) -> bool:
+    """Whether a diffusion model (not its patcher) is the host's HunyuanVideo network."""
+    return _HUNYUAN_NET is not None and isinstance(net, _HUNYUAN_NET)
 
 
 def check_flux1(model_patcher, method: str) -> None:

@@ -1,19 +1,18 @@
-"""The Flux patches: record the source's q/k/v projections during inversion, overwrite them
-while sampling.
+"""The flow wing's patches (every family of `layers.FAMILIES`): record the source's q/k/v
+projections during inversion, overwrite them while sampling.
 
 Both are forward hooks on the sites' own projection modules (a double block's
 `img_attn.qkv`, a single block's `linear1`), registered by a DIFFUSION_MODEL wrapper for the
 one model call that needs them and removed in `finally`: no class swap, no block replace
 patch taken (another pack's ("single_block", i) replace patch still runs around ours), and
 LoRA keys stay intact. A hook reads or writes the site's q, k or v columns, for all tokens or
-the image tokens after the text. Injection is keyed by the call's sigma (FeatureBank.slot_at).
+the image tokens alone (after the text; before it on HunyuanVideo, `site_view`). Injection is keyed by the call's sigma (FeatureBank.slot_at).
 """
 from __future__ import annotations
 
 import inspect
-from typing import Callable
-
 import logging
+from typing import Callable
 
 import comfy.patcher_extension as ext
 import torch
@@ -21,9 +20,12 @@ import torch
 from .. import placement, region
 from ..errors import PnPError
 from ..inputs import check_whole_latent_prompts
-from ..model_calls import (SamplingRun, call_sigma, outside_compiler, rows_from_source, run_feed, sampling_run,
-                           without_wrappers)
+from ..model_calls import (SamplingRun, call_sigma, current_run, outside_compiler, rows_from_source, sampling_run,
+                           with_clock, without_wrappers)
+from ..recompute import Recomputed, SourceCalls
+from ..streaming import StepFeed
 from . import layers as flux_layers
+from . import text_padding
 from .bank import SCHEDULE_FIX, FeatureBank, image_count
 from .solvers import NAMES, solver_of
 
@@ -34,14 +36,19 @@ def call_parts(executor, args, kwargs):
     """context and transformer_options of a DIFFUSION_MODEL call, wherever the family's `_forward`
     puts them (Flux: x, timestep, context, y, guidance, ref_latents, control, transformer_options;
     Chroma: x, timestep, context, guidance, control, transformer_options)."""
+    return call_part(executor, args, kwargs, "context"), call_part(executor, args, kwargs, "transformer_options")
+
+
+def call_part(executor, args, kwargs, name: str):
+    """One argument of a DIFFUSION_MODEL call by its name in the family's `_forward` (None when not given)."""
     net_class = type(executor.class_obj)
     if net_class not in _POSITIONAL_NAMES:  # a plain dict: torch.compile traces this wrapper
         _POSITIONAL_NAMES[net_class] = list(inspect.signature(net_class._forward).parameters)[1:]  # without self
     names = _POSITIONAL_NAMES[net_class]
-
-    def part(name):
-        return kwargs[name] if name in kwargs else args[names.index(name)]
-    return part("context"), part("transformer_options")
+    if name in kwargs:
+        return kwargs[name]
+    index = names.index(name) if name in names else len(args)
+    return args[index] if index < len(args) else None
 
 
 _POSITIONAL_NAMES: dict[type, list[str]] = {}
@@ -76,27 +83,41 @@ class Recorder:
     """DIFFUSION_MODEL wrapper of the inversion: writes the sites' tensors of each call into
     the bank's tables under the slot its sigma belongs to (`inversion_slot`; calls outside the
     kept steps keep nothing), and keeps the raw model output (the velocity, readable at sigma 0
-    too, where the denoised estimate carries none)."""
+    too, where the denoised estimate carries none). For a bank that is recomputed while sampling
+    it also keeps each kept call's inputs (`calls`)."""
 
     def __init__(self, layers: flux_layers.FluxLayerSet, slot_of: Callable[[float], int | None],
-                 tables: placement.Tables, tokens: torch.Tensor | None = None):
+                 tables: placement.Tables, tokens: torch.Tensor | None = None, calls: SourceCalls | None = None):
         self.layers, self.slot_of, self.tables, self.tokens = layers, slot_of, tables, tokens  # tokens: image tokens kept
+        self.calls = calls
         self.velocity: torch.Tensor | None = None
         self.text_tokens: int | None = None
 
     def __call__(self, executor, *args, **kwargs):
         context, options = call_parts(executor, args, kwargs)
-        self.text_tokens = context.shape[1]
-        slot = self.slot_of(call_sigma(options))
+        self.text_tokens = text_padding.length(executor.class_obj, self.layers, context.shape[1])  # HunyuanVideo: 256
+        sigma = call_sigma(options)
+        slot = self.slot_of(sigma)
         hooks = {}
         if slot is not None:
-            def keep(site, tensor, view):
-                view = view.flatten(2)  # [batch, tokens, hidden]
-                self.tables.put(site.key(tensor), slot, view if self.tokens is None else view[:, self.tokens])
-            hooks = site_hooks(executor.class_obj, self.layers, context.shape[1], keep)
-        out = outside_compiler(hooks, executor, *args, **kwargs)
+            if self.calls is not None:
+                self.calls.keep(slot, sigma, args, kwargs, options, call_part(executor, args, kwargs, "control"))
+            hooks = site_hooks(executor.class_obj, self.layers, self.text_tokens,
+                               kept_views(self.tokens, context.device, lambda key, t: self.tables.put(key, slot, t)))
+        out = text_padding.call(self.text_tokens, hooks, executor, *args, **kwargs)  # every call padded, as official
         self.velocity = out.float()
         return out
+
+
+def kept_views(tokens: torch.Tensor | None, device: torch.device, put: Callable[[str, torch.Tensor], None]):
+    """site_hooks' act for a source call: each site's [batch, tokens, hidden] (the kept image tokens alone, where
+    `tokens` is given) goes to `put(key, t)`."""
+    tokens = None if tokens is None else tokens.to(device)  # once per call, not per site
+
+    def keep(site, tensor, view):
+        view = view.flatten(2)
+        put(site.key(tensor), view if tokens is None else view[:, tokens])
+    return keep
 
 
 class Injection:
@@ -120,12 +141,27 @@ class Injection:
         if self.inject:
             for cond in conds:
                 if cond.get("cross_attn") is not None:
-                    bank.check_text(cond["cross_attn"].shape[1])
+                    bank.check_text(cond["cross_attn"].shape[1], cond.get("attention_mask"))
         check_whole_latent_prompts(getattr(guider, "conds", None))
         check_sampler(bank, self.inject, sampler)
         note_departures(bank, self.inject, sampler, conds)
-        with sampling_run(guider, SamplingRun(self, placement.StepFeed(bank.tables))):
-            return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        with sampling_run(guider, self.new_run()):
+            return with_clock(executor, noise, latent_image, sampler, sigmas, *args, **kwargs)
+
+    def new_run(self) -> SamplingRun:
+        if self.bank.calls is not None:  # bank `recompute`: one slot at a time, each slot used by one evaluation
+            return SamplingRun(self, recomputed=Recomputed(keep_slots=1))
+        return SamplingRun(self, StepFeed(self.bank.tables))
+
+    def recompute(self, slot: int, executor, options: dict, x: torch.Tensor) -> dict:
+        """The bank's tensors of `slot`, computed again by the inversion's call there (bank `recompute`), in the
+        bank's dtypes, exactly as the Recorder kept them."""
+        bank, kept = self.bank, {}
+        hooks = site_hooks(executor.class_obj, bank.layers, bank.text_tokens,
+                           kept_views(bank.tokens, x.device, lambda key, t: kept.__setitem__(key, t.detach().clone())))
+        bank.calls.run(slot, executor, options, x.device,
+                       call=lambda ex, *args, **kwargs: text_padding.call(bank.text_tokens, hooks, ex, *args, **kwargs))
+        return {key: t.to(bank.tables[key].dtype) for key, t in kept.items()}
 
     def diffusion_model(self, executor, *args, **kwargs):
         context, options = call_parts(executor, args, kwargs)
@@ -136,17 +172,26 @@ class Injection:
         self.bank.check_latent(x.shape)
         self.bank.check_text(context.shape[1])
         chunks = len(options.get("cond_or_uncond", [0]))
-        feed = run_feed(options, self, self.bank.tables)
+        run = current_run(options, self, self.new_run)
+        if run.recomputed is not None:  # bank `recompute`: the inversion's call at this slot, run again
+            slices = run.recomputed.get(slot, lambda: self.recompute(slot, executor, options, x))
+
+            def fetch(key, like):
+                return slices[key].to(device=like.device, dtype=like.dtype)
+        else:
+            def fetch(key, like):
+                return run.feed.get(slot, key, like)
 
         tokens = None if self.bank.tokens is None else self.bank.tokens.to(x.device)  # once per call, not per site
 
         def inject(site, tensor, view):
             key = site.key(tensor)
-            target = view if tokens is None else view[:, tokens]
-            source = rows_from_source(feed.get(slot, key, target), view.shape[0], chunks)
-            if source.shape[1] != target.shape[1]:
-                raise token_mismatch(key, source.shape[1], target.shape[1])
-            source = source.reshape(target.shape)
+            shape = view.shape if tokens is None else (view.shape[0], len(tokens), *view.shape[2:])
+            source = rows_from_source(fetch(key, view), view.shape[0], chunks)
+            source = text_padding.unpadded(executor.class_obj, site, source, self.bank.text_tokens, context.shape[1])
+            if source.shape[1] != shape[1]:
+                raise token_mismatch(key, source.shape[1], shape[1])
+            source = source.reshape(shape)
             if tensor in site.added:
                 view.add_(source)
             elif tokens is None:

@@ -35,8 +35,8 @@ class InvertedNoise:
 
 
 def check_prompt(bank: FeatureBank, conditioning) -> None:
-    for context, _ in conditioning:
-        bank.check_text(context.shape[1])
+    for context, extras in conditioning:
+        bank.check_text(context.shape[1], extras.get("attention_mask"))
 
 
 def pnp_sample(model_patcher, bank: FeatureBank, positive, guidance: float = 5.0, inject: int = 20,

@@ -1,4 +1,5 @@
-"""The Flux sampling schedule of RF-Solver-Edit, exact at every step count and image size.
+"""The sampling schedules of the flow wing's edits: RF-Solver-Edit's on Flux.1, exact at every step
+count and image size, and its video edit's on HunyuanVideo (`video_sigmas`).
 
 Official code (wangjiangshan0725/RF-Solver-Edit at 3388e29), FLUX_Image_Edit/src/flux/sampling.py:
 `get_schedule` (line 58) takes `linspace(1, 0, steps + 1)` (line 66) and shifts it by
@@ -41,8 +42,9 @@ def official_sigmas(steps: int, tokens: int, shift: bool = True) -> torch.Tensor
 def sampling_sigmas(model_patcher, scheduler: str, steps: int, latent_shape) -> torch.Tensor:
     """The schedule of a Flux edit: `official` (RF-Solver-Edit's, from the latent's size; no
     shift for Flux.1 schnell, as edit.py), or one of ComfyUI's schedulers on the model's own
-    sampling settings (ModelSamplingFlux). Chroma and Flux.2 have no official edit code:
-    `official` is the model's own `simple` schedule there."""
+    sampling settings (ModelSamplingFlux). HunyuanVideo's `official` is its video edit's schedule
+    (`video_sigmas`); Chroma and Flux.2 have no official edit code: `official` is the model's own
+    `simple` schedule there."""
     family = layers.family_of(model_patcher)
     if scheduler == OFFICIAL and family is layers.HUNYUAN_VIDEO:
         return video_sigmas(steps)

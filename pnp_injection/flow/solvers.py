@@ -28,6 +28,8 @@ import torch
 from tqdm.auto import trange
 
 from ..errors import PnPError
+from ..model_calls import HOST_SIGMA
+from ..passes import model_call
 
 SOLVERS = ("rf_solver", "fireflow", "euler")
 NAMES = {"rf_solver": "RF-Solver", "fireflow": "FireFlow", "euler": "Euler"}
@@ -45,8 +47,9 @@ def walk(solver: str, velocity: Velocity, x: torch.Tensor, sigmas,
          after_step: Callable[[int, torch.Tensor], None] | None = None, disable: bool | None = True) -> torch.Tensor:
     """Move `x` along `sigmas` (either direction) with `solver`, calling `after_step(i, x)` after step i."""
     reused = None  # FireFlow: the previous step's midpoint velocity
-    for i in trange(len(sigmas) - 1, disable=disable):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+    levels = sigmas.tolist() if isinstance(sigmas, torch.Tensor) else list(sigmas)  # one read of the device per run
+    for i in trange(len(levels) - 1, disable=disable):
+        sigma, sigma_next = levels[i], levels[i + 1]
         dt = sigma_next - sigma
         v = reused if reused is not None else velocity(x, sigma, 0)
         if solver == "euler":
@@ -71,7 +74,7 @@ def _sampler_function(solver: str):
     @torch.no_grad()
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         """k-diffusion style sampler function (for comfy.samplers.KSAMPLER)."""
-        extra_args = extra_args or {}
+        call = model_call(model, extra_args or {})
         ones = x.new_ones([x.shape[0]])
         last = {}
 
@@ -81,7 +84,7 @@ def _sampler_function(solver: str):
                                f"readable there): sample from high to low sigmas; invert with a PnP Flux Inversion node.")
             # Older hosts (0.3.64) check for an interrupt only at progress updates, once per step.
             comfy.model_management.throw_exception_if_processing_interrupted()
-            denoised = model(x_, sigma * ones, **extra_args)
+            denoised = call(x_, sigma * ones, **{HOST_SIGMA: sigma})
             last[evaluation] = denoised
             return (x_ - denoised) / sigma
 

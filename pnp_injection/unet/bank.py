@@ -1,7 +1,7 @@
 """The feature bank: the source pass's tensors at each injected step (spec section 3)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import logging
 import time
@@ -9,11 +9,12 @@ import time
 import comfy.patcher_extension as ext
 import torch
 
-from .. import placement, region
+from .. import disk, notices, placement, region
 from ..errors import PnPError
 from ..inputs import check_same_architecture, check_source_size, check_whole_latent
-from ..model_calls import source_rows
+from ..model_calls import HOST_SIGMA, source_rows
 from ..passes import Progress, run_loop
+from ..recompute import SourceCalls
 from ..schedule import check_same_schedule, injected_steps
 from . import layers as layer_sets
 from .inversion import Trajectory
@@ -37,6 +38,8 @@ class FeatureBank:
     source_prompt: list | None = None                     # the source pass's conditioning (not saved to files)
     path: torch.Tensor | None = None                      # x(sigma_0) ... x(sigma_N): [N+1, B, C, H, W] (masked edits)
     mask: torch.Tensor | None = None                      # the source latent's noise_mask, if it carried one
+    calls: SourceCalls | None = None                      # the source passes, where the tables are recomputed
+    info: str = ""                                        # size, placement, kept steps, time (placement.report)
 
     @property
     def source_path(self) -> region.SourcePath | None:
@@ -105,14 +108,15 @@ class FeatureBank:
 
 def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, attention_steps: float = 0.5,
             preset: str = "auto", custom_layers: str = "", conditioning=None,
-            dtype: torch.dtype | None = None, device: str = "offload") -> FeatureBank:
+            dtype: torch.dtype | None = None, device: str = "offload", bank: str = "auto") -> FeatureBank:
     """Run the source pass at the first steps and keep the layers' tensors (spec section 3).
 
     At step i the U-Net sees the trajectory latent x(sigma_i) with the source prompt, unguided,
     nothing injected. ResBlock outputs are kept for i < int(N * feature_steps), attention inputs
     for i < int(N * attention_steps) (both fractions). They keep the U-Net's compute dtype unless
-    `dtype` is given (e.g. float16 for an fp32 model), and live where `device` says
-    (`placement.DEVICES`: by default in system memory, streamed to the U-Net step by step).
+    `dtype` is given (e.g. float16 for an fp32 model), and live where `bank` says (placement.MODES: in memory,
+    on `device` (placement.DEVICES: by default system memory, streamed to the U-Net step by step), in a file, or
+    recomputed while sampling from the source passes).
     """
     layers = layer_sets.resolve(model_patcher, preset, custom_layers)
     placement.check_device(device)  # before any U-Net work, not inside the recording hooks
@@ -127,11 +131,12 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
     passes = max(feature_count, attention_count)
     rows = trajectory.latents.shape[1]
     where = model_patcher.load_device if device == "model" else placement.bank_device(device, trajectory.latents)
-    placement.check_fits(estimate_bytes(model_patcher, layers, trajectory.latents.shape[1:], feature_count,
-                                        attention_count, dtype), where)
-    tables = placement.Tables(lambda key: feature_count if key[0] == "residual" else attention_count,
-                              device_for=lambda t: placement.bank_device(device, t), dtype=dtype)
-    recorder = Recorder(trajectory.sigmas, layers, feature_count, attention_count, rows, tables)
+    estimate = estimate_bytes(model_patcher, layers, trajectory.latents.shape[1:], feature_count, attention_count, dtype)
+    chosen = placement.choose(bank, estimate, where, disk.free_bytes, passes * placement.nbytes([trajectory.latents[0]]))
+    tables = placement.recording_tables(chosen, lambda key: feature_count if key[0] == "residual" else attention_count,
+                                        lambda t: placement.bank_device(device, t), dtype)
+    calls = SourceCalls(placement.storage_device()) if chosen.mode == "recompute" else None
+    recorder = Recorder(trajectory.sigmas, layers, feature_count, attention_count, rows, tables, calls)
 
     conditioning = conditioning or trajectory.conditioning
     check_whole_latent(conditioning, "The source prompt of PnP Capture Features")
@@ -145,8 +150,9 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
 
         def loop(model, x, sigmas):
             ones = x.new_ones(x.shape[0])
+            levels = trajectory.sigmas.tolist()
             for i in range(passes):
-                model(trajectory.latents[i].to(x), sigmas[i] * ones)
+                model(trajectory.latents[i].to(x), levels[i] * ones, **{HOST_SIGMA: levels[i]})
                 progress.step()
             return x
 
@@ -163,10 +169,13 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
         source_prompt=conditioning,
         path=trajectory.path,
         mask=trajectory.mask,
+        calls=calls,
     )
-    logging.info(f"PnP Capture Features: bank {placement.summary(bank.tables.values())}, {passes} source passes "
-                 f"in {time.perf_counter() - started:.1f} s")
-    return bank
+    info = placement.report("PnP Capture Features", chosen, bank.tables.values(), time.perf_counter() - started,
+                            f"ResBlocks at {feature_count} and attention at {attention_count} of {trajectory.steps} "
+                            f"steps", calls.nbytes() if calls is not None else 0)
+    notices.show(info)
+    return replace(bank, info=info)
 
 
 def estimate_bytes(model_patcher, layers: layer_sets.LayerSet, latent_shape, feature_count: int,

@@ -28,6 +28,7 @@ LEVELS = range(5)  # the latent halved 0 to 4 times: every resolution a U-Net's 
 
 def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
     """Write `bank` to `path` atomically (a partial file never carries the final name)."""
+    bank_file.check_savable(bank, FORMAT)
     tensors = {"sigmas": bank.sigmas, "start": bank.start}
     tensors.update({f"residual.{b}": t for b, t in bank.residual.items()})
     tensors.update({f"attention.{b}.{i}": t for (b, i), t in bank.attention.items()})

@@ -14,6 +14,7 @@ import comfy.samplers
 
 from ..errors import PnPError
 from ..inputs import check_number
+from ..model_calls import call_sigma
 from ..schedule import step_at
 from .layers import family_of
 
@@ -89,7 +90,7 @@ class NegativeScheduleGuider(comfy.samplers.CFGGuider):
     def weight_at(self, timestep, model_options) -> float:
         """alpha_i of the step this call belongs to (step 0 above the schedule's first sigma)."""
         sigmas = model_options["transformer_options"]["sample_sigmas"]
-        step = step_at(sigmas, float(timestep.reshape(-1)[0]))
+        step = step_at(sigmas, call_sigma(model_options["transformer_options"], timestep))
         return negative_weight(self.alpha, self.schedule, step or 0, len(sigmas) - 1)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):

@@ -10,6 +10,7 @@ import torch
 
 from .. import placement, region
 from ..inputs import check_latent, check_whole_latent
+from ..model_calls import HOST_SIGMA
 from ..passes import Progress, run_loop
 from ..schedule import sampling_sigmas
 from . import layers
@@ -78,7 +79,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
 
     def loop(model, x, fine_sigmas):
         # The encoded latent is x_vp at timestep 0; move to k-space at that level.
-        fine_sigmas = fine_sigmas.float()
+        fine_sigmas = fine_sigmas.float().tolist()  # one read of the device
         x = x / vp_scale(fine_sigmas[0])
         marks = Counter(record)  # a sampling sigma at timestep 0 is recorded at the start
         keep_latent(x, marks[0])
@@ -86,7 +87,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
         for j in range(len(fine_sigmas) - 1):
             a, b = fine_sigmas[j], fine_sigmas[j + 1]
             x_in = x * (vp_scale(a) / vp_scale(b))   # VP value x_vp(a), read at level b
-            eps = (x_in - model(x_in, b * ones)) / b
+            eps = (x_in - model(x_in, b * ones, **{HOST_SIGMA: b})) / b
             x = x + (b - a) * eps
             keep_latent(x, marks[j + 1])
             progress.step()

@@ -25,9 +25,11 @@ import torch
 from .. import region
 from ..errors import PnPError
 from ..inputs import check_whole_latent_prompts
-from ..model_calls import (SamplingRun, call_sigma, outside_compiler, rows_from_source, run_feed, sampling_run,
-                           without_wrappers)
-from ..placement import StepFeed, Tables
+from ..model_calls import (SamplingRun, call_sigma, current_run, outside_compiler, rows_from_source, sampling_run,
+                           with_clock, without_wrappers)
+from ..placement import Tables
+from ..recompute import Recomputed, SourceCalls
+from ..streaming import StepFeed
 from ..schedule import UNET_SCHEDULE_FIX, step_at
 from . import layers as layer_sets
 
@@ -121,22 +123,35 @@ class Recorder:
     extra evaluation at the same sigma can neither overwrite nor multiply the bank."""
 
     def __init__(self, sigmas: torch.Tensor, layers: layer_sets.LayerSet, feature_count: int,
-                 attention_count: int, rows: int, tables: Tables):
+                 attention_count: int, rows: int, tables: Tables, calls: SourceCalls | None = None):
         self.sigmas, self.layers, self.rows, self.tables = sigmas, layers, rows, tables
-        self.feature_count, self.attention_count = feature_count, attention_count
+        self.feature_count, self.attention_count, self.calls = feature_count, attention_count, calls
 
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-        step = step_at(self.sigmas, call_sigma(transformer_options))
-        residual = attention = None
-        if step is not None and step < self.feature_count:
-            def residual(block, out):
-                self.tables.put(("residual", block), step, out[: self.rows])
-        if step is not None and step < self.attention_count:
-            def attention(key, n):
-                if key in self.layers.attention:
-                    self.tables.put(("attention", key), step, n[: self.rows])
+        sigma = call_sigma(transformer_options)
+        step = step_at(self.sigmas, sigma)
+        if step is not None and step < max(self.feature_count, self.attention_count) and self.calls is not None:
+            self.calls.keep(step, sigma, (x[: self.rows], timesteps[: self.rows], context[: self.rows],
+                                          None if y is None else y[: self.rows], control, transformer_options),
+                            kwargs, transformer_options, control)
+        residual, attention = recording(self.layers, step, self.feature_count, self.attention_count,
+                                        lambda key, t: self.tables.put(key, step, t[: self.rows]))
         return unet_call(executor, self.layers, residual, attention,
                          x, timesteps, context, y, control, transformer_options, **kwargs)
+
+
+def recording(layers: layer_sets.LayerSet, step: int | None, feature_count: int, attention_count: int,
+              put: Callable[[tuple, torch.Tensor], None]):
+    """unet_call's `residual` and `attention` for a source pass at `step`: each kept tensor goes to `put(key, t)`."""
+    residual = attention = None
+    if step is not None and step < feature_count:
+        def residual(block, out):
+            put(("residual", block), out)
+    if step is not None and step < attention_count:
+        def attention(key, n):
+            if key in layers.attention:
+                put(("attention", key), n)
+    return residual, attention
 
 
 class Injection:
@@ -158,8 +173,8 @@ class Injection:
         self.bank.check_latent(latent_image.shape, batch=True)
         check_whole_latent_prompts(getattr(executor.class_obj, "conds", None))
         check_attention_chain(executor.class_obj.model_options, needed=self.attention_count > 0)
-        with sampling_run(executor.class_obj, SamplingRun(self, StepFeed(self.bank.tables))):
-            return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        with sampling_run(executor.class_obj, self.new_run()):
+            return with_clock(executor, noise, latent_image, sampler, sigmas, *args, **kwargs)
 
     def diffusion_model(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         step = step_at(self.bank.sigmas, call_sigma(transformer_options))
@@ -167,12 +182,21 @@ class Injection:
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         self.bank.check_latent(x.shape, batch=False)
         chunks = len(transformer_options.get("cond_or_uncond", [0]))
-        feed = run_feed(transformer_options, self, self.bank.tables)
+        run = current_run(transformer_options, self, self.new_run)
+        if run.recomputed is not None:  # bank `recompute`: the source pass of this step, run again
+            slices = run.recomputed.get(step, lambda: self.recompute(step, executor, transformer_options, x))
 
-        mask = None if self.inject_outside else transformer_options.get(region.RUN_KEY)
+            def fetch(key, like):
+                return slices[key].to(like)
+        else:
+            def fetch(key, like):
+                return run.feed.get(step, key, like)
+
+        masked = None if self.inject_outside else transformer_options.get(region.RUN_KEY)
+        mask = None if masked is None else masked[0]
 
         def source(kind: str, key, replaced: torch.Tensor, name: str) -> torch.Tensor:
-            step_tensor = feed.get(step, (kind, key), replaced)
+            step_tensor = fetch((kind, key), replaced)
             out = checked(rows_from_source(step_tensor, replaced.shape[0], chunks), replaced, name, transformer_options)
             if mask is None:
                 return out
@@ -192,6 +216,23 @@ class Injection:
                 return source("attention", key, n, attention_name(key)) if key in self.bank.attention else None
         return unet_call(executor, self.bank.layers, residual, attention,
                          x, timesteps, context, y, control, transformer_options, **kwargs)
+
+
+    def new_run(self) -> SamplingRun:
+        if self.bank.calls is not None:
+            return SamplingRun(self, recomputed=Recomputed())
+        return SamplingRun(self, StepFeed(self.bank.tables))
+
+    def recompute(self, step: int, executor, transformer_options, x: torch.Tensor) -> dict:
+        """The bank's tensors of `step`, computed again by its source pass (bank `recompute`), in the bank's dtypes."""
+        kept = {}
+        residual, attention = recording(self.bank.layers, step, self.feature_count, self.attention_count,
+                                        lambda key, t: kept.__setitem__(key, t.detach().clone()))
+        self.bank.calls.run(step, executor, transformer_options, x.device,
+                            call=lambda ex, *args, **kwargs: unet_call(ex, self.bank.layers, residual, attention,
+                                                                       *args, **kwargs))
+        tables = self.bank.tables
+        return {key: t.to(tables[key].dtype) for key, t in kept.items()}
 
 
 def check_attention_chain(model_options, needed: bool) -> None:

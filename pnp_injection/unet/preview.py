@@ -1,5 +1,5 @@
 """Pictures of captured features: the first three principal components as RGB (the
-paper's figure 3), to see what structure the bank carries over."""
+paper's figure 3), at the source image's size, to see what structure the bank carries over."""
 from __future__ import annotations
 
 import math
@@ -7,33 +7,18 @@ import math
 import torch
 
 from ..errors import PnPError
+from ..inputs import VAE_SCALE
+from ..preview import principal_components_rgb
 from .bank import FeatureBank
-
-
-def principal_components_rgb(features: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """[B, tokens, C] features on an h x w grid -> IMAGE [B, H, W, 3] in [0, 1].
-
-    The components are fitted over all rows together, so frames share one colour map.
-    """
-    rows, tokens, channels = features.shape
-    x = features.float().reshape(rows * tokens, channels)
-    x = x - x.mean(dim=0, keepdim=True)
-    _, _, v = torch.linalg.svd(x, full_matrices=False)
-    rgb = x @ v[: min(3, v.shape[0])].T
-    if rgb.shape[1] < 3:
-        rgb = torch.cat([rgb, rgb.new_zeros(rgb.shape[0], 3 - rgb.shape[1])], dim=1)
-    lo, hi = rgb.min(dim=0).values, rgb.max(dim=0).values
-    rgb = (rgb - lo) / (hi - lo).clamp_min(1e-8)
-    image = rgb.reshape(rows, *grid, 3).permute(0, 3, 1, 2)
-    image = torch.nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False)
-    return image.permute(0, 2, 3, 1).clamp(0, 1).cpu()
 
 
 def preview(bank: FeatureBank, step: int, kind: str = "resblock", block: int | None = None,
             index: int = 0) -> torch.Tensor:
     """PCA picture of the bank's ResBlock features, or of one self-attention layer's input (the
-    normed hidden state its queries and keys are projected from), at `step`."""
-    size = tuple(bank.start.shape[-2:])
+    normed hidden state its queries and keys are projected from), at `step`: IMAGE [rows, H, W, 3]
+    at the source image's size (VAE_SCALE pixels per latent cell), each feature cell a block."""
+    latent = tuple(bank.start.shape[-2:])
+    size = (latent[0] * VAE_SCALE, latent[1] * VAE_SCALE)
     if kind == "resblock":
         block = bank.layers.resblocks[0] if block is None and bank.layers.resblocks else block
         if block not in bank.residual:
@@ -53,6 +38,6 @@ def preview(bank: FeatureBank, step: int, kind: str = "resblock", block: int | N
     if not 0 <= step < held.shape[0]:
         raise PnPError(f"The bank holds attention for steps 0..{held.shape[0] - 1}; step {step} is not among them.")
     q = held[step]
-    factor = math.sqrt(size[0] * size[1] / q.shape[1])
-    grid = (round(size[0] / factor), round(size[1] / factor))
+    factor = math.sqrt(latent[0] * latent[1] / q.shape[1])
+    grid = (round(latent[0] / factor), round(latent[1] / factor))
     return principal_components_rgb(q, grid, size)

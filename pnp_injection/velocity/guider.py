@@ -18,6 +18,7 @@ import torch
 
 from ..errors import PnPError
 from ..inputs import check_finite
+from ..model_calls import patcher_without_step_caches
 from .calls import SIDE
 from .families import guidance_distilled
 from .sampling import AUTO
@@ -50,7 +51,10 @@ class EditGuider(comfy.samplers.CFGGuider):
 
     def __init__(self, model_patcher, source, target, negative=None, source_scale: float = AUTO,
                  target_scale: float = AUTO):
-        super().__init__(model_patcher)
+        # each step pairs a source and a target call at different points: a cache would answer one from the other
+        super().__init__(patcher_without_step_caches(model_patcher, "for this edit, as each step pairs a source and "
+                                                                    "a target call; the result is the edit without "
+                                                                    "the cache"))
         self.prompts, self.negative = {"source": source, "target": target}, negative
         self.requested = {"source": source_scale, "target": target_scale}
         self.rows = prompt_rows(target)
