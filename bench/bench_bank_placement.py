@@ -20,8 +20,13 @@ larger than the memory free is not made (it would swap); its figure is its size.
 takes are printed beside its memory bank's (on this machine the disk reads hit the page cache; bench/gpu_* has
 the GPU figures).
 
+`--edit` times whole edits instead (PnP Flux Inversion then PnP Flux Sampler, RF-Solver-Edit's rule) in each
+placement, side by side in one process (alternating rounds, the fastest of each), on Flux.1's block counts at
+width 512 on the CPU, with the model evaluations each makes: recompute adds one per injected slot.
+
     .venv/bin/python bench/bench_bank_placement.py
     .venv/bin/python bench/bench_bank_placement.py --case rf-solver-edit --modes disk recompute
+    .venv/bin/python bench/bench_bank_placement.py --edit
 """
 from __future__ import annotations
 
@@ -121,12 +126,50 @@ def measure(case: str, modes) -> None:
               f"{r['total_s']:.1f} s (recording {r['recorded_s']:.1f} s){ratio}")
 
 
+def edit_times(modes, rounds: int, size: int, steps: int, keep: int) -> None:
+    sys.path.insert(0, str(HERE.parents[1] / "tests"))
+    import conftest  # noqa: F401
+    import torch
+
+    import flux_harness as fh
+    from comfyui_pnp.nodes.flux import PnPFluxInversion, PnPFluxSampler
+    torch.set_num_threads(2)
+    model = fh.make_flux(seed=0, hidden=512, heads=4, axes=[16, 56, 56])
+    source, prompt, target = fh.latent(size=size), fh.conditioning(seed=5, tokens=32), fh.conditioning(seed=1, tokens=32)
+    block = model.model.diffusion_model.double_blocks[0]
+    best, calls, outs = {}, {}, {}
+    for _ in range(rounds):
+        for mode in modes:
+            seen = []
+            handle = block.register_forward_pre_hook(lambda m, a: seen.append(1))
+            started = time.perf_counter()
+            (bank,) = PnPFluxInversion.execute(model, {"samples": source}, prompt, steps, keep, 1.0, "rf-solver-edit",
+                                               "rf_solver", "official", "", mode).result
+            outs[mode] = PnPFluxSampler.execute(model, bank, target, 5.0, keep).result[0]["samples"]
+            elapsed = time.perf_counter() - started
+            handle.remove()
+            best[mode] = min(best.get(mode, elapsed), elapsed)
+            calls[mode] = len(seen)
+            del bank
+    print(f"whole edit (Flux.1 block counts at width 512, {size}x{size} latent, {steps} steps, {keep} kept, CPU, "
+          f"fastest of {rounds}):")
+    for mode in modes:
+        same = "same latent" if torch.equal(outs[mode], outs[modes[0]]) else "DIFFERENT latent"
+        print(f"  {mode:9}: {best[mode]:.2f} s = {best[mode] / best[modes[0]]:.2f}x {modes[0]}'s; "
+              f"{calls[mode]} model evaluations; {same}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=[*CASES, "all"], default="all")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--child", nargs=2, metavar=("CASE", "MODE"))
+    parser.add_argument("--edit", action="store_true", help="time whole edits in each placement instead")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.edit:
+        edit_times(args.modes, args.rounds, size=32, steps=6, keep=5)
+        return
     if args.child:
         print(json.dumps(child(*args.child)))
         return

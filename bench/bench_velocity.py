@@ -8,10 +8,13 @@ CPU: the real speed of the architecture):
 - seconds per evaluation relative to plain Euler sampling of the same model, latent and prompt, side by side in one
   process (alternating rounds; the fastest round of each);
 - peak resident memory beyond the loaded model, relative to plain sampling's, each in a fresh process (the peak is
-  reset after loading through /proc/self/clear_refs; no bank is kept: goal at most 1.1).
+  reset after loading through /proc/self/clear_refs; no bank is kept: goal at most 1.1). At small latents the
+  fixed costs (prompts, the guider's copies) outweigh the activations; `--layers 2` keeps the width and the
+  activations per block and makes a larger latent affordable.
 
     .venv/bin/python bench/bench_velocity.py
     .venv/bin/python bench/bench_velocity.py --frames 2 --size 16 --steps 6 --rounds 3
+    .venv/bin/python bench/bench_velocity.py --layers 2 --frames 3 --size 64 --steps 3 --memory-only
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ WAN_13B = {"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2)
 METHODS = ("plain", "flowedit", "uniedit", "rf_inversion")
 
 
-def setup():
+def setup(layers: int = WAN_13B["num_layers"]):
     sys.path.insert(0, str(HERE.parents[1] / "tests"))
     import conftest  # noqa: F401  (ComfyUI host on sys.path, CPU mode, the pack as comfyui_pnp)
     import torch
@@ -41,7 +44,7 @@ def setup():
     import comfy.model_patcher
     import comfy.supported_models as sm
     torch.set_num_threads(2)
-    config = sm.WAN21_T2V(dict(WAN_13B))
+    config = sm.WAN21_T2V({**WAN_13B, "num_layers": layers})
     config.set_inference_dtype(torch.bfloat16, None)
     base_model = comfy.model_base.WAN21(config, device="cpu")
     gen = torch.Generator().manual_seed(0)
@@ -91,9 +94,9 @@ def counted(model, fn) -> int:
     return sum(rows)
 
 
-def memory_child(method: str, frames: int, size: int, steps: int) -> dict:
+def memory_child(method: str, frames: int, size: int, steps: int, layers: int) -> dict:
     """Peak resident memory of one edit beyond the loaded model (a fresh process)."""
-    model = setup()
+    model = setup(layers)
     fn = runner(model, method, frames, size, steps)
     Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current resident size
     base = vm("VmRSS")
@@ -133,19 +136,24 @@ def main():
     parser.add_argument("--size", type=int, default=16, help="latent height and width (128 px)")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=WAN_13B["num_layers"],
+                        help="blocks of the model (fewer: the same width and activations per block, faster)")
+    parser.add_argument("--memory-only", action="store_true", help="skip the timing")
     parser.add_argument("--child", choices=METHODS)
     args = parser.parse_args()
     shape = (args.frames, args.size, args.steps)
     if args.child:
-        print(json.dumps(memory_child(args.child, *shape)))
+        print(json.dumps(memory_child(args.child, *shape, args.layers)))
         return
     memory = {}
     for method in METHODS:
         out = subprocess.run([sys.executable, str(HERE), "--child", method, "--frames", str(args.frames), "--size",
-                              str(args.size), "--steps", str(args.steps)], capture_output=True, text=True, check=True)
+                              str(args.size), "--steps", str(args.steps), "--layers", str(args.layers)],
+                             capture_output=True, text=True, check=True)
         memory[method] = json.loads(out.stdout.strip().splitlines()[-1])
-    seconds = timing(*shape, args.rounds)
-    print(f"Wan 2.1 T2V 1.3B, full size, bf16, CPU; latent [1, 16, {args.frames}, {args.size}, {args.size}], "
+    seconds = {m: float("nan") for m in METHODS} if args.memory_only else timing(*shape, args.rounds)
+    depth = "full size" if args.layers == WAN_13B["num_layers"] else f"{args.layers} of its 30 blocks"
+    print(f"Wan 2.1 T2V 1.3B, {depth}, bf16, CPU; latent [1, 16, {args.frames}, {args.size}, {args.size}], "
           f"{args.steps} steps")
     print(f"{'method':<14}{'evaluations':>12}{'official':>10}{'s / evaluation':>16}{'vs plain':>10}"
           f"{'added peak MiB':>16}{'vs plain':>10}")

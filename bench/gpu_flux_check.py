@@ -17,6 +17,12 @@ the inversion and 5 for the edit. Each figure comes from one process, in two chi
 It prints the bank's estimate and size, the peak system memory each child added beyond the
 loaded model, their difference against the bank (the target is at most 1.3), PnP / plain
 sampling time, and the peak GPU memory of each.
+
+`--method stable-flow` or `--method fireflow` times those presets instead (FireFlow: its solver, 8 steps, 1
+kept, guidance 2), whose first site is early in the network; `--bank disk` or `--bank recompute` keeps the bank
+there (placement.MODES) and counts the model evaluations of the PnP run against the plain one's:
+
+    .venv/bin/python bench/gpu_flux_check.py --method fireflow --bank disk
 """
 from __future__ import annotations
 
@@ -77,7 +83,14 @@ def full_flux(size: int):
     return patcher, prompts, latent, device
 
 
-def child(keep: int, size: int, rounds: int, steps: int) -> dict:
+METHODS = {  # preset, solver, guidance of the edit
+    "rf-solver-edit": ("rf-solver-edit", "rf_solver", 5.0),
+    "stable-flow": ("stable-flow", "rf_solver", 5.0),
+    "fireflow": ("fireflow", "fireflow", 2.0),
+}
+
+
+def child(keep: int, size: int, rounds: int, steps: int, method: str = "rf-solver-edit", bank_mode: str = "memory") -> dict:
     import torch
     patcher, prompts, latent, device = full_flux(size)
     import comfy.samplers
@@ -91,38 +104,46 @@ def child(keep: int, size: int, rounds: int, steps: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
     base = rss()
     start = time.perf_counter()
-    bank = inversion.invert(patcher, latent, prompts[0], steps, keep)
+    preset, solver, guidance = METHODS[method]
+    bank = inversion.invert(patcher, latent, prompts[0], steps, keep, preset, solver=solver, bank=bank_mode)
     inverted = time.perf_counter() - start
     layers = bank.layers
     out = {"keep": keep, "base": base, "after_inversion": rss(), "inversion_s": inverted,
            "bank": placement.nbytes(bank.tables.values()),
-           "estimate": flux_banks.estimate_bytes(patcher, layers, latent.shape, 256, keep * 2),
-           "pinned": all(t.is_pinned() for t in bank.tables.values()) if device.type == "cuda" and keep else None}
+           "estimate": flux_banks.estimate_bytes(patcher, layers, latent.shape, 256, bank.slots),
+           "pinned": all(t.is_pinned() for t in bank.tables.values())
+           if device.type == "cuda" and keep and bank_mode == "memory" else None}
     if device.type == "cuda":
         out["gpu_peak_inversion"] = torch.cuda.max_memory_allocated()
     if keep:
         def plain():
-            guided = inversion.with_guidance(prompts[1], 5.0)
+            guided = inversion.with_guidance(prompts[1], guidance)
             guider = comfy.samplers.CFGGuider(patcher)
             guider.set_conds(guided, guided)
             guider.set_cfg(1.0)
-            return passes.sample(guider, torch.zeros_like(bank.noise), solvers.sampler(), bank.sigmas,
+            return passes.sample(guider, torch.zeros_like(bank.noise), solvers.sampler(solver), bank.sigmas,
                                  noise=bank.noise.clone(), bar=False)
 
-        times = {"pnp": [], "plain": []}
+        times, evaluations = {"pnp": [], "plain": []}, {}
+        block = patcher.model.diffusion_model.double_blocks[0]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         for _ in range(rounds):
-            for name, fn in (("plain", plain), ("pnp", lambda: sampling.pnp_sample(patcher, bank, prompts[1], 5.0, keep))):
+            for name, fn in (("plain", plain),
+                             ("pnp", lambda: sampling.pnp_sample(patcher, bank, prompts[1], guidance, keep))):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
+                seen = []
+                handle = block.register_forward_pre_hook(lambda m, a: seen.append(1))
                 t = time.perf_counter()
                 result = fn()
+                handle.remove()
+                evaluations[name] = len(seen)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - t)
                 out[f"{name}_finite"] = bool(torch.isfinite(result).all())
-        out["times"] = times
+        out["times"], out["evaluations"], out["slots"] = times, evaluations, bank.slots
         if device.type == "cuda":
             out["gpu_peak_sampling"] = torch.cuda.max_memory_allocated()
     out["peak"] = rss()
@@ -134,16 +155,21 @@ def main():
     parser.add_argument("--size", type=int, default=128, help="latent size (128: 1024x1024)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--method", choices=list(METHODS), default="rf-solver-edit")
+    parser.add_argument("--bank", choices=["memory", "disk", "recompute"], default="memory")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.method == "fireflow" and args.steps == 25:
+        args.steps = 8  # FireFlow's own
     if args.child is not None:
-        print("RESULT " + json.dumps(child(args.child, args.size, args.rounds, args.steps)))
+        print("RESULT " + json.dumps(child(args.child, args.size, args.rounds, args.steps, args.method, args.bank)))
         return
     results = {}
-    keeps = (min(20, args.steps), 0)
+    keeps = (1 if args.method == "fireflow" else min(20, args.steps), 0)
     for keep in keeps:
         run = subprocess.run([sys.executable, str(HERE), "--child", str(keep), "--size", str(args.size),
-                              "--rounds", str(args.rounds), "--steps", str(args.steps)], capture_output=True, text=True)
+                              "--rounds", str(args.rounds), "--steps", str(args.steps), "--method", args.method,
+                              "--bank", args.bank], capture_output=True, text=True)
         lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
         if run.returncode or not lines:
             print(run.stdout[-3000:], run.stderr[-6000:])
@@ -161,6 +187,9 @@ def main():
     t = kept["times"]
     print(f"sampling, {args.steps} steps: PnP {min(t['pnp']):.1f} s, plain {min(t['plain']):.1f} s, ratio {min(t['pnp']) / min(t['plain']):.3f} "
           f"(rounds: {[round(a / b, 3) for a, b in zip(t['pnp'], t['plain'])]}); results finite: {kept.get('pnp_finite')}")
+    e = kept["evaluations"]
+    print(f"{args.method}, bank {args.bank}: model evaluations PnP {e['pnp']}, plain {e['plain']} (extra "
+          f"{e['pnp'] - e['plain']}; recompute adds one per injected slot: {kept['slots']} slots kept)")
     if "gpu_peak_sampling" in kept:
         print(f"peak GPU memory: inversion {kept['gpu_peak_inversion'] / gib:.1f} GiB (keeping nothing "
               f"{nothing['gpu_peak_inversion'] / gib:.1f} GiB), sampling {kept['gpu_peak_sampling'] / gib:.1f} GiB")

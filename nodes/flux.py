@@ -1,12 +1,12 @@
-"""The flow wing's nodes, named "Flux" and serving Flux.1, Chroma, Flux.2 and HunyuanVideo: RF-Solver
-and FireFlow inversion with feature keeping, injected sampling, the inverted latent as NOISE, the
-RF-Solver and FireFlow SAMPLERs, and Flux bank files. Thin shells over `pnp_injection.flow`."""
+"""The flow wing's nodes, named for the families they serve (Flux.1 and Flux.2 as "Flux", Chroma,
+HunyuanVideo): RF-Solver and FireFlow inversion with feature keeping, injected sampling, the inverted
+latent as NOISE, the RF-Solver and FireFlow SAMPLERs, and flow bank files. Thin shells over
+`pnp_injection.flow`."""
 from comfy_api.latest import io
-
-import comfy.samplers
 
 from ..pnp_injection.flow import bank_file as flux_bank_file
 from ..pnp_injection.flow import layers as flux_layers
+from ..pnp_injection.flow import official
 from ..pnp_injection.flow import patches as flux_patches
 from ..pnp_injection.flow import sampling as flux_sampling
 from ..pnp_injection.flow import schedule as flux_schedule
@@ -20,8 +20,15 @@ FluxFeatureBank = io.Custom("PNP_FLUX_BANK")
 
 SOURCE_TIP = ("The source image, VAE-encoded with the Flux VAE. A noise_mask on it (Set Latent Noise Mask) makes the "
               "edit regional: outside the mask the result is the source.")
-INJECT_TIP = ("Sampling steps (from the first) with the source's kept features injected (official: 20 of 25; at most "
-              "the bank's `keep_steps`). Higher keeps more of the source's structure; lower lets the prompt change more.")
+FAMILIES = "Flux/Chroma/HunyuanVideo"  # in the display names: the node search matches names and display names only
+INJECT_TIP = ("A count of sampling steps (not a fraction), from the first, with the source's kept features injected; "
+              "at most the bank's `keep_steps`. -1 (auto): every step the bank kept (official: 20 of 25 on Flux.1, 2 "
+              "on HunyuanVideo, 1 with FireFlow). Higher keeps more of the source's structure; lower lets the prompt "
+              "change more.")
+AUTO_STEPS_TIP = ("-1 (auto): the official count for the method on the model's family (RF-Solver-Edit: 25; FireFlow: "
+                  "8).")
+AUTO_KEEP_TIP = ("-1 (auto): the steps the official edit injects (RF-Solver-Edit: 20 on Flux.1, Chroma and Flux.2, 2 on "
+                 "HunyuanVideo; FireFlow: 1).")
 
 
 class PnPFluxInversion(io.ComfyNode):
@@ -29,11 +36,11 @@ class PnPFluxInversion(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PnPFluxInversion",
-            display_name="PnP Flux Inversion (RF-Solver)",
+            display_name=f"PnP {FAMILIES} Inversion (RF-Solver)",
             category=FLUX_CATEGORY,
             description="Inverts a source latent (Flux.1, Chroma, Flux.2; a HunyuanVideo clip) up to pure noise with "
                         "RF-Solver and keeps the source's "
-                        "attention features on the way (RF-Solver-Edit): the feature bank for PnP Flux Sampler.",
+                        "attention features on the way (RF-Solver-Edit): the feature bank for PnP Flux/Chroma/HunyuanVideo Sampler.",
             inputs=[
                 io.Model.Input("model", tooltip="A Flux.1 dev model; or Chroma or Flux.2 (with the 'by analogy' layers); or "
                                                 "HunyuanVideo with a video latent (RF-Solver-Edit's official video edit). "
@@ -43,11 +50,11 @@ class PnPFluxInversion(io.ComfyNode):
                                                               "On HunyuanVideo it is padded to 256 tokens and the padding "
                                                               "masked, as the official code (whose video example's source "
                                                               "prompt is empty)."),
-                io.Int.Input("steps", default=25, min=1, max=1000,
-                             tooltip="Steps of the inversion and of the sampling (official: 25)."),
-                io.Int.Input("keep_steps", default=20, min=0, max=1000,
-                             tooltip="Sampling steps (from the first) whose features the bank keeps: the most `inject` of "
-                                     "PnP Flux Sampler or PnP Flux Apply Feature Injection can use (official: 20)."),
+                io.Int.Input("steps", default=official.AUTO, min=official.AUTO, max=1000,
+                             tooltip=f"Steps of the inversion and of the sampling. {AUTO_STEPS_TIP}"),
+                io.Int.Input("keep_steps", default=official.AUTO, min=official.AUTO, max=1000,
+                             tooltip=f"Sampling steps (from the first) whose features the bank keeps: the most `inject` "
+                                     f"of the sampler can use. {AUTO_KEEP_TIP}"),
                 io.Float.Input("guidance", default=1.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Flux guidance of the inversion (official: 1). It replaces any FluxGuidance on the prompt."),
                 io.Combo.Input("layers", options=flux_layers.PRESET_NAMES, default="rf-solver-edit",
@@ -56,7 +63,7 @@ class PnPFluxInversion(io.ComfyNode):
                                        "rf-solver-edit (by analogy): values of all tokens in the second half of the single blocks, "
                                        "RF-Solver-Edit's rule carried to Chroma and Flux.2, which have no official code (Chroma "
                                        "19-37, Flux.2 24-47). fireflow: values "
-                                       "of all tokens in every single block (FireFlow's; PnP Flux Inversion (FireFlow) has its "
+                                       "of all tokens in every single block (FireFlow's; PnP Flux/Chroma/HunyuanVideo Inversion (FireFlow) has its "
                                        "other strategies). stable-flow: keys and values of the image tokens in double blocks "
                                        "0,1,17,18 and single blocks 6,9,34,35,37 (Stable Flow injects them at every step: set "
                                        "`keep_steps` and `inject` to `steps`)."),
@@ -74,8 +81,8 @@ class PnPFluxInversion(io.ComfyNode):
                 bank_input(),
             ],
             outputs=[FluxFeatureBank.Output("feature_bank", display_name="feature_bank",
-                                            tooltip="The inverted latent and the kept features: feed PnP Flux Sampler, "
-                                                    "PnP Flux Apply Feature Injection or PnP Flux Noise.")],
+                                            tooltip="The inverted latent and the kept features: feed PnP Flux/Chroma/HunyuanVideo Sampler, "
+                                                    "PnP Flux/Chroma/HunyuanVideo Apply Feature Injection or PnP Flux/Chroma/HunyuanVideo Noise.")],
         )
 
     @classmethod
@@ -85,10 +92,8 @@ class PnPFluxInversion(io.ComfyNode):
                                     solver, scheduler, guidance, latent.get("noise_mask"), bank=bank))
 
 
-# FireFlow's recommended editing settings: HolmesShuan/FireFlow-Fast-Inversion-of-Rectified-Flow-for-
-# Image-Semantic-Editing, README.md lines 168-176 (guidance 2, 8 steps, inject 1, layers 0-37,
-# sampling_strategy fireflow); the strategy replace_v is src/edit.py lines 277-279 (reuse_v 1).
-FIREFLOW_STEPS, FIREFLOW_INJECT, FIREFLOW_GUIDANCE = 8, 1, 2.0
+# FireFlow's recommended editing settings are official.FIREFLOW; its strategy replace_v is FireFlow's src/edit.py
+# lines 277-279 (reuse_v 1).
 
 
 class PnPFluxFireFlowInversion(io.ComfyNode):
@@ -96,25 +101,25 @@ class PnPFluxFireFlowInversion(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PnPFluxFireFlowInversion",
-            display_name="PnP Flux Inversion (FireFlow)",
+            display_name=f"PnP {FAMILIES} Inversion (FireFlow)",
             category=FLUX_CATEGORY,
             description="Inverts a source latent (Flux.1, Chroma, Flux.2; a HunyuanVideo clip) up to pure noise with "
                         "FireFlow's solver (one model evaluation per step, reusing the previous midpoint's velocity) and "
                         "keeps the source's attention features on the way, at FireFlow's recommended settings: 8 steps, "
                         "1 kept step, every single block (0-37 on Flux.1). "
-                        "The feature bank for PnP Flux Sampler (FireFlow).",
+                        "The feature bank for PnP Flux/Chroma/HunyuanVideo Sampler.",
             inputs=[
                 io.Model.Input("model", tooltip="A Flux.1 dev model (FireFlow's own); or Chroma, Flux.2 or HunyuanVideo, "
                                                 "which take FireFlow's layers over their own single blocks. Use the "
                                                 "same model for sampling."),
                 io.Latent.Input("latent", tooltip=SOURCE_TIP),
                 io.Conditioning.Input("conditioning", tooltip="The source prompt (a description of the source image, or empty)."),
-                io.Int.Input("steps", default=FIREFLOW_STEPS, min=1, max=1000,
-                             tooltip="Steps of the inversion and of the sampling (FireFlow: 8; 15 for hard edits). "
-                                     "Each costs one model evaluation, plus one per pass."),
-                io.Int.Input("keep_steps", default=FIREFLOW_INJECT, min=0, max=1000,
+                io.Int.Input("steps", default=official.AUTO, min=official.AUTO, max=1000,
+                             tooltip="Steps of the inversion and of the sampling (FireFlow: 8; 15 for hard edits). Each "
+                                     "costs one model evaluation, plus one per pass. -1 (auto): 8."),
+                io.Int.Input("keep_steps", default=official.AUTO, min=official.AUTO, max=1000,
                              tooltip="Sampling steps (from the first) whose features the bank keeps: the most `inject` of "
-                                     "the sampler can use (FireFlow: 1; 2 keeps more of the source)."),
+                                     "the sampler can use (FireFlow: 1; 2 keeps more of the source). -1 (auto): 1."),
                 io.Float.Input("guidance", default=1.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Flux guidance of the inversion (FireFlow: 1). It replaces any FluxGuidance on the prompt."),
                 io.Combo.Input("strategy", options=list(flux_layers.STRATEGIES), default="replace_v",
@@ -132,8 +137,8 @@ class PnPFluxFireFlowInversion(io.ComfyNode):
                 bank_input(),
             ],
             outputs=[FluxFeatureBank.Output("feature_bank", display_name="feature_bank",
-                                            tooltip="The inverted latent and the kept features: feed PnP Flux Sampler (FireFlow), "
-                                                    "or PnP Flux Apply Feature Injection and PnP Flux Noise with FireFlow Sampler "
+                                            tooltip="The inverted latent and the kept features: feed PnP Flux/Chroma/HunyuanVideo Sampler, "
+                                                    "or PnP Flux/Chroma/HunyuanVideo Apply Feature Injection and PnP Flux/Chroma/HunyuanVideo Noise with FireFlow Sampler "
                                                     "(PnP Flux).")],
         )
 
@@ -142,11 +147,11 @@ class PnPFluxFireFlowInversion(io.ComfyNode):
                 custom_layers="", bank="auto") -> io.NodeOutput:
         return io.NodeOutput(invert(model, latent["samples"], conditioning, steps, keep_steps,
                                     flux_layers.fireflow_preset(strategy), custom_layers, "fireflow", scheduler, guidance,
-                                    latent.get("noise_mask"), bank=bank, what="PnP Flux Inversion (FireFlow)"))
+                                    latent.get("noise_mask"), bank=bank, what="PnP Flux/Chroma/HunyuanVideo Inversion (FireFlow)"))
 
 
-def _inject_input(default: int = 20, tip: str = INJECT_TIP):
-    return io.Int.Input("inject", default=default, min=0, max=1000, tooltip=tip)
+def _inject_input(default: int = official.AUTO, tip: str = INJECT_TIP):
+    return io.Int.Input("inject", default=default, min=official.AUTO, max=1000, tooltip=tip)
 
 
 class PnPFluxSampler(io.ComfyNode):
@@ -154,20 +159,23 @@ class PnPFluxSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PnPFluxSampler",
-            display_name="PnP Flux Sampler",
+            display_name=f"PnP {FAMILIES} Sampler",
             category=FLUX_CATEGORY,
             description="Samples the target prompt from the inverted source with the bank's solver, replacing the "
                         "kept features at the first `inject` steps: the source's structure, the prompt's edit.",
             inputs=[
                 io.Model.Input("model", tooltip="The unpatched Flux model of the inversion."),
-                FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux Inversion."),
+                FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux/Chroma/HunyuanVideo Inversion."),
                 io.Conditioning.Input("positive", tooltip="The target prompt. All-token layers (rf-solver-edit) carry the "
                                                           "source's text values too: on HunyuanVideo the prompts are "
                                                           "padded to 256 tokens and masked as the official code, so any "
                                                           "length up to 256 works; on Chroma the target must encode to "
                                                           "the source's token count."),
-                io.Float.Input("guidance", default=5.0, min=0.0, max=100.0, step=0.1,
-                               tooltip="Flux guidance of the target (official: 5). It replaces any FluxGuidance on the prompt."),
+                io.Float.Input("guidance", default=official.AUTO, min=official.AUTO, max=100.0, step=0.1,
+                               tooltip="Guidance of the target (the embedded guidance of Flux.1, Flux.2 and HunyuanVideo; "
+                                       "Chroma has none). It replaces any FluxGuidance on the prompt. -1 (auto): the "
+                                       "official value for the bank's method and family (RF-Solver-Edit: 5, 6 on "
+                                       "HunyuanVideo; FireFlow: 2)."),
                 _inject_input(),
                 mask_input(),
             ],
@@ -184,19 +192,21 @@ class PnPFluxFireFlowSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PnPFluxFireFlowSampler",
-            display_name="PnP Flux Sampler (FireFlow)",
+            display_name=f"PnP {FAMILIES} Sampler (FireFlow)",
             category=FLUX_CATEGORY,
-            description="Samples the target prompt from a FireFlow-inverted source with FireFlow's solver, replacing "
-                        "the kept features at the first `inject` steps, at FireFlow's recommended settings (guidance 2, "
-                        "inject 1).",
+            description="Deprecated, kept so that saved workflows load: PnP Flux/Chroma/HunyuanVideo Sampler samples "
+                        "every bank with its own solver, FireFlow's included, and takes FireFlow's guidance 2 and its "
+                        "kept step when left at auto. This node samples FireFlow banks only, at guidance 2 and inject 1 "
+                        "by default.",
+            is_deprecated=True,
             inputs=[
                 io.Model.Input("model", tooltip="The unpatched Flux model of the inversion."),
-                FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux Inversion (FireFlow)."),
+                FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux/Chroma/HunyuanVideo Inversion (FireFlow)."),
                 io.Conditioning.Input("positive", tooltip="The target prompt."),
-                io.Float.Input("guidance", default=FIREFLOW_GUIDANCE, min=0.0, max=100.0, step=0.1,
+                io.Float.Input("guidance", default=official.FIREFLOW.guidance, min=0.0, max=100.0, step=0.1,
                                tooltip="Flux guidance of the target (FireFlow: 2; 3 for edits it resists). It replaces any "
                                        "FluxGuidance on the prompt."),
-                _inject_input(FIREFLOW_INJECT, "Sampling steps (from the first) with the source's kept features injected "
+                _inject_input(official.FIREFLOW.inject, "Sampling steps (from the first) with the source's kept features injected "
                                                "(FireFlow: 1; 2 keeps more of the source, with 15 steps). At most the bank's "
                                                "`keep_steps`. Higher keeps more of the source's structure; lower lets the "
                                                "prompt change more."),
@@ -207,10 +217,10 @@ class PnPFluxFireFlowSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, feature_bank, positive, guidance, inject, mask=None) -> io.NodeOutput:
-        flux_patches.refuse_kv_edit(feature_bank)  # before the solver: PnP Flux Sampler refuses it too
+        flux_patches.refuse_kv_edit(feature_bank)  # before the solver: PnP Flux/Chroma/HunyuanVideo Sampler refuses it too
         if feature_bank.solver != "fireflow":
-            raise PnPError(f"This bank was inverted with {feature_bank.solver}, not FireFlow: sample it with PnP Flux "
-                           f"Sampler, or invert with PnP Flux Inversion (FireFlow).")
+            raise PnPError(f"This bank was inverted with {feature_bank.solver}, not FireFlow: sample it with PnP {FAMILIES} "
+                           f"Sampler, or invert with PnP Flux/Chroma/HunyuanVideo Inversion (FireFlow).")
         return io.NodeOutput({"samples": flux_sampling.pnp_sample(model, feature_bank, positive, guidance, inject, mask)})
 
 
@@ -219,13 +229,13 @@ class PnPFluxApplyInjection(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PnPFluxApplyInjection",
-            display_name="PnP Flux Apply Feature Injection",
+            display_name=f"PnP {FAMILIES} Apply Feature Injection",
             category=FLUX_CATEGORY,
             description="A patched copy of the Flux model that injects the bank while SamplerCustomAdvanced samples it "
-                        "(with PnP Flux Noise's noise and sigmas, and the RF-Solver sampler).",
+                        "(with PnP Flux/Chroma/HunyuanVideo Noise's noise and sigmas, and the RF-Solver sampler).",
             inputs=[
                 io.Model.Input("model", tooltip="The Flux model of the inversion. It is not modified."),
-                FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux Inversion."),
+                FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux/Chroma/HunyuanVideo Inversion."),
                 _inject_input(),
                 mask_input(),
             ],
@@ -243,11 +253,11 @@ class PnPFluxNoise(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PnPFluxNoise",
-            display_name="PnP Flux Noise",
+            display_name=f"PnP {FAMILIES} Noise",
             category=FLUX_CATEGORY,
             description="The inverted source as NOISE, and the bank's schedule as SIGMAS, for SamplerCustomAdvanced. "
                         "Flux samplers multiply the latent image by 0 at sigma 1: the inverted latent must enter as the noise.",
-            inputs=[FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux Inversion.")],
+            inputs=[FluxFeatureBank.Input("feature_bank", tooltip="From PnP Flux/Chroma/HunyuanVideo Inversion.")],
             outputs=[
                 io.Noise.Output("noise", display_name="noise",
                                 tooltip="The inverted latent; give SamplerCustomAdvanced any latent of the source's size "
@@ -292,7 +302,7 @@ class PnPFireFlowSampler(io.ComfyNode):
             "PnPFireFlowSampler", "FireFlow Sampler (PnP Flux)",
             "FireFlow's step as a SAMPLER for SamplerCustomAdvanced: a midpoint step that reuses the previous step's "
             "midpoint velocity (one model evaluation per step, plus one; for flow models such as Flux). The sampler "
-            "of a bank from PnP Flux Inversion (FireFlow); search \"pnp flux\" or \"fireflow\" to find it.")
+            "of a bank from PnP Flux/Chroma/HunyuanVideo Inversion (FireFlow); search \"pnp flux\" or \"fireflow\" to find it.")
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
@@ -300,20 +310,20 @@ class PnPFireFlowSampler(io.ComfyNode):
 
 
 class PnPFluxSaveBank(SaveBank):
-    node_id, display_name, category = "PnPFluxSaveBank", "PnP Flux Save Feature Bank", FLUX_CATEGORY
+    node_id, display_name, category = "PnPFluxSaveBank", f"PnP {FAMILIES} Save Feature Bank", FLUX_CATEGORY
     description = ("Saves a Flux feature bank to ComfyUI's output folder (safetensors), to edit a source again "
                    "without inverting it.")
-    bank_tip, default_prefix = "From PnP Flux Inversion.", "pnp_flux_bank"
+    bank_tip, default_prefix = "From PnP Flux/Chroma/HunyuanVideo Inversion.", "pnp_flux_bank"
     bank_type, bank_format, save = FluxFeatureBank, flux_bank_file.FORMAT, staticmethod(flux_bank_file.save)
 
 
 class PnPFluxLoadBank(LoadBank):
-    node_id, display_name, category = "PnPFluxLoadBank", "PnP Flux Load Feature Bank", FLUX_CATEGORY
-    description = ("Loads a Flux feature bank saved by PnP Flux Save Feature Bank, from ComfyUI's input or output "
+    node_id, display_name, category = "PnPFluxLoadBank", f"PnP {FAMILIES} Load Feature Bank", FLUX_CATEGORY
+    description = ("Loads a Flux feature bank saved by PnP Flux/Chroma/HunyuanVideo Save Feature Bank, from ComfyUI's input or output "
                    "folder.")
     file_tip = (f"A Flux bank file ({flux_bank_file.SUFFIX}) in the input folder, or one saved in the output folder "
                 f"(marked [output]). Refresh the page to list a bank saved since.")
-    output_tip = "Use like the output of PnP Flux Inversion."
+    output_tip = "Use like the output of PnP Flux/Chroma/HunyuanVideo Inversion."
     bank_type, bank_format, load = FluxFeatureBank, flux_bank_file.FORMAT, staticmethod(flux_bank_file.load)
 
 

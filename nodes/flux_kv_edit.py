@@ -15,7 +15,7 @@ class PnPFluxKVEditInversion(io.ComfyNode):
             display_name="PnP Flux Inversion (KV-Edit)",
             category=FLUX_CATEGORY,
             description="KV-Edit's inversion of a Flux.1 source (Euler steps up to pure noise): keeps the path and the "
-                        "keys and values of the background (outside the mask) in every block, for PnP Flux Sampler "
+                        "keys and values of the background (outside the mask) in every block, for PnP Flux/Chroma/HunyuanVideo Sampler "
                         "(KV-Edit), which generates only the masked region. Defaults: KV-Edit's demo.",
             inputs=[
                 io.Model.Input("model", tooltip="A Flux.1 dev model. Use the same model for sampling."),

@@ -6,9 +6,10 @@ from ..pnp_injection import PnPError
 from ..pnp_injection.unet import guidance, patches, sampling
 from .types import CATEGORY, FeatureBank, Trajectory, mask_input
 
-FEATURE_TIP = ("Fraction of the steps with the source's ResBlock features injected (paper: 0.8). "
+FEATURE_TIP = ("A fraction of the steps (0-1, not a count) with the source's ResBlock features injected (paper: 0.8). "
                "Higher keeps more of the source's structure; lower follows the prompt more freely.")
-ATTENTION_TIP = ("Fraction of the steps with the source's self-attention queries/keys injected (paper: 0.5). "
+ATTENTION_TIP = ("A fraction of the steps (0-1, not a count) with the source's self-attention queries/keys injected "
+                 "(paper: 0.5). "
                  "Higher keeps the layout tighter; too high can leak the source's appearance.")
 
 

@@ -44,20 +44,20 @@ class PnPFluxFeaturePreview(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PnPFluxFeaturePreview",
-            display_name="PnP Flux Feature Preview",
+            display_name="PnP Flux/Chroma/HunyuanVideo Feature Preview",
             category=FLUX_CATEGORY,
             description="The first three principal components of a Flux-family bank's kept features (Flux.1, Chroma, "
                         "Flux.2, HunyuanVideo) as an RGB image (the paper's figure 3): the structure the injection "
                         "carries over from the source, one tensor of one block at one step.",
             inputs=[
-                FluxFeatureBank.Input("feature_bank", tooltip="From a PnP Flux Inversion node or PnP Flux Load Feature "
+                FluxFeatureBank.Input("feature_bank", tooltip="From a PnP Flux/Chroma/HunyuanVideo Inversion node or PnP Flux Load Feature "
                                                               "Bank."),
                 io.String.Input("site", default="",
                                 tooltip="The kept tensor to show, as <double|single>.<block>.<q|k|v>, e.g. "
                                         "'single.20.v'; empty: the bank's first. An error lists what the bank holds."),
                 io.Int.Input("step", default=-1, min=-1, max=1000,
                              tooltip="Sampling step (0 = the noisiest); -1: the first the bank holds. Only kept steps "
-                                     "can be shown (PnP Flux Inversion's keep_steps; KV-Edit: from skip_steps on)."),
+                                     "can be shown (PnP Flux/Chroma/HunyuanVideo Inversion's keep_steps; KV-Edit: from skip_steps on)."),
                 io.Int.Input("frame", default=0, min=-1, max=10000,
                              tooltip="For a video bank (HunyuanVideo): the latent frame (each is 4 video frames, the "
                                      "first 1); -1: every frame, one picture each. Images have frame 0 only."),

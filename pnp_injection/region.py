@@ -3,7 +3,7 @@ gives m of the edit and 1 - m of the source, so a feather blends. Shared by the 
 
 Outside the mask every model call of the sampling run sees the source's own path at the call's
 sigma (the U-Net trajectory of PnP DDIM Inversion or PnP Generate Source, the inverted path kept
-by PnP Flux Inversion), and gets back the prediction whose first-order step (DDIM, Euler,
+by PnP Flux/Chroma/HunyuanVideo Inversion), and gets back the prediction whose first-order step (DDIM, Euler,
 RF-Solver) lands on the path's next level, so the sampler's own latent stays on the path too.
 The final latent outside the mask is the path's end: the source. Inside (wherever the mask is
 above 0), the edit runs as without a mask, injection included; soft values then blend the edit

@@ -1,4 +1,4 @@
-"""Sampling schedules and sigma -> step keys, for every wing (spec sections 1 and 4).
+"""Sampling schedules and sigma -> step keys, for every wing (docs/pnp.md, sections 1 and 4).
 
 Everything is keyed by sigma, never by a step counter: a counter silently shifts or reverses
 when two schedules differ.
@@ -45,23 +45,47 @@ def step_at(sigmas: torch.Tensor, sigma: float) -> int | None:
     return int(at_or_above[-1]) if len(at_or_above) else None
 
 
-UNET_SCHEDULE_FIX = ("Sample with the same steps and scheduler as PnP DDIM Inversion, denoise 1.0 (or feed "
-                     "PnP Sigmas to SamplerCustomAdvanced).")
-
-
-def check_same_schedule(expected: torch.Tensor, given: torch.Tensor, points: int, what: str,
-                        fix: str = UNET_SCHEDULE_FIX) -> None:
-    """The sampler's first `points` sigmas must be the bank's: injection is keyed by them."""
+def check_same_schedule(expected: torch.Tensor, given: torch.Tensor, points: int, what: str, fix: str) -> None:
+    """The sampler's first `points` sigmas must be the bank's: injection is keyed by them. `fix` names the
+    calling wing's nodes that give the bank's schedule (each wing's SCHEDULE_FIX)."""
     given = given.detach().float().cpu()
     expected = expected.float().cpu()
     ok = len(given) >= points and torch.allclose(given[:points], expected[:points], rtol=SIGMA_RTOL, atol=1e-6)
     if not ok:
         shown = ", ".join(f"{float(s):.4f}" for s in given[: min(points, 4)])
         want = ", ".join(f"{float(s):.4f}" for s in expected[: min(points, 4)])
-        raise PnPError(
-            f"The sampler's sigmas ({shown}, ...) are not the {what}'s ({want}, ...) within the "
-            f"injection window. {fix}"
-        )
+        raise PnPError(f"{departure(expected, given)} {fix} (The sampler's sigmas: {shown}, ...; the {what}'s: "
+                       f"{want}, ...)")
+
+
+def departure(expected: torch.Tensor, given: torch.Tensor) -> str:
+    """How a sampler's schedule departs from the bank's, in the words of the widgets that set it."""
+    steps, bank_steps = len(given) - 1, len(expected) - 1
+    if steps != bank_steps:
+        return f"The sampler runs {steps} steps but the bank was made with {bank_steps}: set `steps` to {bank_steps}."
+    if float(given[0]) < float(expected[0]) * (1 - SIGMA_RTOL) - 1e-6:
+        return ("The sampling starts below the bank's first noise level: a denoise below 1.0 (or a start step above "
+                "0) skips the steps the bank was made for.")
+    return (f"The sampler runs the bank's {steps} steps on another schedule: set the `scheduler` (and the model's "
+            f"ModelSampling shift) that the inversion used.")
+
+
+def later_departure(expected: torch.Tensor, given: torch.Tensor) -> str | None:
+    """How a schedule that matches the bank's over the injected steps departs from it after them (a warning: the
+    injected steps are served, the rest is the user's choice), or None."""
+    given, expected = given.detach().float().cpu(), expected.float().cpu()
+    if len(given) == len(expected) and torch.allclose(given, expected, rtol=SIGMA_RTOL, atol=1e-6):
+        return None
+    if len(given) < len(expected):
+        ending = (f"stops after {len(given) - 1} of the bank's {len(expected) - 1} steps (the result is not fully "
+                  f"denoised)")
+    elif len(given) > len(expected):
+        ending = f"runs {len(given) - 1} steps where the bank has {len(expected) - 1}"
+    else:
+        ending = "leaves the bank's schedule after the injected steps (another scheduler or shift)"
+    return (f"PnP: the sampler {ending}. The injected steps follow the bank; the rest of the run is not the "
+            f"schedule the edit was inverted on. Sample with the inversion's steps and scheduler for the method's "
+            f"result.")
 
 
 # Flux.1's schedule (black-forest-labs/flux `get_schedule`, which RF-Solver-Edit, FireFlow and UniEdit-Flow's

@@ -77,7 +77,7 @@ CARDS = {
                               ("PnPFluxInversion", "PnPFluxApplyInjection", "PnPFluxNoise", "PnPRFSolverSampler")),
     "pnp-flux-fireflow": Card("Fast Flux edit (FireFlow)", "FireFlow's recommended settings: 8 steps, 1 injected, "
                               "18 model evaluations per edit.", "Flux.1 dev", "FireFlow",
-                              ("PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler")),
+                              ("PnPFluxFireFlowInversion", "PnPFluxSampler")),
     "pnp-flux-kv-edit": Card("Edit one region on Flux.1", "KV-Edit: only the masked region is generated; the rest "
                              "stays the source.", "Flux.1 dev", "KV-Edit",
                              ("PnPFluxKVEditInversion", "PnPFluxKVEditSampler"), "masked"),
@@ -131,6 +131,21 @@ def film(c: Canvas, look: dict, x: int, y: int, side: int, edge):
         c.picture(scene((side - 8) * SCALE, look), x + 4 * k, y - 4 * k, edge)
 
 
+def node_boxes(nodes, size: int, step: int, margin: int, y: int) -> list[tuple[float, float, float, str]]:
+    """Where each node's box goes (x, y, width, display name), rows of `step` from `y`, 18 units between boxes
+    on a row for the arrow."""
+    boxes, x = [], margin
+    for k, node in enumerate(nodes):
+        name = display_name(node)
+        width = font(size).getlength(name) / SCALE + 12
+        gap = 18 if k else 0
+        if x + gap + width > SIZE - margin:
+            x, y, gap = margin, y + step, 0
+        boxes.append((x + gap, y, width, name))
+        x += gap + width
+    return boxes
+
+
 def draw(card: Card) -> Image.Image:
     c = Card2(SIZE)
     margin, y = 16, 14
@@ -175,24 +190,19 @@ def draw(card: Card) -> Image.Image:
     notes = wrap(card.model, 12, right - left - side - 10, 2) + (["bank saved, reused"] if card.kind == "twice" else [])
     for k, line in enumerate(notes):
         c.text(((left + side + right) / 2, mid + 16 + 15 * k), line, size=12, color=MUTED, anchor="ma")
-    # The pack's nodes the graph runs.
-    y = top + side + 36
-    c.text((margin, y), "Nodes", size=13, color=MUTED)
-    y += 18
-    x = margin
-    for k, node in enumerate(card.nodes):
-        name = display_name(node)
-        width = font(14).getlength(name) / SCALE + 12
-        gap = 18 if k else 0  # room for the arrow from the previous node
-        if x + gap + width > SIZE - margin:
-            x, y, gap = margin, y + 28, 0
-        if gap:
-            c.arrow((x + 3, y + 11), (x + gap - 3, y + 11), MUTED, width=1, head=5)
-        c.box(x + gap, y, x + gap + width, y + 22, TARGET_TINT, TARGET_EDGE, radius=5, width=1)
-        c.text((x + gap + 6, y + 4), name, size=14)
-        x += gap + width
-    if y + 22 > SIZE - 4:
+    # The pack's nodes the graph runs: at 14 px, or 12 px with tighter rows where long names need more rows.
+    c.text((margin, top + side + 36), "Nodes", size=13, color=MUTED)
+    for size, step in ((14, 28), (12, 24)):
+        boxes = node_boxes(card.nodes, size, step, margin, top + side + 54)
+        if boxes[-1][1] + step - 6 <= SIZE - 4:
+            break
+    else:
         raise ValueError(f"{card.title!r}: its nodes do not fit the card")
+    for k, (x, y, width, name) in enumerate(boxes):
+        if k and x > margin:  # an arrow from the previous node on the same row
+            c.arrow((x - 15, y + step // 2 - 3), (x - 3, y + step // 2 - 3), MUTED, width=1, head=5)
+        c.box(x, y, x + width, y + step - 6, TARGET_TINT, TARGET_EDGE, radius=5, width=1)
+        c.text((x + 6, y + (step - 6 - size) / 2 - 1), name, size=size)
     return c.img.resize((SIZE, SIZE), Image.LANCZOS)
 
 

@@ -104,7 +104,7 @@ def with_reference(conditioning, seed: int = 7, size: int = 16):
 
 
 def custom_advanced(model, bank, prompt, sampler_name=None, latent_image=None, guidance=5.0):
-    """The advanced route: SamplerCustomAdvanced with FluxGuidance, BasicGuider, PnP Flux Noise's
+    """The advanced route: SamplerCustomAdvanced with FluxGuidance, BasicGuider, PnP Flux/Chroma/HunyuanVideo Noise's
     NOISE and SIGMAS, and the RF-Solver SAMPLER (or a ComfyUI sampler by name)."""
     noise, sigmas = PnPFluxNoise.execute(bank).result
     (conditioning,) = run_node(FluxGuidance, prompt, guidance)
@@ -127,7 +127,7 @@ STEPS, INJECT = 6, 5  # the Flux tests' default steps and injected (kept) steps
 
 def invert(model, source=None, prompt=None, solver="rf_solver", layers="rf-solver-edit", steps=STEPS, keep_steps=INJECT,
            custom=""):
-    """PnP Flux Inversion of `source` (default: `latent()`) with `prompt` (default: `conditioning(seed=5)`)."""
+    """PnP Flux/Chroma/HunyuanVideo Inversion of `source` (default: `latent()`) with `prompt` (default: `conditioning(seed=5)`)."""
     source = latent() if source is None else source
     prompt = prompt or conditioning(seed=5)
     (bank,) = PnPFluxInversion.execute(model, {"samples": source}, prompt, steps, keep_steps, 1.0, layers, solver,
@@ -136,7 +136,7 @@ def invert(model, source=None, prompt=None, solver="rf_solver", layers="rf-solve
 
 
 def pnp(model, bank, prompt, inject=INJECT, guidance=5.0):
-    """PnP Flux Sampler's latent."""
+    """PnP Flux/Chroma/HunyuanVideo Sampler's latent."""
     (out,) = PnPFluxSampler.execute(model, bank, prompt, guidance, inject).result
     return out["samples"]
 

@@ -243,3 +243,10 @@ def compile_unavailable(backend: str) -> str | None:
         except Exception as e:  # noqa: BLE001 (any failure to find a compiler means: skip)
             return f"inductor needs a C++ compiler on the CPU: {e}"
     return None
+
+
+# The README's U-Net bank figures ("Which method?"): the bank at the paper's defaults (50 steps, 0.8 / 0.5, layers
+# `auto`) with the source's path and start latent (float32), SD 1.5 at 512x512 and SDXL at 1024x1024, in MiB.
+# test_bank_memory recomputes them from the engine's estimate; test_readme finds them on the front page.
+README_BANK_MIB = {("sd15", torch.float16): 341, ("sdxl", torch.float16): 1988,
+                   ("sd15", torch.float32): 678, ("sdxl", torch.float32): 3963}

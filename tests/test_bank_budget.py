@@ -147,7 +147,7 @@ def harness_sample(model, start, bank, positive, negative):
 
 
 def test_a_batch_of_prompts_gives_one_latent_per_prompt(sd15, flux):
-    """PnP Sampler and PnP Flux Sampler given a two-prompt conditioning return two latents, each
+    """PnP Sampler and PnP Flux/Chroma/HunyuanVideo Sampler given a two-prompt conditioning return two latents, each
     the edit of its own prompt. Fails if the batch is cut to one (the first prompt's edit)."""
     empty = harness.conditioning(seed=5)
     bank = banks.capture(sd15, inversion.invert(sd15, harness.latent(), empty, STEPS, STEPS))
@@ -206,12 +206,12 @@ def test_capture_and_inversion_log_size_place_and_time(sd15, flux, caplog):
     trajectory = run("PnP DDIM Inversion", sd15,
                      lambda m: inversion.invert(m, harness.latent(), harness.conditioning(seed=5), STEPS, STEPS))
     run("PnP Capture Features", sd15, lambda m: banks.capture(m, trajectory))
-    run("PnP Flux Inversion", flux, lambda m: flux_inversion.invert(m, fh.latent(), fh.conditioning(seed=5), STEPS, 3,
+    run("PnP Flux/Chroma/HunyuanVideo Inversion", flux, lambda m: flux_inversion.invert(m, fh.latent(), fh.conditioning(seed=5), STEPS, 3,
                                                                     custom_layers=SMALL_FLUX_LAYERS))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("PnP")]
     assert any(line.startswith("PnP DDIM Inversion: trajectory") and "MiB on cpu" in line for line in lines), lines
     assert any(line.startswith("PnP Capture Features: bank of") and "KiB in memory" in line for line in lines), lines
-    assert any(line.startswith("PnP Flux Inversion: bank of") and "KiB in memory" in line for line in lines), lines
+    assert any(line.startswith("PnP Flux/Chroma/HunyuanVideo Inversion: bank of") and "KiB in memory" in line for line in lines), lines
     for name, (floor, ceiling) in spans.items():
         (line,) = [line for line in lines if line.startswith(f"{name}: ")]
         shown = TIME_SHOWN.search(line)

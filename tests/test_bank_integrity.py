@@ -29,7 +29,7 @@ from comfyui_pnp.pnp_injection.unet import inversion as unet_inversion
 
 DAMAGED = "is a damaged or edited bank file"
 UNET_FIX = "Capture the source again and save the bank with PnP Save Feature Bank."
-FLUX_FIX = "Invert the source again and save the bank with PnP Flux Save Feature Bank."
+FLUX_FIX = "Invert the source again and save the bank with PnP Flux/Chroma/HunyuanVideo Save Feature Bank."
 FLUX_LAYERS = "double.0:v; single.0:v; single.1:k@image"  # image-stream, all-token and image-token sites
 
 

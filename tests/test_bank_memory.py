@@ -71,19 +71,13 @@ def full_size_unet(arch: str):
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
-# README's figures (Speed and memory): the bank at the paper's defaults (50 steps, 0.8 / 0.5, layers `auto`), with
-# the source's path and start latent (float32): SD 1.5 at 512x512, SDXL at 1024x1024.
-README_MIB = {("sd15", torch.float16): 341, ("sdxl", torch.float16): 1988,
-              ("sd15", torch.float32): 678, ("sdxl", torch.float32): 3963}
-
-
 def test_the_paper_default_bank_fits_its_budget():
     """SD 1.5 at 512x512 and SDXL at 1024x1024 (`auto`), 50 steps, 0.8 / 0.5: the engine's estimate on the full-size
     U-Nets, with the path and start (51 + 1 float32 latents), is README's figure to the MiB (fp16 and fp32), and in
     fp16 within 381 MiB and 2 GiB. Fails if the engine would keep more than README says, or the figures drift."""
     from comfyui_pnp.pnp_injection.unet import layers as layer_sets
 
-    for (arch, dtype), mib in README_MIB.items():
+    for (arch, dtype), mib in harness.README_BANK_MIB.items():
         model = full_size_unet(arch)
         assert sum(p.numel() for p in model.model.diffusion_model.parameters()) > (2.5e9 if arch == "sdxl" else 8.5e8)
         latent = (512 if arch == "sd15" else 1024) // 8

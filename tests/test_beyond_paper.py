@@ -135,7 +135,7 @@ def test_alpha_one_constant_equals_plain_guidance(guided):
 
 
 def test_schedule_matches_the_formula_step_by_step(guided):
-    """Each step's guided prediction equals the spec's combination of three separate
+    """Each step's guided prediction equals docs/pnp.md section 5's combination of three separate
     single-prompt evaluations at the same x; the source prompt is the default negative."""
     model, empty, target, source, bank = guided
     steps = bank.steps

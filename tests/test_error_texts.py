@@ -7,7 +7,7 @@ import harness
 from comfyui_pnp.nodes.bank_files import PnPLoadFeatureBank
 from comfyui_pnp.pnp_injection import PnPError
 from comfyui_pnp.pnp_injection.unet import bank as banks
-from comfyui_pnp.pnp_injection.unet import inversion, layers, patches, sampling
+from comfyui_pnp.pnp_injection.unet import inversion, patches, sampling
 from harness import plain_sample, rewrite, save_and_stage
 
 
@@ -50,10 +50,11 @@ def test_catalogue(setup, folders):
             "`feature_steps` in PnP Capture Features to at least 0.8."),
         "other sigmas": (
             lambda: plain_sample(patched, start, karras, empty, empty, 7.5),
-            f"The sampler's sigmas ({', '.join(f'{float(s):.4f}' for s in karras[:3])}, ...) are not the "
-            f"feature bank's ({', '.join(f'{float(s):.4f}' for s in bank.sigmas[:3])}, ...) within the injection "
-            f"window. Sample with the same steps and scheduler as PnP DDIM Inversion, denoise 1.0 (or feed PnP "
-            f"Sigmas to SamplerCustomAdvanced)."),
+            f"The sampler runs the bank's {len(karras) - 1} steps on another schedule: set the `scheduler` (and the "
+            f"model's ModelSampling shift) that the inversion used. Sample with the same steps and scheduler as PnP "
+            f"DDIM Inversion, denoise 1.0 (or feed PnP Sigmas to SamplerCustomAdvanced). (The sampler's sigmas: "
+            f"{', '.join(f'{float(s):.4f}' for s in karras[:3])}, ...; the feature bank's: "
+            f"{', '.join(f'{float(s):.4f}' for s in bank.sigmas[:3])}, ...)"),
         "latent size": (
             lambda: plain_sample(patched, torch.zeros(1, 4, 24, 24), bank.sigmas, empty, empty, 7.5),
             "The latent is 192x192 px but the feature bank was made at 128x128 px: PnP injects into a "
@@ -65,8 +66,9 @@ def test_catalogue(setup, folders):
         "no resblocks": (
             lambda: inversion.invert(flux, torch.zeros(1, 16, 8, 8), empty, 4, 4),
             "PnP needs a U-Net with decoder ResBlocks (SD 1.x, SD 2.x, SDXL); this model is Flux, a transformer "
-            "(DiT/flow) model with no ResBlocks. Load an SD 1.x, 2.x or SDXL checkpoint, or for Flux.1 use "
-            "the PnP Flux nodes (PnP Flux Inversion, PnP Flux Sampler)."),
+            "(DiT/flow) model with no ResBlocks. Load an SD 1.x, 2.x or SDXL checkpoint, or edit this model with "
+            "PnP Flux/Chroma/HunyuanVideo Inversion and PnP Flux/Chroma/HunyuanVideo Sampler, or with PnP FlowEdit, "
+            "PnP UniEdit-Flow or PnP RF-Inversion."),
         "nan latent": (
             lambda: inversion.invert(model, torch.full((1, 4, 16, 16), float("nan")), empty, 5, 5),
             "The source latent contains NaN or infinite values: re-encode the source image."),

@@ -1,11 +1,12 @@
-"""Fidelity: our nodes against an independent diffusers implementation of the spec.
+"""Fidelity: our nodes against an independent diffusers implementation of the
+algorithm in docs/pnp.md (sections 1-4).
 
-The reference below is written from the spec in VP space, the way the official diffusers
+The reference below is written from that algorithm in VP space, the way the official diffusers
 code works (alphas_cumprod, DDIM updates, a batch of [source, uncond, cond] whose source
 row feeds the injected layers of the other rows), on a diffusers UNet2DConditionModel that
 holds the same random weights as the ComfyUI U-Net (mapped with ComfyUI's own
 diffusers key mapping). Fails if any of inversion, layer choice, injected steps, row
-mapping or guidance differs from the spec.
+mapping or guidance differs from docs/pnp.md.
 """
 import comfy.utils
 import pytest
@@ -39,7 +40,7 @@ def diffusers_twin(model):
 
 
 class Reference:
-    """The spec, in VP space, on diffusers modules."""
+    """docs/pnp.md's algorithm, in VP space, on diffusers modules."""
 
     def __init__(self, unet):
         self.unet = unet

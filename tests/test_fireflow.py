@@ -39,7 +39,7 @@ def edit(model, bank, prompt, inject=INJECT, guidance=GUIDANCE):
 
 
 def advanced(model, bank, prompt, inject=INJECT, guidance=GUIDANCE, sampler=None):
-    """SamplerCustomAdvanced with PnP Flux Apply Feature Injection, PnP Flux Noise and a SAMPLER
+    """SamplerCustomAdvanced with PnP Flux/Chroma/HunyuanVideo Apply Feature Injection, PnP Flux/Chroma/HunyuanVideo Noise and a SAMPLER
     (default: FireFlow Sampler (PnP Flux))."""
     (patched,) = PnPFluxApplyInjection.execute(model, bank, inject).result
     noise, sigmas = PnPFluxNoise.execute(bank).result
@@ -52,7 +52,7 @@ def advanced(model, bank, prompt, inject=INJECT, guidance=GUIDANCE, sampler=None
 
 
 def by_route(route, model, bank, prompt, inject=INJECT):
-    """The edit through PnP Flux Sampler (FireFlow) ("sampler") or SamplerCustomAdvanced ("advanced")."""
+    """The edit through PnP Flux/Chroma/HunyuanVideo Sampler (FireFlow) ("sampler") or SamplerCustomAdvanced ("advanced")."""
     return edit(model, bank, prompt, inject) if route == "sampler" else advanced(model, bank, prompt, inject)
 
 
@@ -153,7 +153,7 @@ def test_one_step_reads_the_first_evaluation_too(model, prompts):
 
 
 def test_inject_zero_is_plain_fireflow_sampling_bit_for_bit(model, prompts, recommended):
-    """PnP Flux Sampler (FireFlow) at inject 0 = FireFlow Sampler (PnP Flux) on the unpatched
+    """PnP Flux/Chroma/HunyuanVideo Sampler (FireFlow) at inject 0 = FireFlow Sampler (PnP Flux) on the unpatched
     model from the inverted latent, through SamplerCustomAdvanced."""
     bank = recommended["bank"]
     noise, sigmas = PnPFluxNoise.execute(bank).result
@@ -207,9 +207,9 @@ def test_banks_refuse_the_other_solver_before_any_model_call(model, prompts, rec
         with harness.CountCalls(model) as counter, pytest.raises(PnPError, match=match):
             advanced(model, bank, prompts[1], inject=1, sampler=sampler)
         assert counter.calls == 0
-    with pytest.raises(PnPError, match="inverted with rf_solver, not FireFlow.*PnP Flux Sampler"):
+    with pytest.raises(PnPError, match="inverted with rf_solver, not FireFlow.*PnP Flux/Chroma/HunyuanVideo Sampler"):
         edit(model, rf_bank, prompts[1])
-    # PnP Flux Sampler samples any bank with the bank's own solver: FireFlow's here
+    # PnP Flux/Chroma/HunyuanVideo Sampler samples any bank with the bank's own solver: FireFlow's here
     (out,) = PnPFluxSampler.execute(model, fireflow_bank, prompts[1], GUIDANCE, INJECT).result
     assert torch.equal(out["samples"], edit(model, fireflow_bank, prompts[1]))
 

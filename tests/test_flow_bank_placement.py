@@ -1,4 +1,4 @@
-"""Where a flow bank's tables live (`bank` on PnP Flux Inversion, its FireFlow and KV-Edit nodes): memory, a file
+"""Where a flow bank's tables live (`bank` on PnP Flux/Chroma/HunyuanVideo Inversion, its FireFlow and KV-Edit nodes): memory, a file
 in ComfyUI's temp folder, or recomputed while sampling from the inversion's own calls. For RF-Solver-Edit, FireFlow
 and KV-Edit on Flux.1, for Chroma and Flux.2, and for HunyuanVideo (a source prompt shorter than the target, so
 its text is padded to 256 as the official code does): every mode gives the same edited latent bit for bit,
@@ -151,7 +151,7 @@ def test_the_flow_nodes_show_their_bank_and_a_disk_bank_saves(monkeypatch, tmp_p
     with CurrentNodeContext("prompt", "7"):
         bank = invert("disk")
     assert shown == [("7", bank.info)]
-    assert bank.info.startswith("PnP Flux Inversion: bank of ") and "3 of 4 steps of rf_solver" in bank.info
+    assert bank.info.startswith("PnP Flux/Chroma/HunyuanVideo Inversion: bank of ") and "3 of 4 steps of rf_solver" in bank.info
     path = flux_bank_file.save(bank, tmp_path / "b.pnpfluxbank.safetensors")
     assert torch.equal(edit(flux_bank_file.load(path)), edit(bank))
     with pytest.raises(PnPError, match="keeps no tables.*memory or disk"):

@@ -45,14 +45,17 @@ def other_families():
 
 
 def test_wrong_family():
-    """U-Nets and other transformer families get an error naming what is supported."""
+    """U-Nets and other transformer families get an error naming what is supported and the nodes that
+    take the model: PnP DDIM Inversion for a U-Net, the velocity edits for another rectified-flow model
+    (HunyuanVideo 1.5 is one: "not yet HunyuanVideo 1.5" was wrong once the velocity edits ran on it)."""
     sd15 = harness.make_model("sd15")
-    refuses(sd15, r"Flux.1 dev/schnell/Kontext, Chroma, Flux.2 and HunyuanVideo \(the PnP Flux nodes\).*HunyuanVideo 1.5.*"
-                  r"this model is SD15, a U-Net",
+    refuses(sd15, r"run on Flux.1 dev/schnell/Kontext, Chroma, Flux.2 and HunyuanVideo; this model is SD15, a U-Net\. "
+                  r"Load a Flux.1, Chroma, Flux.2 or HunyuanVideo checkpoint for these nodes, or use PnP DDIM Inversion",
             lambda: invert(sd15, fh.latent(), harness.conditioning()))
     for other in other_families():
-        refuses(other, "not yet .*HunyuanVideo 1.5; this model is HunyuanVideo15, another transformer family. Load a "
-                       "Flux.1, Chroma, Flux.2 or HunyuanVideo checkpoint",
+        refuses(other, "this model is HunyuanVideo15, another rectified-flow model. Load a Flux.1, Chroma, Flux.2 or "
+                       "HunyuanVideo checkpoint for these nodes, or edit this one with PnP FlowEdit, PnP UniEdit-Flow "
+                       "or PnP RF-Inversion",
                 lambda: invert(other))
     # and the U-Net nodes keep refusing Flux
     flux = fh.make_flux(double=1, single=1)
@@ -74,7 +77,7 @@ def test_bad_inject_and_layers(flux):
     refuses(model, "give 0 to 6", lambda: invert(model, keep_steps=7))
     refuses(model, "give 0 to 6", lambda: pnp(model, bank, target, inject=9))
     short = invert(model, keep_steps=2)
-    refuses(model, "holds 2: raise `keep_steps` in PnP Flux Inversion to at least 4", lambda: pnp(model, short, target, 4))
+    refuses(model, "holds 2: raise `keep_steps` in PnP Flux/Chroma/HunyuanVideo Inversion to at least 4", lambda: pnp(model, short, target, 4))
     refuses(model, "single blocks 0..37; single block 38 does not exist", lambda: invert(model, custom="single.38:v"))
     for text in ("single.20-37", "single.20:x", "double.0:k@all", "triple.1:v", "single.1:v,v"):
         refuses(model, "Cannot read the Flux layer set", lambda: invert(model, custom=text))
@@ -139,7 +142,7 @@ def test_sampler_on_another_schedule(flux):
     (sampler,) = PnPRFSolverSampler.execute().result
     other = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 10)
     for wrong in (other, sigmas[1:]):
-        refuses(model, "not the Flux feature bank's.*same model \\(and ModelSamplingFlux\\), steps and scheduler",
+        refuses(model, "same model \\(and ModelSamplingFlux\\), steps and scheduler.*the Flux feature bank's",
                 lambda: run_node(SamplerCustomAdvanced, noise, guider, sampler, wrong, {"samples": fh.latent()}))
 
 
@@ -191,7 +194,7 @@ def test_bank_files_round_trip(flux, folders):
         PnPFluxLoadBank.execute(f"{unet_file.name} [output]")
     damaged = inputs / "damaged.safetensors"
     damaged.write_bytes(saved.read_bytes()[:-100])
-    with pytest.raises(PnPError, match="not a readable Flux feature bank.*PnP Flux Save Feature Bank"):
+    with pytest.raises(PnPError, match="not a readable Flux feature bank.*PnP Flux/Chroma/HunyuanVideo Save Feature Bank"):
         PnPFluxLoadBank.execute("damaged.safetensors")
 
 

@@ -24,14 +24,14 @@ def flux():
 
 @pytest.fixture(scope="module")
 def pnp_edit(flux):
-    """PnP Flux Sampler's latent for the module's model, bank and target (computed once: the tests
+    """PnP Flux/Chroma/HunyuanVideo Sampler's latent for the module's model, bank and target (computed once: the tests
     below compare other routes against it)."""
     model, bank, target = flux
     return pnp(model, bank, target)
 
 
 def test_inject_zero_is_plain_rf_solver_sampling_of_the_inverted_latent(flux, pnp_edit):
-    """PnP Flux Sampler with inject 0 == SamplerCustomAdvanced with the RF-Solver sampler on
+    """PnP Flux/Chroma/HunyuanVideo Sampler with inject 0 == SamplerCustomAdvanced with the RF-Solver sampler on
     the unpatched model from the inverted latent as NOISE, bit for bit. Fails if the inverted
     latent entered as the latent (scaled by 0) or anything stays patched."""
     model, bank, target = flux
@@ -41,15 +41,15 @@ def test_inject_zero_is_plain_rf_solver_sampling_of_the_inverted_latent(flux, pn
 
 
 def test_custom_advanced_route_equals_the_sampler_node(flux, pnp_edit):
-    """PnP Flux Apply Feature Injection + PnP Flux Noise + RF-Solver Sampler in SamplerCustomAdvanced
-    is PnP Flux Sampler, bit for bit."""
+    """PnP Flux/Chroma/HunyuanVideo Apply Feature Injection + PnP Flux/Chroma/HunyuanVideo Noise + RF-Solver Sampler in SamplerCustomAdvanced
+    is PnP Flux/Chroma/HunyuanVideo Sampler, bit for bit."""
     model, bank, target = flux
     (patched,) = PnPFluxApplyInjection.execute(model, bank, INJECT).result
     assert torch.equal(custom_advanced(patched, bank, target), pnp_edit)
 
 
 def test_euler_path_matches_comfyui_euler(flux):
-    """An Euler bank: PnP Flux Sampler at inject 0 is ComfyUI's own euler from the inverted
+    """An Euler bank: PnP Flux/Chroma/HunyuanVideo Sampler at inject 0 is ComfyUI's own euler from the inverted
     latent, bit for bit; with injection, the SamplerCustomAdvanced route (ComfyUI's euler on
     the patched model) is the sampler node."""
     model, _, target = flux

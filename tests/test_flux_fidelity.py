@@ -87,7 +87,7 @@ EDIT_STEPS, EDIT_INJECT = 15, 12  # the non-square edit below
 def edit_at_15_steps():
     """What both routes of the test below compare with, computed once: the independent RF-Solver-Edit
     of a 24x16 latent at 15 steps (inject 12) on a model without ModelSamplingFlux, our bank of that
-    source (PnP Flux Inversion, `official` schedule) and PnP Flux Sampler's plain run (inject 0)."""
+    source (PnP Flux/Chroma/HunyuanVideo Inversion, `official` schedule) and PnP Flux/Chroma/HunyuanVideo Sampler's plain run (inject 0)."""
     model = fh.make_flux(seed=3)
     source = fh.latent(size=24)[..., :16]
     source_prompt, target_prompt = fh.conditioning(seed=5), fh.conditioning(seed=1)
@@ -102,7 +102,7 @@ def edit_at_15_steps():
 def test_an_edit_at_15_steps_on_a_non_square_latent_matches_the_official_algorithm(route, edit_at_15_steps,
                                                                                    record_property):
     """15 steps on a 24x16 latent, where ComfyUI's simple schedule is off by 2.8e-3: both routes
-    (PnP Flux Sampler, and SamplerCustomAdvanced with PnP Flux Noise and the RF-Solver sampler)
+    (PnP Flux/Chroma/HunyuanVideo Sampler, and SamplerCustomAdvanced with PnP Flux/Chroma/HunyuanVideo Noise and the RF-Solver sampler)
     equal an independent RF-Solver-Edit to 1e-3, on a model without ModelSamplingFlux. Also
     shows that injection moves the result. The reference, the bank and the plain run are shared
     by the two routes (module fixture); each route samples from the bank itself."""

@@ -93,7 +93,7 @@ def test_constant_blend_equals_cfg_guider_with_the_combined_negative(setup, hook
 
 def test_rescale_cfg_sees_the_scheduled_blend_at_every_step(setup):
     """With alpha 0.5 linear, each step's guided prediction must be ComfyUI's `cfg_function`
-    (with RescaleCFG's hook) applied to the target prediction and the spec's blend
+    (with RescaleCFG's hook) applied to the target prediction and docs/pnp.md section 5's blend
     alpha_i * eps("") + (1 - alpha_i) * eps(source), each from its own single-prompt
     evaluation at the same x. Fails if the hook is dropped, gets the empty prompt alone as
     `uncond`, or the schedule's weights are off."""

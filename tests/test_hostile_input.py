@@ -278,13 +278,18 @@ SAVERS = {"unet": (PnPSaveFeatureBank, unet_bank, "start"), "flux": (PnPFluxSave
 @pytest.mark.parametrize("wing", SAVERS)
 def test_concurrent_saves_to_one_prefix_never_overwrite(folders, monkeypatch, wing):
     """Two savers (as two ComfyUI instances on one output folder) save to one prefix at once,
-    both first handed the same free name, through each wing's Save Feature Bank node (one base
-    class: the name both take comes from one `output_path`). Fails if a save overwrites another or
-    shares its temporary file (banks lost), if two saves report the same file, or if a save fails."""
+    both first handed the same free name, through each wing's Save Feature Bank node. The name is
+    patched where that node's `execute` looks it up (its globals, not the module that defines
+    `output_path`: a node that imported it by name would escape a patch there), and every save
+    must pass through the patch and saves must collide, so both wings' nodes really race. Fails if a save overwrites another or shares its temporary file (banks lost), if two
+    saves report the same file, if a save fails (a node that does not take the next name), or if
+    a wing's saves bypass the patched name."""
     node, make_bank, key = SAVERS[wing]
     output, _ = folders
     rounds, savers = 15, 2
-    real_output_path = bank_nodes.output_path
+    lookup = node.execute.__func__.__globals__  # the globals `execute` reads `output_path` from
+    assert "output_path" in lookup, f"{node.__name__}.execute does not take its file name from output_path"
+    real_output_path = lookup["output_path"]
     barrier = threading.Barrier(savers)
 
     asked = []
@@ -299,7 +304,7 @@ def test_concurrent_saves_to_one_prefix_never_overwrite(folders, monkeypatch, wi
                 pass
         return found
 
-    monkeypatch.setattr(bank_nodes, "output_path", same_name_first)
+    monkeypatch.setitem(lookup, "output_path", same_name_first)
     shown: list[str] = []
     errors: list[BaseException] = []
 
@@ -318,6 +323,7 @@ def test_concurrent_saves_to_one_prefix_never_overwrite(folders, monkeypatch, wi
         thread.join()
     assert not errors, errors
     assert asked.count(0) == rounds * savers  # every save went through the patched name (the race was run)
+    assert len(asked) > asked.count(0)  # a save was refused the name it was handed and took the next (collided)
     assert len(shown) == len(set(shown)) == rounds * savers
     assert files(output) == sorted(name.replace(os.sep, "/") for name in shown)  # no temporary file left
     values = set()

@@ -14,6 +14,7 @@ from comfyui_pnp.nodes.flux import PnPFluxApplyInjection, PnPFluxInversion, PnPF
 from comfyui_pnp.pnp_injection import PnPError, disk, placement
 from comfyui_pnp.pnp_injection.flow import bank as flux_banks
 from comfyui_pnp.pnp_injection.flow import bank_file as flux_bank_file
+from comfyui_pnp.pnp_injection.flow import families as flux_families
 from comfyui_pnp.pnp_injection.flow import inversion as flux_inversion
 from comfyui_pnp.pnp_injection.flow import layers as flux_layers
 from comfyui_pnp.pnp_injection.flow import text_padding
@@ -167,7 +168,7 @@ def test_a_source_prompt_longer_than_the_target_and_the_advanced_route(unequal):
     """A target shorter than the source (3 tokens on a 6-token source prompt's bank) gets the official edit too
     (measured 1.1e-6), and there the padding's own attention cannot show: the target's prompt tokens take the
     source's prompt V (the reference whose padding attends to the prompt agrees, within 1e-4). SamplerCustomAdvanced
-    with PnP Flux Apply Feature Injection serves a longer target as PnP Flux Sampler does (the same edit, within
+    with PnP Flux/Chroma/HunyuanVideo Apply Feature Injection serves a longer target as PnP Flux/Chroma/HunyuanVideo Sampler does (the same edit, within
     1e-5). Fails if the pack's pooling ignores the mask (1.5e-2 away), if a target shorter than the bank's text is
     refused or takes other tokens than the bank's first, or if the advanced route does not inject."""
     model, source = unequal["model"], unequal["source"]
@@ -222,7 +223,7 @@ def test_padding_limits(unequal, monkeypatch):
     image_only = flux_layers.parse_custom("single.21-39:v@image")
     assert text_padding.length(net, image_only, 7) == 7
     assert text_padding.length(net, bank.layers, 7) == 256 and text_padding.length(net, bank.layers, 300) == 300
-    assert flux_layers.text_tokens("hunyuan_video", 7, 300) == 300 != flux_layers.text_tokens("hunyuan_video", 301, 300)
+    assert flux_families.text_tokens("hunyuan_video", 7, 300) == 300 != flux_families.text_tokens("hunyuan_video", 301, 300)
     assert text_padding.length(flux_harness.make_flux().model.diffusion_model, bank.layers, 7) == 7  # Flux.1: as is
     padded = torch.cat([torch.ones(1, 2, ref.CONTEXT), torch.zeros(1, 2, ref.CONTEXT)], 1)  # plain mean 0.5
     with text_padding.OfficialMask(net, 2, padded, {}).pooling():

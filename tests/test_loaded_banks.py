@@ -26,7 +26,7 @@ from comfyui_pnp.pnp_injection.unet import bank_file, generation, guidance, inve
 
 STEPS = 5
 UNET_FIX = "Capture the source again and save the bank with PnP Save Feature Bank"
-FLUX_FIX = "Invert the source again and save the bank with PnP Flux Save Feature Bank"
+FLUX_FIX = "Invert the source again and save the bank with PnP Flux/Chroma/HunyuanVideo Save Feature Bank"
 DAMAGED = r"is a damaged or edited bank file"
 # A small Flux.1 (1 double, 2 single blocks) and layers of every kind: image-stream double,
 # all-token single (text included) and image-token single.
@@ -286,19 +286,19 @@ def test_a_bank_recorded_on_a_crop_names_the_bank_not_a_patch(sd15, tmp_path):
 # ---------------------------------------------------------------- B. each loader names the other
 
 def test_each_loader_names_the_other_and_only_for_its_format(sd15, flux, tmp_path):
-    """The U-Net loader given a Flux bank names PnP Flux Load Feature Bank; the Flux loader
+    """The U-Net loader given a Flux bank names PnP Flux/Chroma/HunyuanVideo Load Feature Bank; the Flux loader
     calls only a "pnp-feature-bank" file a U-Net bank, not any safetensors with a `format`
     key (torch's save_file writes format "pt"). Fails if a message names the wrong loader."""
     _, _, _, _, unet_path = sd15
     _, _, flux_path = flux
-    with pytest.raises(PnPError, match=r"is a Flux feature bank: load it with PnP Flux Load Feature Bank"):
+    with pytest.raises(PnPError, match=r"is a Flux feature bank: load it with PnP Flux/Chroma/HunyuanVideo Load Feature Bank"):
         bank_file.load(flux_path)
     with pytest.raises(PnPError, match=r"is a U-Net feature bank: load it with PnP Load Feature Bank"):
         flux_bank_file.load(unet_path)
     other = tmp_path / "weights.safetensors"
     save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "pt"})
     with pytest.raises(PnPError, match=r"is not a PnP Flux feature bank file \(its format is 'pt'\): choose a file "
-                                       r"written by PnP Flux Save Feature Bank") as err:
+                                       r"written by PnP Flux/Chroma/HunyuanVideo Save Feature Bank") as err:
         flux_bank_file.load(other)
     assert "U-Net" not in str(err.value)
     with pytest.raises(PnPError, match=r"is not a PnP U-Net feature bank file \(its format is 'pt'\)") as err:
@@ -389,7 +389,7 @@ def test_a_valid_flux_bank_still_loads_and_samples(flux):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_flux_guidance_nan_or_inf_is_refused_before_any_model_work(flux, value):
-    """Flux guidance NaN gives a NaN latent: PnP Flux Sampler and PnP Flux Inversion refuse it
+    """Flux guidance NaN gives a NaN latent: PnP Flux/Chroma/HunyuanVideo Sampler and PnP Flux/Chroma/HunyuanVideo Inversion refuse it
     before any model call. Fails if either runs the model."""
     model, bank, _ = flux
     text = rf"`guidance` is {value}; give a finite number\."
@@ -399,13 +399,13 @@ def test_flux_guidance_nan_or_inf_is_refused_before_any_model_work(flux, value):
 
 @pytest.mark.parametrize("kind", list(AREA_PROMPTS))
 def test_flux_area_prompts_are_refused_before_any_model_work(flux, kind):
-    """An area prompt as PnP Flux Inversion's or PnP Flux Sampler's prompt: refused with the
+    """An area prompt as PnP Flux/Chroma/HunyuanVideo Inversion's or PnP Flux/Chroma/HunyuanVideo Sampler's prompt: refused with the
     node and the fix before any model call. Fails if the model runs."""
     model, bank, _ = flux
     make, node = AREA_PROMPTS[kind]
-    refuses(model, rf"The inversion prompt \(PnP Flux Inversion's `conditioning`\) is an area prompt \({node}\).*"
+    refuses(model, rf"The inversion prompt \(PnP Flux/Chroma/HunyuanVideo Inversion's `conditioning`\) is an area prompt \({node}\).*"
                    rf"{AREA_FIX}", lambda: flux_invert(model, prompt=make(fh.conditioning(seed=5))))
-    refuses(model, rf"The target prompt \(PnP Flux Sampler's `positive`\) is an area prompt \({node}\).*{AREA_FIX}",
+    refuses(model, rf"The target prompt \(PnP Flux/Chroma/HunyuanVideo Sampler's `positive`\) is an area prompt \({node}\).*{AREA_FIX}",
             lambda: flux_sampling.pnp_sample(model, bank, make(fh.conditioning(seed=1)), 5.0, FLUX_KEEP))
 
 
@@ -424,7 +424,7 @@ def test_reference_latents_on_one_prompt_name_which_prompt_has_them(flux):
     reference_bank = flux_invert(model, prompt=fh.with_reference(fh.conditioning(seed=5)))
     with pytest.raises(PnPError) as err:
         flux_sampling.pnp_sample(model, reference_bank, target, 5.0, FLUX_KEEP)
-    assert ("the inversion's calls had 64 image tokens more than this one: PnP Flux Inversion's prompt carried "
+    assert ("the inversion's calls had 64 image tokens more than this one: PnP Flux/Chroma/HunyuanVideo Inversion's prompt carried "
             "reference latents") in str(err.value)
     assert_clean(model)
     both = flux_sampling.pnp_sample(model, reference_bank, fh.with_reference(target), 5.0, FLUX_KEEP)

@@ -70,11 +70,11 @@ PATHS = {
     "PnP Apply Feature Injection": ("sd15", unet_apply),
     "PnP DDIM Inversion (noise_mask)": ("sd15", lambda e, m: PnPInversion.execute(
         e["sd15"], {"samples": e["source"], "noise_mask": m}, e["empty"], 3, 3, "ddim_uniform")),
-    "PnP Flux Sampler": ("flux", lambda e, m: PnPFluxSampler.execute(e["flux"], e["rf"], e["flux_target"], 5.0, 2, m)),
-    "PnP Flux Sampler (FireFlow)": ("flux", lambda e, m: PnPFluxFireFlowSampler.execute(
+    "PnP Flux/Chroma/HunyuanVideo Sampler": ("flux", lambda e, m: PnPFluxSampler.execute(e["flux"], e["rf"], e["flux_target"], 5.0, 2, m)),
+    "PnP Flux/Chroma/HunyuanVideo Sampler (FireFlow)": ("flux", lambda e, m: PnPFluxFireFlowSampler.execute(
         e["flux"], e["fire"], e["flux_target"], 2.0, 1, m)),
-    "PnP Flux Apply Feature Injection": ("flux", flux_apply),
-    "PnP Flux Inversion (noise_mask)": ("flux", lambda e, m: PnPFluxInversion.execute(
+    "PnP Flux/Chroma/HunyuanVideo Apply Feature Injection": ("flux", flux_apply),
+    "PnP Flux/Chroma/HunyuanVideo Inversion (noise_mask)": ("flux", lambda e, m: PnPFluxInversion.execute(
         e["flux"], {"samples": e["flux_source"], "noise_mask": m}, e["flux_prompt"], 3, 2, 1.0, "rf-solver-edit",
         "rf_solver", "simple", "single.0-1:v")),
     "PnP Flux Inversion (KV-Edit)": ("flux", lambda e, m: PnPFluxKVEditInversion.execute(
@@ -87,7 +87,7 @@ PATHS = {
 def test_a_mask_that_edits_nothing_is_refused_on_every_path(env, path, mask):
     """One white pixel (it vanishes at the latent's 16x16 cells) and an all-zero mask, on each node:
     refused before any model evaluation, naming the sizes and the fix. Fails if a path samples (PnP
-    Sampler and PnP Flux Sampler returned the source in silence; KV-Edit called the pixel mask "black
+    Sampler and PnP Flux/Chroma/HunyuanVideo Sampler returned the source in silence; KV-Edit called the pixel mask "black
     everywhere"; an all-zero mask returned the source on the samplers but was refused by KV-Edit)."""
     model_key, run = PATHS[path]
     make, message = MASKS[mask]

@@ -238,7 +238,7 @@ def flux():
 
 @pytest.mark.parametrize("solver", ["rf", "fire"])
 def test_flux_outside_the_mask_is_the_inverted_source(flux, solver):
-    """PnP Flux Sampler with a hard mask: outside, the inverted path's end (the source latent); the
+    """PnP Flux/Chroma/HunyuanVideo Sampler with a hard mask: outside, the inverted path's end (the source latent); the
     RF-Solver sampler carries the path exactly at every call (both of its evaluations lie on the
     chord to the next level); inside the edit. All ones: the unmasked edit bit for bit."""
     bank, inject = flux[solver], (5 if solver == "rf" else 1)
@@ -260,7 +260,7 @@ def test_flux_bad_masks_and_banks_without_the_path(flux):
     probe = CallProbe(flux["model"])
     with pytest.raises(PnPError, match="draw the mask on the source image"):
         flux_sampling.pnp_sample(probe.model, flux["rf"], flux["target"], 5.0, 5, mask=torch.ones(1, 8, 8))
-    with pytest.raises(PnPError, match="Invert the source again with PnP Flux Inversion"):
+    with pytest.raises(PnPError, match="Invert the source again with PnP Flux/Chroma/HunyuanVideo Inversion"):
         flux_sampling.pnp_sample(probe.model, dataclasses.replace(flux["rf"], path=None), flux["target"], 5.0, 5,
                                  mask=half_mask())
     assert probe.calls == []

@@ -29,6 +29,7 @@ from comfy_extras.nodes_custom_sampler import BasicGuider, KSamplerSelect
 
 from comfy_server import PACK_PYTHON_MODULE
 from comfyui_pnp.nodes import NODE_IDS, NODES
+from comfyui_pnp.nodes.flux import FAMILIES as FLOW_FAMILIES
 from comfyui_pnp.nodes.types import CATEGORY, EDIT_CATEGORY, FLUX_CATEGORY, GUIDER_CATEGORY, SAMPLER_CATEGORY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,8 @@ SAMPLERS = {"PnPRFSolverSampler", "PnPFireFlowSampler"}  # SAMPLER nodes, with C
 EDIT_SAMPLERS = {"PnPFlowEditSampler", "PnPUniEditSampler", "PnPRFInversionSampler"}  # the velocity edits' SAMPLERs
 EDIT_NODES = {"PnPFlowEdit", "PnPUniEdit", "PnPRFInversion", "PnPUniInversion", "PnPRFInversionInvert", "PnPEditSigmas"}
 GUIDERS = {"PnPEditGuider"}  # with ComfyUI's own GUIDER nodes
-# A Flux node and its U-Net counterpart: the names run parallel, "Flux" after "PnP".
+# A flow-wing node and its U-Net counterpart: the names run parallel, the families it serves after "PnP"
+# ("Flux/Chroma/HunyuanVideo"; KV-Edit's nodes, Flux.1 only, say "Flux").
 COUNTERPARTS = {"PnPFluxInversion": "PnPInversion", "PnPFluxSampler": "PnPSampler",
                 "PnPFluxApplyInjection": "PnPApplyInjection", "PnPFluxSaveBank": "PnPSaveFeatureBank",
                 "PnPFluxLoadBank": "PnPLoadFeatureBank", "PnPFluxFireFlowInversion": "PnPInversion",
@@ -238,8 +240,9 @@ def test_categories():
 
 
 def test_node_ids_are_kept_and_names_run_parallel():
-    """Node ids are what saved workflows name: they never change. A Flux node's display name is its
-    U-Net counterpart's with "Flux" after "PnP" (the inversions also name their solver)."""
+    """Node ids are what saved workflows name: they never change. A flow-wing node's display name is its
+    U-Net counterpart's with the families it serves after "PnP" (the inversions also name their solver), so
+    that a search for any family ("hunyuan", "chroma") finds it."""
     all_schemas = schemas()
     assert list(all_schemas) == NODE_IDS
     assert NODE_IDS == ["PnPInversion", "PnPGenerateSource", "PnPCaptureFeatures", "PnPApplyInjection", "PnPSampler",
@@ -258,7 +261,8 @@ def test_node_ids_are_kept_and_names_run_parallel():
 
     for flux, unet in COUNTERPARTS.items():
         unet_name, flux_name = all_schemas[unet].display_name, all_schemas[flux].display_name
-        assert plain(flux_name) == plain(unet_name).replace("PnP ", "PnP Flux ", 1), (
+        families = "Flux" if "KVEdit" in flux else FLOW_FAMILIES
+        assert plain(flux_name) == plain(unet_name).replace("PnP ", f"PnP {families} ", 1), (
             f"{flux} is {flux_name!r}; its U-Net counterpart is {unet_name!r}")
     names = [s.display_name for s in all_schemas.values()]
     assert len(set(names)) == len(names), names

@@ -1,4 +1,4 @@
-"""PnP Feature Preview and PnP Flux Feature Preview: principal components of kept features as a
+"""PnP Feature Preview and PnP Flux/Chroma/HunyuanVideo Feature Preview: principal components of kept features as a
 picture at the source image's size."""
 import dataclasses
 
@@ -88,7 +88,7 @@ def test_preview_of_a_step_or_layer_the_bank_lacks_names_what_it_holds(bank):
         preview.preview(bank, 0, "attention", 3)
 
 
-# --- PnP Flux Feature Preview ---
+# --- PnP Flux/Chroma/HunyuanVideo Feature Preview ---
 
 FLUX_LAYERS = "double.0:k,v; single.1:k@image; single.2-3:v"  # image-token sites and all-token ones (text first)
 FLUX_STEPS, FLUX_KEPT, TEXT = 3, 2, 9

@@ -1,4 +1,4 @@
-"""Schedules and sigma keys (spec sections 1, 2, 4)."""
+"""Schedules and sigma keys (docs/pnp.md, sections 1, 2, 4)."""
 import pytest
 import torch
 

@@ -100,7 +100,7 @@ def test_only_core_nodes_and_ours(name, comfy_server):
 
 
 KNOBS = {FLUX_WORKFLOW: ("inject", "keep_steps", "guidance", "steps", "rf-solver-edit", "rf_solver", "ModelSamplingFlux", "t5xxl"),
-         FLUX_ADVANCED_WORKFLOW: ("inject", "FluxGuidance", "PnP Flux Noise", "RF-Solver Sampler", "latent_image",
+         FLUX_ADVANCED_WORKFLOW: ("inject", "FluxGuidance", "PnP Flux/Chroma/HunyuanVideo Noise", "RF-Solver Sampler", "latent_image",
                                   "ModelSamplingFlux", "t5xxl"),
          FIREFLOW_WORKFLOW: ("steps 8", "inject 1", "keep_steps", "guidance 2", "strategy", "replace_v", "add_q",
                              "steps 15", "official", "t5xxl"),
@@ -142,6 +142,8 @@ def test_each_has_a_note_explaining_the_knobs(name):
     texts = notes(load(name))
     assert texts, "no Note node"
     text = "\n".join(texts)
+    if name in ("pnp-basic", FLUX_WORKFLOW, FIREFLOW_WORKFLOW):  # the basic workflows say how to check an inversion
+        assert "Check (reconstruct the source)" in text
     for knob in KNOBS.get(name, ("feature_injection", "attention_injection", "cfg", "inversion_steps")):
         assert knob in text
 
@@ -202,14 +204,13 @@ def test_shipped_values_are_the_papers(name, comfy_server):
                 layers, scheduler, keep = "rf-solver-edit", "official", 2
             assert (values["steps"], values["keep_steps"], values["guidance"], values["layers"], values["solver"],
                     values["scheduler"], values["custom_layers"]) == (25, keep, 1.0, layers, "rf_solver", scheduler, "")
-        if node["type"] == "PnPFluxSampler":
-            expected = (6.0, 2) if name == HUNYUAN_WORKFLOW else (5.0, 20)
+        if node["type"] == "PnPFluxSampler":  # the official values, written out (auto would give the same)
+            expected = {HUNYUAN_WORKFLOW: (6.0, 2), FIREFLOW_WORKFLOW: (2.0, 1)}.get(name, (5.0, 20))
             assert (values["guidance"], values["inject"]) == expected
         if node["type"] == "PnPFluxFireFlowInversion":  # FireFlow's README.md lines 168-175
             assert (values["steps"], values["keep_steps"], values["guidance"], values["strategy"], values["scheduler"],
                     values["custom_layers"]) == (8, 1, 1.0, "replace_v", "official", "")
-        if node["type"] == "PnPFluxFireFlowSampler":
-            assert (values["guidance"], values["inject"]) == (2.0, 1)
+        assert node["type"] != "PnPFluxFireFlowSampler", "a shipped workflow uses a deprecated node"
         if node["type"] == "PnPFluxApplyInjection":
             assert values["inject"] == 20
         if node["type"] == "FluxGuidance":
@@ -308,7 +309,7 @@ def hunyuan_video_tokens(text: str) -> int:
 
 def test_the_video_workflow_loads_hunyuan_video_and_a_clip(comfy_server):
     """pnp-hunyuan-video: HunyuanVideo's loaders; Load Video -> Get Video Components -> Image From Batch -> Resize ->
-    VAE Encode -> PnP Flux Inversion -> PnP Flux Sampler (both on the model as loaded: ``official`` is the video edit's
+    VAE Encode -> PnP Flux/Chroma/HunyuanVideo Inversion -> PnP Flux/Chroma/HunyuanVideo Sampler (both on the model as loaded: ``official`` is the video edit's
     own schedule) -> VAE Decode -> Create Video at the clip's frame rate -> Save Video. The prompts are the official
     example's (scripts/run_jeep.sh): an empty source prompt and "A pink porsche", of unequal llava-llama-3 token counts
     (the pack pads both to 256 and masks the padding, as the official code). The test run's
@@ -580,7 +581,7 @@ def test_the_hires_pass_uses_the_unpatched_model(comfy_server):
 
 @pytest.mark.parametrize("name, inversion_type, sampler_type", [
     (FLUX_WORKFLOW, "PnPFluxInversion", "PnPFluxSampler"),
-    (FIREFLOW_WORKFLOW, "PnPFluxFireFlowInversion", "PnPFluxFireFlowSampler"),
+    (FIREFLOW_WORKFLOW, "PnPFluxFireFlowInversion", "PnPFluxSampler"),
     (CHROMA_WORKFLOW, "PnPFluxInversion", "PnPFluxSampler")])
 def test_flux_workflow_runs_and_injects(name, inversion_type, sampler_type, workflow_runs):
     """The Flux workflow runs; the same prompt with the sampler at inject 0 (plain sampling of the inverted
@@ -604,12 +605,12 @@ def test_flux_workflow_runs_and_injects(name, inversion_type, sampler_type, work
     change = np.abs(injected - plain).mean()
     least = 0.005
     assert change > least, f"injection moved pixels by only {change:.4f} on average"
-    if name == CHROMA_WORKFLOW:  # the engine took the loaded file for Chroma (PnP Flux Inversion logs it)
+    if name == CHROMA_WORKFLOW:  # the engine took the loaded file for Chroma (PnP Flux/Chroma/HunyuanVideo Inversion logs it)
         assert "Chroma has no distilled guidance" in workflow_runs.server.log_text()
 
 
 def test_the_advanced_flux_workflow_is_the_flux_workflow(workflow_runs):
-    """The SamplerCustomAdvanced route (PnP Flux Apply Feature Injection, PnP Flux Noise, RF-Solver Sampler, FluxGuidance,
+    """The SamplerCustomAdvanced route (PnP Flux/Chroma/HunyuanVideo Apply Feature Injection, PnP Flux/Chroma/HunyuanVideo Noise, RF-Solver Sampler, FluxGuidance,
     BasicGuider) saves the image of the one-node route, pixel for pixel; at inject 0 (its run's ``plain_prompt``) it is
     another image. Fails if the inverted source entered as the latent image, or the route injects differently or not at all."""
     run = workflow_runs[FLUX_ADVANCED_WORKFLOW]

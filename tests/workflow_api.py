@@ -245,7 +245,7 @@ def notes(workflow: dict) -> list[str]:
 
 FLUX_INVERSIONS = ("PnPFluxInversion", "PnPFluxFireFlowInversion")
 KV_EDIT_INVERSION = "PnPFluxKVEditInversion"  # steps and skip_steps; no layer input (its own set: every block)
-# PnP Flux Inversion's preset for Chroma and Flux.2: the second half of the model's own single blocks, any count.
+# PnP Flux/Chroma/HunyuanVideo Inversion's preset for Chroma and Flux.2: the second half of the model's own single blocks, any count.
 ANALOGY_LAYERS = "rf-solver-edit (by analogy)"
 
 
@@ -292,7 +292,7 @@ def shrink_for_tests(prompt: dict, *, checkpoint: str, controlnet: str, image: s
     Flux graphs (given the ``flux_*`` test files of tests/flux_files.py): Load Diffusion Model and Load VAE
     get the test files, and DualCLIPLoader ``flux`` (CLIP-L + T5-XXL) becomes DualCLIPLoader ``sd3`` with
     the test CLIP-L in both slots, which gives Flux-shaped conditioning without T5-XXL (flux_files.py says why).
-    PnP Flux Inversion (RF-Solver or FireFlow) gets ``flux_steps`` (default: ``steps``) and ``keep_steps`` in the shipped proportion
+    PnP Flux/Chroma/HunyuanVideo Inversion (RF-Solver or FireFlow) gets ``flux_steps`` (default: ``steps``) and ``keep_steps`` in the shipped proportion
     (20 of 25 -> 3 of 4; 2 of 3; 1 of 2: a part of the steps stays a part, at least 1 and not all), and
     ``flux_layers[its node type]`` as its custom layers (the test model has fewer blocks than the presets name), except
     with the layers ``ANALOGY_LAYERS``, which resolve over the model's own single blocks and run as shipped; a node

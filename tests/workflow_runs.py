@@ -73,7 +73,7 @@ def load(name: str) -> dict:
     return json.loads((WORKFLOW_DIR / f"{name}.json").read_text())
 
 
-# PnP Flux Inversion's steps in the tests: the fewest that keep injected and plain steps (2 of 3 injected).
+# PnP Flux/Chroma/HunyuanVideo Inversion's steps in the tests: the fewest that keep injected and plain steps (2 of 3 injected).
 # Each step of the RF-Solver costs two evaluations of the test Flux (0.69 B parameters, about 1 s each on a CPU).
 FLUX_TEST_STEPS = 3
 # On the test Chroma (tests/flux_files.py) each evaluation costs about 3.6 s on a CPU core, 2.5 s of it its
@@ -236,7 +236,7 @@ class WorkflowRun:
 
 def injection_off(prompt: dict) -> dict:
     """A copy of a Flux workflow's prompt with ``inject`` 0 on the nodes that take the bank (PnP Flux
-    Sampler and its FireFlow twin, PnP Flux Apply Feature Injection): plain sampling of the inverted source."""
+    Sampler and its FireFlow twin, PnP Flux/Chroma/HunyuanVideo Apply Feature Injection): plain sampling of the inverted source."""
     prompt = json.loads(json.dumps(prompt))
     nodes = [n for n in prompt.values() if isinstance(n["inputs"].get("inject"), int)]
     assert nodes, "no node with an inject input"

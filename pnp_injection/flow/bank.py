@@ -26,11 +26,12 @@ from ..model_calls import source_rows
 from ..recompute import SourceCalls
 from ..schedule import SIGMA_RTOL, check_same_schedule, step_at
 from . import layers as flux_layers
-from . import text_padding
+from . import families, official, text_padding
 
 
-SCHEDULE_FIX = ("Sample with the same model (and ModelSamplingFlux), steps and scheduler as PnP Flux Inversion at "
-                "denoise 1.0, or feed the sigmas of PnP Flux Noise to SamplerCustomAdvanced.")
+SCHEDULE_FIX = ("Sample with the same model (and ModelSamplingFlux), steps and scheduler as PnP "
+                "Flux/Chroma/HunyuanVideo Inversion at denoise 1.0, or feed the sigmas of PnP "
+                "Flux/Chroma/HunyuanVideo Noise to SamplerCustomAdvanced.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +46,7 @@ class FeatureBank:
     solver: str                          # rf_solver, fireflow or euler (solvers.SOLVERS)
     steps_kept: int                      # first sampling steps whose features are held
     text_tokens: int                     # text tokens of the source prompt
-    architecture: str                    # flux_layers.signature of the inversion model
+    architecture: str                    # families.signature of the inversion model
     path: torch.Tensor | None = None     # the inverted path at sigma_0 ... sigma_N = 0 (the source): [N+1, B, C, H, W]
     mask: torch.Tensor | None = None     # the source latent's noise_mask, if it carried one (KV-Edit: its cells)
     first_step: int = 0                  # the first kept sampling step (KV-Edit: the skipped steps)
@@ -88,16 +89,25 @@ class FeatureBank:
         on_schedule = math.isclose(sigma, float(self.sigmas[step]), rel_tol=SIGMA_RTOL)
         return slot_index(self.solver, self.steps, step - self.first_step, 0 if on_schedule else 1)
 
+    @property
+    def family(self) -> str:
+        """The family's name in the bank's signature (flux1, chroma, flux2, hunyuan_video)."""
+        return self.architecture.split(":")[0]
+
     def check_injection(self, model_patcher, inject: int) -> int:
-        """The injected step count, if this bank can serve it on this model, or a clear error."""
-        flux_layers.family_of(model_patcher)  # another family stops here with the supported list
-        here = flux_layers.signature(model_patcher)
+        """The injected step count (`official.AUTO`: every step the bank kept), if this bank can serve it on this
+        model, or a clear error."""
+        inject = self.steps_kept if inject == official.AUTO else inject
+        families.family_of(model_patcher)  # another family stops here with the supported list
+        here = families.signature(model_patcher)
         check_same_architecture(self.architecture, here, "Invert the source again")
         if not 0 <= inject <= self.steps:
-            raise PnPError(f"`inject` is {inject}; the schedule has {self.steps} steps: give 0 to {self.steps}.")
+            raise PnPError(f"`inject` is {inject}; the schedule has {self.steps} steps: give 0 to {self.steps}, or -1 "
+                           f"(auto) for every step the bank kept.")
         if inject > self.steps_kept:
             raise PnPError(f"`inject` {inject} needs the source's features at {inject} steps but the bank holds "
-                           f"{self.steps_kept}: raise `keep_steps` in PnP Flux Inversion to at least {inject}.")
+                           f"{self.steps_kept}: raise `keep_steps` in PnP Flux/Chroma/HunyuanVideo Inversion to at "
+                           f"least {inject}.")
         return inject
 
     def check_schedule(self, sigmas: torch.Tensor, inject: int) -> None:
@@ -115,10 +125,10 @@ class FeatureBank:
         the model call sees them: Flux.2 pads its prompts to 512; HunyuanVideo's source was padded to
         256 and a target up to that length takes its first tokens, text_padding.py), and on
         HunyuanVideo no padding `mask` of another node's."""
-        family = self.architecture.split(":")[0]
-        if self.layers.needs_same_text_length and family in flux_layers.PADDED_HERE:
+        family = self.family
+        if self.layers.needs_same_text_length and family in families.PADDED_HERE:
             text_padding.check_unmasked(mask)
-        tokens = flux_layers.text_tokens(family, tokens, self.text_tokens)
+        tokens = families.text_tokens(family, tokens, self.text_tokens)
         if self.layers.needs_same_text_length and tokens != self.text_tokens:
             fix = {"chroma": "Chroma's text encoder does not pad: word both prompts to the same token count",
                    "hunyuan_video": f"PnP Flux pads HunyuanVideo's prompts as the official code, the source to "
@@ -182,8 +192,10 @@ def estimate_bytes(model_patcher, layers: flux_layers.FluxLayerSet, latent_shape
     net = model_patcher.model.diffusion_model
     image = image_count(latent_shape, net.patch_size) if image_tokens is None else image_tokens
     size = placement.compute_dtype(model_patcher).itemsize
-    per_slot = sum(len(site.tensors) * (image + (text_tokens if site.stream == "single" and site.tokens == "all" else 0))
-                   for site in layers.sites)
+    def tokens(site) -> int:  # all-token single sites also keep the text tokens
+        return image + (text_tokens if site.stream == "single" and site.tokens == "all" else 0)
+
+    per_slot = sum(len(site.tensors) * tokens(site) for site in layers.sites)
     return slots * latent_shape[0] * per_slot * net.hidden_size * size
 
 

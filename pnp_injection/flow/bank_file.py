@@ -12,22 +12,23 @@ from pathlib import Path
 import torch
 
 from .. import bank_file
-from ..bank_integrity import (CHECKSUM, MAX_CELLS, Damaged, Expected, Header, Layout, check_latent_shape, check_schedule,
-                              json_field, number, optional_layout, steps_of)
+from ..bank_integrity import (CHECKSUM, MAX_CELLS, Damaged, Expected, Header, Layout, check_latent_shape,
+                              check_schedule, json_field, number, optional_layout, steps_of)
 from ..errors import PnPError
 from . import layers as flux_layers
-from . import solvers
+from . import families, solvers
 from .bank import FeatureBank, image_count, slot_count
 from .kv_edit import background
 
 FORMAT = bank_file.register(bank_file.Format(
     name="pnp-flux-feature-bank", version=1,
     suffix=".pnpfluxbank.safetensors",  # Flux banks are listed by this suffix, apart from U-Net banks
-    what="Flux feature bank", saver="PnP Flux Save Feature Bank", loader="PnP Flux Load Feature Bank",
-    fix="invert the source again and save the bank with PnP Flux Save Feature Bank."))
+    what="Flux feature bank", saver="PnP Flux/Chroma/HunyuanVideo Save Feature Bank",
+    loader="PnP Flux/Chroma/HunyuanVideo Load Feature Bank",
+    fix="invert the source again and save the bank with PnP Flux/Chroma/HunyuanVideo Save Feature Bank."))
 SUFFIX = FORMAT.suffix
 MAX_TEXT_TOKENS = 2**16  # a prompt's tokens: ComfyUI pads T5 to 256 (Flux.2: 512); long prompts add a few hundred
-FAMILIES = {family.name: family for family in flux_layers.FAMILIES}
+FAMILIES = {family.name: family for family in families.FAMILIES}
 
 
 def save(bank: FeatureBank, path: str | os.PathLike) -> Path:
@@ -55,7 +56,7 @@ def image_tokens(bank: FeatureBank) -> int:
             table = bank.tables[site.key(site.tensors[0])]
             if table.ndim == 4:
                 return table.shape[2] - (bank.text_tokens if _all_tokens(site) else 0)
-    family = FAMILIES.get(bank.architecture.split(":")[0], flux_layers.FLUX1)
+    family = FAMILIES.get(bank.architecture.split(":")[0], families.FLUX1)
     return image_count(bank.noise.shape, family.patch)
 
 
@@ -89,7 +90,7 @@ def layout(header: Header) -> Layout:
     kept = number(metadata, "steps_kept", 0, steps)
     first = number(metadata, "first_step", 0, steps) if "first_step" in metadata else 0  # older files: 0
     text = number(metadata, "text_tokens", 0, MAX_TEXT_TOKENS)
-    video = family is flux_layers.HUNYUAN_VIDEO
+    video = family is families.HUNYUAN_VIDEO
     latent = check_latent_shape("latent_shape", json_field(metadata, "latent_shape"), family.channels,
                                 (5,) if video else (4,))
     image = image_count(latent, family.patch)
@@ -161,8 +162,8 @@ def check_small(small: dict[str, torch.Tensor]) -> None:
                                 f"({len(expected)} tokens)")
 
 
-def read_architecture(metadata) -> tuple[flux_layers.Family, int, int, int]:
-    """The family, double and single block counts and hidden width of `layers.signature`."""
+def read_architecture(metadata) -> tuple[families.Family, int, int, int]:
+    """The family, double and single block counts and hidden width of `families.signature`."""
     text = metadata.get("architecture", "")
     found = re.fullmatch(r"(\w+):(\d{1,4})x(\d{1,4}):hidden(\d{1,6}):heads(\d{1,4})", text)
     family = FAMILIES.get(found.group(1)) if found else None

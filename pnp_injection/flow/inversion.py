@@ -25,7 +25,7 @@ from ..passes import Progress, run_loop
 from ..recompute import SourceCalls
 from . import layers as flux_layers
 from . import schedule as flux_schedule
-from . import solvers, text_padding
+from . import families, official, solvers, text_padding
 from .bank import FeatureBank, estimate_bytes, inversion_slot, slot_count
 from .patches import WRAPPER_KEY as INJECTION_KEY
 from .patches import Recorder
@@ -43,7 +43,7 @@ def guided(model_patcher, conditioning, guidance: float):
     Chroma is not distilled: its guidance input is the host's default (0), as its pipelines run it, any
     FluxGuidance on the prompt is dropped as the other families' is replaced, and the nodes'
     `guidance` does not apply (logged)."""
-    if flux_layers.family_of(model_patcher) is flux_layers.CHROMA:
+    if families.family_of(model_patcher) is families.CHROMA:
         logging.info("PnP Flux: Chroma has no distilled guidance; the `guidance` input is not used on Chroma.")
         return [[c, {k: v for k, v in extras.items() if k != "guidance"}] for c, extras in conditioning]
     return with_guidance(conditioning, guidance)
@@ -57,8 +57,8 @@ def check_schedule(sigmas: torch.Tensor) -> None:
 
 
 def check_source(model_patcher, latent: torch.Tensor) -> None:
-    family = flux_layers.family_of(model_patcher)
-    video = family is flux_layers.HUNYUAN_VIDEO
+    family = families.family_of(model_patcher)
+    video = family is families.HUNYUAN_VIDEO
     if video and latent.ndim != 5:
         raise PnPError(f"The source latent has shape {tuple(latent.shape)}; HunyuanVideo edits a video latent [batch, "
                        f"channels, frames, height, width]: VAE Encode the clip's frames with the HunyuanVideo VAE.")
@@ -72,9 +72,9 @@ def check_source(model_patcher, latent: torch.Tensor) -> None:
         raise PnPError("The source latent contains NaN or infinite values: re-encode the source.")
     channels = model_patcher.model.latent_format.latent_channels
     if latent.shape[1] != channels:
-        vae = "the Flux VAE (VAE Encode with the Flux ae)" if family in (flux_layers.FLUX1, flux_layers.CHROMA) \
+        vae = "the Flux VAE (VAE Encode with the Flux ae)" if family in (families.FLUX1, families.CHROMA) \
             else f"the {family.label} VAE"
-        kind = "Flux" if family is flux_layers.FLUX1 else family.label
+        kind = "Flux" if family is families.FLUX1 else family.label
         raise PnPError(f"The source latent has {latent.shape[1]} channels but this {kind} model's latents have "
                        f"{channels}: encode the source with {vae}.")
 
@@ -92,23 +92,29 @@ def _check_video_patches(model_patcher, latent: torch.Tensor) -> None:
                        f"pnp-hunyuan-video's Resize to 480x480 does).")
 
 
-def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, keep_steps: int = 20,
+def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = official.AUTO,
+           keep_steps: int = official.AUTO,
            preset: str = "rf-solver-edit", custom_layers: str = "", solver: str = "rf_solver",
            scheduler: str = flux_schedule.OFFICIAL, guidance: float = 1.0,
            mask: torch.Tensor | None = None, first_step: int = 0,
            tokens: torch.Tensor | None = None, bank: str = "auto",
-           what: str = "PnP Flux Inversion") -> FeatureBank:
+           what: str = "PnP Flux/Chroma/HunyuanVideo Inversion") -> FeatureBank:
     """Invert `latent` (user latent space) and keep the layers' features for `keep_steps`
     sampling steps from `first_step` (of the image tokens `tokens`, default all), and the
     inverted path at every sigma (masked edits). `mask` is the source latent's noise_mask, kept
-    for sampling. The tables live where `bank` says (placement.MODES); `what` names the node in its text."""
+    for sampling. The tables live where `bank` says (placement.MODES); `what` names the node in its text.
+    `steps` and `keep_steps` left at AUTO take the official values of the method on the model's family
+    (official.py)."""
     layers = flux_layers.resolve(model_patcher, preset, custom_layers)  # other families stop here
     solvers.check_solver(solver)
+    family = families.family_of(model_patcher).name
+    steps = official.steps(steps, family, solver)
+    keep_steps = official.kept(keep_steps, steps, family, solver)
     check_source(model_patcher, latent)
     if mask is not None:  # checked now, used when sampling
         region.check_mask(mask, latent.shape, latent.shape[0])
     check_finite(guidance=guidance)
-    check_whole_latent(conditioning, "The inversion prompt (PnP Flux Inversion's `conditioning`)")
+    check_whole_latent(conditioning, "The inversion prompt (PnP Flux/Chroma/HunyuanVideo Inversion's `conditioning`)")
     sigmas = flux_schedule.sampling_sigmas(model_patcher, scheduler, steps, latent.shape)
     check_schedule(sigmas)
     if not 0 <= first_step + keep_steps <= steps:
@@ -150,7 +156,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 25, k
     bank = FeatureBank(
         sigmas=sigmas, noise=placement.keep(path[0]), path=path, mask=mask,
         tables={key: tables.complete(key, slots, key) for key in layers.keys()}, layers=layers, solver=solver,
-        steps_kept=keep_steps, text_tokens=int(recorder.text_tokens), architecture=flux_layers.signature(model_patcher),
+        steps_kept=keep_steps, text_tokens=int(recorder.text_tokens), architecture=families.signature(model_patcher),
         first_step=first_step, tokens=tokens, calls=calls,
     )
     kept = (f"{keep_steps} of {steps} steps of {solver} kept ({solvers.evaluations(solver, steps)} model "

@@ -39,7 +39,7 @@ from .. import passes, region
 from ..errors import PnPError
 from ..inputs import check_finite, check_whole_latent
 from ..model_calls import HOST_SIGMA, target_rows
-from . import layers as flux_layers
+from . import families
 from . import schedule as flux_schedule
 from .bank import FeatureBank
 from .inversion import invert as invert_flux
@@ -77,8 +77,9 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, mask: torch.Tensor
         raise PnPError("KV-Edit edits the masked region only: connect a mask (Load Image's mask editor on the source) "
                        "or give the source latent a noise_mask (Set Latent Noise Mask).")
     if not 0 <= skip < steps:
-        raise PnPError(f"`skip_steps` is {skip}; KV-Edit edits the steps after the skipped ones: give 0 to {steps - 1}.")
-    flux_layers.check_flux1(model_patcher, "KV-Edit")
+        raise PnPError(f"`skip_steps` is {skip}; KV-Edit edits the steps after the skipped ones: give 0 to "
+                       f"{steps - 1}.")
+    families.check_flux1(model_patcher, "KV-Edit")
     cells, background = foreground(mask, latent.shape)
     return invert_flux(model_patcher, latent, conditioning, steps, steps - skip, "", every_block(model_patcher),
                        "euler", scheduler, guidance, mask=cells, first_step=skip, tokens=background, bank=bank,
@@ -124,7 +125,7 @@ def sample(model_patcher, bank: FeatureBank, positive, guidance: float = GUIDANC
     """KV-Edit's editing: the target prompt in the bank's masked region. Returns a LATENT's samples."""
     if not bank.is_kv_edit:
         raise PnPError("This bank was not kept for KV-Edit: invert the source with PnP Flux Inversion (KV-Edit), or "
-                       "sample this bank with PnP Flux Sampler.")
+                       "sample this bank with PnP Flux/Chroma/HunyuanVideo Sampler.")
     if bank.path is None:
         raise PnPError("This KV-Edit bank holds no source path (a damaged or foreign bank file): invert the source "
                        "again with PnP Flux Inversion (KV-Edit).")

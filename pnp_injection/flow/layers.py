@@ -1,12 +1,10 @@
 """Which projections of a Flux-family transformer the flow path reads and overwrites, as data.
 
-Families (`FAMILIES`): Flux.1 (dev, schnell, Kontext), its descendants Chroma and Flux.2 as
-the host defines them (comfy/ldm/chroma, Flux2 in comfy/supported_models.py), and HunyuanVideo
-(comfy/ldm/hunyuan_video). All four have double- and single-stream blocks with the layout below;
-Flux.2's single `linear1` holds q, k, v in its first 3 * hidden columns too (then the SwiGLU's
-gate and up), its text is padded to 512 tokens, and its image tokens are latent cells (patch size
-1) instead of 2x2 patches; HunyuanVideo's tokens are 1x2x2 cells over frames, and its single
-blocks hold the text after the video tokens (`text_first`).
+Every family of this wing (`families.FAMILIES`: Flux.1, Chroma, Flux.2, HunyuanVideo) has double-
+and single-stream blocks with the layout below; Flux.2's single `linear1` holds q, k, v in its first
+3 * hidden columns too (then the SwiGLU's gate and up), and HunyuanVideo's single blocks hold the text
+after the video tokens (`text_first`). Which family a model is, and what else the family fixes, is
+`families`.
 
 Flux.1 has 19 double-stream blocks (image and text tokens in separate weights) and 38
 single-stream blocks (text and image tokens concatenated, text first). A *site* is one
@@ -41,89 +39,15 @@ Presets:
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, replace
 
-import comfy.ldm.flux.model
-import comfy.model_base
-import comfy.supported_models as sm
 import torch
 
 from ..errors import PnPError
 from ..layer_text import count, excerpt, expand, ranges, read_clauses
+from . import families
 
 TENSORS = ("q", "k", "v")
-SUPPORTED = ("PnP supports SD 1.x, SD 2.x and SDXL U-Nets (PnP DDIM Inversion and the nodes after it) "
-             "and Flux.1 dev/schnell/Kontext, Chroma, Flux.2 and HunyuanVideo (the PnP Flux nodes); not yet Wan, "
-             "Qwen-Image, SD3/SD3.5, HiDream or HunyuanVideo 1.5")
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str       # in bank signatures: "flux1", "chroma", "flux2", "hunyuan_video"
-    label: str      # as users know it
-    patch: int | tuple[int, ...] = 2  # latent cells per image token (bank.image_count): 2x2, or per axis
-    channels: int = 16                # of its latents
-
-
-# Text a family's prompt is padded to in the model calls that carry text features: Flux.2 left-pads to 512 tokens
-# inside the host (comfy/model_base.py, Flux2.extra_conds). HunyuanVideo's official code pads every prompt to 256
-# tokens, masked (Hunyuanvideo_Video_Edit/hyvideo/config.py line 101); the host does not, so this wing pads the
-# inversion's calls itself (`PADDED_HERE`, flow/text_padding.py), and a shorter target takes the bank's first tokens.
-TEXT_PADDED_TO = {"flux2": 512, "hunyuan_video": 256}
-PADDED_HERE = ("hunyuan_video",)
-
-
-def text_tokens(family_name: str, prompt_tokens: int, source_tokens: int = 0) -> int:
-    """The text tokens a model call of the family sees for a prompt of `prompt_tokens`, as the bank counts them; while
-    sampling a bank whose source calls had `source_tokens`, a family padded here counts a target up to that length as
-    that length (it takes the bank's first tokens, text_padding.unpadded)."""
-    if family_name in PADDED_HERE and source_tokens:
-        return max(prompt_tokens, source_tokens)
-    return max(prompt_tokens, TEXT_PADDED_TO.get(family_name, 0))
-
-
-# RF-Solver-Edit's official code exists for Flux.1 and HunyuanVideo (`for_family`); Chroma and Flux.2 take its rule
-# by analogy. HunyuanVideo puts the video tokens first and the text last (`text_first`).
-FLUX1, CHROMA = Family("flux1", "Flux.1"), Family("chroma", "Chroma")
-FLUX2 = Family("flux2", "Flux.2", patch=1, channels=128)  # a token per latent cell (comfy/supported_models.py Flux2)
-HUNYUAN_VIDEO = Family("hunyuan_video", "HunyuanVideo", patch=(1, 2, 2))  # frames unpatched
-FAMILIES = (FLUX1, CHROMA, FLUX2, HUNYUAN_VIDEO)
-
-
-def family_of(model_patcher) -> Family:
-    """The model's family, or a PnPError listing what is supported (before any work)."""
-    base = model_patcher.model
-    config = getattr(base, "model_config", None)
-    net = getattr(base, "diffusion_model", None)
-    chroma_model, chroma_net = getattr(comfy.model_base, "Chroma", None), _module_class("comfy.ldm.chroma.model", "Chroma")
-    flux2_model, flux2_config = getattr(comfy.model_base, "Flux2", None), getattr(sm, "Flux2", None)
-    if (type(base) is comfy.model_base.Flux and type(config) in (sm.Flux, sm.FluxSchnell)
-            and type(net) is comfy.ldm.flux.model.Flux and len(net.params.axes_dim) == 3):
-        return FLUX1
-    if chroma_model is not None and type(base) is chroma_model and type(net) is chroma_net:
-        return CHROMA
-    if (flux2_model is not None and type(base) is flux2_model and type(config) is flux2_config
-            and type(net) is comfy.ldm.flux.model.Flux and len(net.params.axes_dim) == 4):
-        return FLUX2
-    if (type(base) is getattr(comfy.model_base, "HunyuanVideo", None) and type(config) is getattr(sm, "HunyuanVideo", None)
-            and type(net) is _HUNYUAN_NET):
-        return HUNYUAN_VIDEO
-    name = type(config).__name__ if config is not None else type(base).__name__
-    kind = "a U-Net" if hasattr(net, "output_blocks") else "another transformer family"
-    raise PnPError(f"{SUPPORTED}; this model is {name}, {kind}. Load a Flux.1, Chroma, Flux.2 or HunyuanVideo checkpoint "
-                   f"for the PnP Flux nodes, or use PnP DDIM Inversion with an SD 1.x, 2.x or SDXL checkpoint.")
-
-
-def _module_class(module: str, name: str):
-    """A host class that older hosts may lack (None there)."""
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
-
-
-_HUNYUAN_NET = _module_class("comfy.ldm.hunyuan_video.model", "HunyuanVideo")
 
 
 @dataclass(frozen=True)
@@ -200,7 +124,8 @@ PRESETS: dict[str, FluxLayerSet] = {
                                 + _sites("single", (6, 9, 34, 35, 37), "k,v", "image")),
 }
 ANALOGY = "rf-solver-edit (by analogy)"
-PRESET_NAMES = ["rf-solver-edit", ANALOGY, "fireflow", "stable-flow"]  # offered on PnP Flux Inversion; all resolve
+# Offered on PnP Flux/Chroma/HunyuanVideo Inversion; all resolve
+PRESET_NAMES = ["rf-solver-edit", ANALOGY, "fireflow", "stable-flow"]
 
 
 def by_analogy(single_blocks: int) -> FluxLayerSet:
@@ -216,18 +141,18 @@ def by_analogy(single_blocks: int) -> FluxLayerSet:
 HUNYUAN_RF_SOLVER_EDIT = FluxLayerSet(_sites("single", range(21, 40), "v"))
 
 
-def for_family(preset: str, family: Family, single_blocks: int) -> FluxLayerSet:
+def for_family(preset: str, family: families.Family, single_blocks: int) -> FluxLayerSet:
     """A preset's layers on this family: as published on Flux.1 (and RF-Solver-Edit's own table on
     HunyuanVideo); FireFlow's (every single block) over this model's single blocks; otherwise the
     block numbers are Flux.1's."""
-    if family is FLUX1:
+    if family is families.FLUX1:
         return PRESETS[preset]
-    if family is HUNYUAN_VIDEO and preset == "rf-solver-edit":
+    if family is families.HUNYUAN_VIDEO and preset == "rf-solver-edit":
         return HUNYUAN_RF_SOLVER_EDIT
     if preset.startswith("fireflow"):
         return FluxLayerSet(tuple(replace(site, block=b) for site in PRESETS[preset].sites[:1]
                                   for b in range(single_blocks)))
-    if family is HUNYUAN_VIDEO:  # RF-Solver-Edit's video code is HunyuanVideo's official edit
+    if family is families.HUNYUAN_VIDEO:  # RF-Solver-Edit's video code is HunyuanVideo's official edit
         raise PnPError(f"The {preset!r} layers are the official code's block numbers for Flux.1, and this model is "
                        f"{family.label}, whose official edit (RF-Solver-Edit's video code) has its own layers: choose "
                        f"'rf-solver-edit' (V of all tokens in single blocks 21-39) or give custom_layers.")
@@ -240,20 +165,7 @@ def text_first(net) -> bool:
     """Whether the single blocks put the text before the image tokens: all but HunyuanVideo, whose blocks hold
     [video, text] (comfy/ldm/hunyuan_video/model.py, `torch.cat((img, txt), 1)`; the official
     hyvideo/modules/models.py line 650 alike)."""
-    return not is_hunyuan_video(net)
-
-
-def is_hunyuan_video(net) -> bool:
-    """Whether a diffusion model (not its patcher) is the host's HunyuanVideo network."""
-    return _HUNYUAN_NET is not None and isinstance(net, _HUNYUAN_NET)
-
-
-def check_flux1(model_patcher, method: str) -> None:
-    """Methods whose official code runs on Flux.1 only and that have no rule to carry over."""
-    family = family_of(model_patcher)
-    if family is not FLUX1:
-        raise PnPError(f"{method} is built for Flux.1 and this model is {family.label}: use PnP Flux Inversion "
-                       f"(RF-Solver) with the 'rf-solver-edit (by analogy)' layers, or a Flux.1 checkpoint.")
+    return not families.is_hunyuan_video(net)
 
 
 _EXAMPLE = "single.20-37:v"
@@ -287,7 +199,8 @@ def parse_custom(text: str) -> FluxLayerSet:
     checked before it is expanded."""
     clauses = read_clauses(text, _WHAT, _EXAMPLE, _clause, lambda c: count(c[1]),
                            f"Cannot read the Flux layer set {excerpt(text)}. Write clauses separated by ';', each "
-                           f"'<double|single>.<blocks>:<tensors>' with blocks like 20-37 or 0,1,17 and tensors from q,k,v "
+                           f"'<double|single>.<blocks>:<tensors>' with blocks like 20-37 or 0,1,17 and tensors from "
+                           f"q,k,v "
                            f"(a tensor marked '+' gets the source's added instead of replaced, as FireFlow's add_q); "
                            f"single blocks take '@image' for the image tokens only (default all tokens); double blocks "
                            f"are the image stream. Example: 'double.0,1,17,18:k,v; single.6,9,34,35,37:k,v@image'.")
@@ -304,7 +217,7 @@ def parse_custom(text: str) -> FluxLayerSet:
 
 def resolve(model_patcher, preset: str = "rf-solver-edit", custom: str = "") -> FluxLayerSet:
     """The layer set: the custom text if given, else the preset; checked against the model."""
-    family = family_of(model_patcher)
+    family = families.family_of(model_patcher)
     singles = len(model_patcher.model.diffusion_model.single_blocks)
     if custom.strip():
         layers = parse_custom(custom)
@@ -351,10 +264,3 @@ def columns(net, tensor: str) -> slice:
     width = net.hidden_size
     index = TENSORS.index(tensor)
     return slice(index * width, (index + 1) * width)
-
-
-def signature(model_patcher) -> str:
-    """Identifies the architecture a bank was made on: block counts and widths."""
-    net = model_patcher.model.diffusion_model
-    return (f"{family_of(model_patcher).name}:{len(net.double_blocks)}x{len(net.single_blocks)}:hidden{net.hidden_size}:"
-            f"heads{net.num_heads}")

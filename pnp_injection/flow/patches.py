@@ -1,4 +1,4 @@
-"""The flow wing's patches (every family of `layers.FAMILIES`): record the source's q/k/v
+"""The flow wing's patches (every family of `families.FAMILIES`): record the source's q/k/v
 projections during inversion, overwrite them while sampling.
 
 Both are forward hooks on the sites' own projection modules (a double block's
@@ -6,7 +6,8 @@ Both are forward hooks on the sites' own projection modules (a double block's
 one model call that needs them and removed in `finally`: no class swap, no block replace
 patch taken (another pack's ("single_block", i) replace patch still runs around ours), and
 LoRA keys stay intact. A hook reads or writes the site's q, k or v columns, for all tokens or
-the image tokens alone (after the text; before it on HunyuanVideo, `site_view`). Injection is keyed by the call's sigma (FeatureBank.slot_at).
+the image tokens alone (after the text; before it on HunyuanVideo, `site_view`). Injection is
+keyed by the call's sigma (FeatureBank.slot_at).
 """
 from __future__ import annotations
 
@@ -17,15 +18,16 @@ from typing import Callable
 import comfy.patcher_extension as ext
 import torch
 
-from .. import placement, region
+from .. import notices, placement, region
 from ..errors import PnPError
 from ..inputs import check_whole_latent_prompts
 from ..model_calls import (SamplingRun, call_sigma, current_run, outside_compiler, rows_from_source, sampling_run,
                            with_clock, without_wrappers)
 from ..recompute import Recomputed, SourceCalls
+from ..schedule import later_departure
 from ..streaming import StepFeed
 from . import layers as flux_layers
-from . import text_padding
+from . import official, text_padding
 from .bank import SCHEDULE_FIX, FeatureBank, image_count
 from .solvers import NAMES, solver_of
 
@@ -144,7 +146,7 @@ class Injection:
                     bank.check_text(cond["cross_attn"].shape[1], cond.get("attention_mask"))
         check_whole_latent_prompts(getattr(guider, "conds", None))
         check_sampler(bank, self.inject, sampler)
-        note_departures(bank, self.inject, sampler, conds)
+        note_departures(bank, self.inject, sampler, conds, noise, sigmas)
         with sampling_run(guider, self.new_run()):
             return with_clock(executor, noise, latent_image, sampler, sigmas, *args, **kwargs)
 
@@ -224,26 +226,37 @@ def check_sampler(bank: FeatureBank, inject: int, sampler) -> None:
     if not inject or solver == bank.solver:
         return
     if bank.solver == "fireflow":
-        raise PnPError(f"This bank was kept for FireFlow (PnP Flux Inversion (FireFlow)): it holds the features of "
-                       f"FireFlow's midpoint evaluations only, which {NAMES.get(solver, 'this sampler')} does not "
-                       f"make. Sample it with FireFlow Sampler (PnP Flux), or with PnP Flux Sampler (FireFlow).")
+        raise PnPError(f"This bank was kept for FireFlow (PnP Flux/Chroma/HunyuanVideo Inversion (FireFlow)): it "
+                       f"holds the features of FireFlow's midpoint evaluations only, which "
+                       f"{NAMES.get(solver, 'this sampler')} does not make. Sample it with PnP "
+                       f"Flux/Chroma/HunyuanVideo Sampler, or with FireFlow Sampler (PnP Flux) in SamplerCustomAdvanced.")
     if solver == "fireflow":
         raise PnPError(f"This bank was kept for {NAMES[bank.solver]} but the sampler is FireFlow Sampler (PnP Flux). "
                        f"Sample it with {'RF-Solver Sampler (PnP Flux)' if bank.solver == 'rf_solver' else 'euler'}, "
-                       f"or invert with PnP Flux Inversion (FireFlow) for the FireFlow sampler.")
+                       f"or invert with PnP Flux/Chroma/HunyuanVideo Inversion (FireFlow) for the FireFlow sampler.")
 
 
-def note_departures(bank: FeatureBank, inject: int, sampler, conds) -> None:
-    """One log line for each way the advanced route departs from the bank's solver or the
-    official guidance without an error: both are valid choices, but a user should know."""
+def note_departures(bank: FeatureBank, inject: int, sampler, conds, noise: torch.Tensor, sigmas: torch.Tensor) -> None:
+    """A warning on the node (and in the log) for each way the advanced route departs from the method without an
+    error: another solver, no guidance, other noise than the inverted latent, a schedule that leaves the bank's
+    after the injected steps. Each is a valid choice, but a user should know."""
+    warn = lambda text: notices.show(text, logging.WARNING)  # noqa: E731
     if inject and bank.solver == "rf_solver" and solver_of(sampler) != "rf_solver":
-        logging.info("PnP Flux: this bank was kept for RF-Solver (two evaluations per step) but the sampler is not "
-                     "RF-Solver Sampler (PnP Flux): each step injects only its first evaluation's features.")
+        warn("PnP Flux: this bank was kept for RF-Solver (two evaluations per step) but the sampler is not RF-Solver "
+             "Sampler (PnP Flux): each step injects only its first evaluation's features.")
     if conds and not any("guidance" in cond for cond in conds):
-        official = "FireFlow samples the target at guidance 2" if bank.solver == "fireflow" else \
-            "RF-Solver-Edit samples the target at guidance 5"
-        logging.info(f"PnP Flux: the prompt has no Flux guidance set (FluxGuidance); the model uses its default "
-                     f"(3.5). {official}.")
+        settings = official.settings(bank.family, bank.solver)
+        method = "FireFlow" if bank.solver == "fireflow" else "RF-Solver-Edit"
+        warn(f"PnP Flux: the prompt has no Flux guidance set (FluxGuidance); the model uses its default (3.5). "
+             f"{method} samples the target at guidance {settings.guidance:g}.")
+    start = None if bank.is_kv_edit else bank.noise_for(noise.shape[0]).to(noise)  # KV-Edit starts on its path
+    if start is not None and not torch.equal(noise, start):  # once per run, before any model call
+        warn("PnP Flux: the NOISE is not the bank's inverted latent (PnP Flux/Chroma/HunyuanVideo Noise), so the edit "
+             "does not start from the inversion: connect PnP Flux/Chroma/HunyuanVideo Noise's noise to "
+             "SamplerCustomAdvanced.")
+    later = later_departure(bank.sigmas[bank.first_step:], sigmas)
+    if later:
+        warn(later)
 
 
 def token_mismatch(key: str, bank_tokens: int, call_tokens: int) -> PnPError:
@@ -257,18 +270,20 @@ def token_mismatch(key: str, bank_tokens: int, call_tokens: int) -> PnPError:
     if bank_tokens < call_tokens:
         return PnPError(
             f"{head} this call has {call_tokens - bank_tokens} image tokens more than the inversion's: the target "
-            f"prompt carries reference latents (Flux Kontext's ReferenceLatent) that PnP Flux Inversion's prompt did "
-            f"not, or larger ones, or another node adds image tokens. Give PnP Flux Inversion's prompt the same "
-            f"reference latents as the target prompt and invert again, or remove them from the target prompt."
+            f"prompt carries reference latents (Flux Kontext's ReferenceLatent) that PnP Flux/Chroma/HunyuanVideo "
+            f"Inversion's prompt did not, or larger ones, or another node adds image tokens. Give PnP "
+            f"Flux/Chroma/HunyuanVideo Inversion's prompt the same reference latents as the target prompt and invert "
+            f"again, or remove them from the target prompt."
         )
     return PnPError(
-        f"{head} the inversion's calls had {bank_tokens - call_tokens} image tokens more than this one: PnP Flux "
-        f"Inversion's prompt carried reference latents (Flux Kontext's ReferenceLatent) that the target prompt lacks, "
-        f"or larger ones. Give the target prompt the same reference latents, or invert again without them."
+        f"{head} the inversion's calls had {bank_tokens - call_tokens} image tokens more than this one: PnP "
+        f"Flux/Chroma/HunyuanVideo Inversion's prompt carried reference latents (Flux Kontext's ReferenceLatent) that "
+        f"the target prompt lacks, or larger ones. Give the target prompt the same reference latents, or invert "
+        f"again without them."
     )
 
 
-MASK_FIX = "Invert the source again with PnP Flux Inversion, or remove the mask."
+MASK_FIX = "Invert the source again with PnP Flux/Chroma/HunyuanVideo Inversion, or remove the mask."
 
 
 def apply_kv_injection(model_patcher, bank: FeatureBank, attn_scale: float = 1.0):
@@ -293,13 +308,13 @@ def refuse_kv_edit(bank: FeatureBank) -> None:
                        "and values from the skipped steps on. Sample it with PnP Flux Sampler (KV-Edit).")
 
 
-def apply_injection(model_patcher, bank: FeatureBank, inject: int = 20, mask: torch.Tensor | None = None):
-    """A clone of `model_patcher` that injects `bank` at the first `inject` steps; the input
+def apply_injection(model_patcher, bank: FeatureBank, inject: int = official.AUTO, mask: torch.Tensor | None = None):
+    """A clone of `model_patcher` that injects `bank` at the first `inject` steps (AUTO: all it kept); the input
     is untouched. With a mask (this one, else a noise_mask on the sampled latent, else the
     source's) the edit is regional (`region`): outside the mask sampling follows the inverted
     path; injection acts on the whole latent, as without a mask."""
     refuse_kv_edit(bank)
-    bank.check_injection(model_patcher, inject)
+    inject = bank.check_injection(model_patcher, inject)
     patched = with_injection(model_patcher, Injection(bank, inject))
     region.apply(patched, bank.source_path, mask if mask is not None else bank.mask, WRAPPER_KEY, MASK_FIX,
                  SCHEDULE_FIX)

@@ -19,17 +19,17 @@ import torch
 from ..errors import PnPError
 from ..inputs import VAE_SCALE
 from ..preview import enlarge, principal_components
-from . import layers as flux_layers
+from . import families
 from .bank import FeatureBank, slot_index
 
-FAMILIES = {family.name: family for family in flux_layers.FAMILIES}
+FAMILIES = {family.name: family for family in families.FAMILIES}
 # Pixels per latent cell where a family's VAE is not 8x: Flux.2's latent packs 2x2 cells of an 8x VAE
 # (EmptyFlux2LatentImage: height // 16).
 PIXELS_PER_CELL = {"flux2": 16}
 
 
-def bank_family(bank: FeatureBank) -> flux_layers.Family:
-    return FAMILIES.get(bank.architecture.split(":")[0], flux_layers.FLUX1)
+def bank_family(bank: FeatureBank) -> families.Family:
+    return FAMILIES.get(bank.architecture.split(":")[0], families.FLUX1)
 
 
 def held_steps(bank: FeatureBank) -> range:
@@ -73,7 +73,7 @@ def image_features(bank: FeatureBank, site: str, slot: int) -> torch.Tensor:
     if table.shape[1] < text + image:
         raise PnPError(f"The bank's table {site} holds {table.shape[1]} tokens, fewer than its {image} image tokens "
                        f"and {text} text tokens: the bank is damaged; invert the source again.")
-    start = 0 if bank_family(bank) is flux_layers.HUNYUAN_VIDEO else text  # HunyuanVideo: [video, text]
+    start = 0 if bank_family(bank) is families.HUNYUAN_VIDEO else text  # HunyuanVideo: [video, text]
     return table[:, start: start + image]
 
 

@@ -1,4 +1,4 @@
-"""Sampling the Flux target from the inverted latent, with injection (PnP Flux Sampler), and
+"""Sampling the Flux target from the inverted latent, with injection (PnP Flux/Chroma/HunyuanVideo Sampler), and
 the inverted latent as ComfyUI NOISE (for SamplerCustomAdvanced).
 
 ComfyUI's flow samplers start from sigma_0 * noise + (1 - sigma_0) * latent_image; at
@@ -15,7 +15,7 @@ import torch
 from .. import passes
 from ..model_calls import target_rows
 from ..inputs import check_finite, check_whole_latent
-from . import solvers
+from . import official, solvers
 from .bank import FeatureBank
 from .inversion import guided
 from .patches import apply_injection
@@ -39,15 +39,18 @@ def check_prompt(bank: FeatureBank, conditioning) -> None:
         bank.check_text(context.shape[1], extras.get("attention_mask"))
 
 
-def pnp_sample(model_patcher, bank: FeatureBank, positive, guidance: float = 5.0, inject: int = 20,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+def pnp_sample(model_patcher, bank: FeatureBank, positive, guidance: float = official.AUTO,
+               inject: int = official.AUTO, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Sample the target prompt from the bank's inverted latent on the bank's schedule with
     the bank's solver, Flux guidance `guidance` (no classifier-free guidance, as the official
-    code), injecting the first `inject` steps. A batch of prompts gives one latent per prompt.
-    With a mask (or the source's noise_mask) the edit is regional (`region`). Returns a
-    LATENT's samples."""
+    code), injecting the first `inject` steps. AUTO takes the official guidance of the bank's
+    method on its family (official.py) and injects every step the bank kept. A batch of prompts
+    gives one latent per prompt. With a mask (or the source's noise_mask) the edit is regional
+    (`region`). Returns a LATENT's samples."""
+    guidance = official.guidance(guidance, bank.family, bank.solver)
     check_finite(guidance=guidance)
-    check_whole_latent(positive, "The target prompt (PnP Flux Sampler's `positive`)")
+    check_whole_latent(positive, "The target prompt (PnP Flux/Chroma/HunyuanVideo Sampler's `positive`)")
+    inject = bank.check_injection(model_patcher, inject)
     patched = apply_injection(model_patcher, bank, inject, mask)
     if inject:
         check_prompt(bank, positive)

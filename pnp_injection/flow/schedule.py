@@ -23,7 +23,7 @@ import torch
 
 from .. import schedule
 from ..errors import PnPError
-from . import layers
+from . import families
 
 OFFICIAL = "official"
 SCHEDULERS = [OFFICIAL, *comfy.samplers.SCHEDULER_NAMES]
@@ -45,10 +45,10 @@ def sampling_sigmas(model_patcher, scheduler: str, steps: int, latent_shape) -> 
     sampling settings (ModelSamplingFlux). HunyuanVideo's `official` is its video edit's schedule
     (`video_sigmas`); Chroma and Flux.2 have no official edit code: `official` is the model's own
     `simple` schedule there."""
-    family = layers.family_of(model_patcher)
-    if scheduler == OFFICIAL and family is layers.HUNYUAN_VIDEO:
+    family = families.family_of(model_patcher)
+    if scheduler == OFFICIAL and family is families.HUNYUAN_VIDEO:
         return video_sigmas(steps)
-    if scheduler == OFFICIAL and family is not layers.FLUX1:
+    if scheduler == OFFICIAL and family is not families.FLUX1:
         scheduler = "simple"
     if scheduler == OFFICIAL:
         schnell = isinstance(model_patcher.model.model_config, sm.FluxSchnell)

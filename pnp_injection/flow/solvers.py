@@ -81,7 +81,8 @@ def _sampler_function(solver: str):
         def velocity(x_, sigma, evaluation):
             if sigma == 0:
                 raise PnPError(f"The {solver} sampler cannot evaluate a flow model at sigma 0 (its velocity is not "
-                               f"readable there): sample from high to low sigmas; invert with a PnP Flux Inversion node.")
+                               f"readable there): sample from high to low sigmas; invert with a PnP "
+                               f"Flux/Chroma/HunyuanVideo Inversion node.")
             # Older hosts (0.3.64) check for an interrupt only at progress updates, once per step.
             comfy.model_management.throw_exception_if_processing_interrupted()
             denoised = call(x_, sigma * ones, **{HOST_SIGMA: sigma})

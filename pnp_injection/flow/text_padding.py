@@ -43,6 +43,7 @@ import torch
 
 from ..errors import PnPError
 from ..model_calls import outside_compiler
+from . import families
 from . import layers as flux_layers
 
 OVERRIDE = "optimized_attention_override"  # the host's transformer_options entry (comfy/ldm/modules/attention.py)
@@ -51,9 +52,9 @@ OVERRIDE = "optimized_attention_override"  # the host's transformer_options entr
 def length(net, layers: flux_layers.FluxLayerSet, prompt_tokens: int) -> int:
     """The text tokens of an inversion call: HunyuanVideo's prompt padded to the official 256 where the layers carry
     text tokens; otherwise the prompt's."""
-    if not (flux_layers.is_hunyuan_video(net) and layers.needs_same_text_length):
+    if not (families.is_hunyuan_video(net) and layers.needs_same_text_length):
         return prompt_tokens
-    return flux_layers.text_tokens(flux_layers.HUNYUAN_VIDEO.name, prompt_tokens)
+    return families.text_tokens(families.HUNYUAN_VIDEO.name, prompt_tokens)
 
 
 def unpadded(net, site: flux_layers.Site, source: torch.Tensor, bank_text: int, call_text: int) -> torch.Tensor:
@@ -63,7 +64,7 @@ def unpadded(net, site: flux_layers.Site, source: torch.Tensor, bank_text: int, 
     meets only the target's padding, a varlen sequence of its own that the video and the prompt never see: so the
     target needs no padding, and its unpadded call with these values is the official padded one's video."""
     surplus = bank_text - call_text
-    if (surplus > 0 and flux_layers.is_hunyuan_video(net) and site.stream == "single" and site.tokens == "all"
+    if (surplus > 0 and families.is_hunyuan_video(net) and site.stream == "single" and site.tokens == "all"
             and source.shape[1] > surplus):
         return source[:, :source.shape[1] - surplus]
     return source
@@ -74,7 +75,7 @@ def call(text_tokens: int, hooks, executor, *args, **kwargs):
     """One model call with PnP's forward hooks (model_calls.outside_compiler), its text padded to `text_tokens`
     and masked as the official code where the model is HunyuanVideo and the prompt is shorter."""
     net = executor.class_obj
-    if not flux_layers.is_hunyuan_video(net):
+    if not families.is_hunyuan_video(net):
         return outside_compiler(hooks, executor, *args, **kwargs)
     names = _positional_names(type(net))
 

@@ -1,9 +1,8 @@
-"""The feature bank: the source pass's tensors at each injected step (spec section 3)."""
+"""The feature bank: the source pass's tensors at each injected step (docs/pnp.md, section 3)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import logging
 import time
 
 import comfy.patcher_extension as ext
@@ -16,9 +15,11 @@ from ..model_calls import HOST_SIGMA, source_rows
 from ..passes import Progress, run_loop
 from ..recompute import SourceCalls
 from ..schedule import check_same_schedule, injected_steps
+from . import families
 from . import layers as layer_sets
 from .inversion import Trajectory
-from .patches import WRAPPER_KEY, Recorder, attention_name, resblock_name, with_attention_patch_first, without_pnp
+from .patches import (SCHEDULE_FIX, WRAPPER_KEY, Recorder, attention_name, resblock_name, with_attention_patch_first,
+                      without_pnp)
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,12 +77,14 @@ class FeatureBank:
         try:
             here = layer_sets.signature(model_patcher, self.layers)
         except PnPError:  # the bank's layers are not in this U-Net (an SD 1.5 bank on SDXL): another architecture
-            here = f"{layer_sets.model_name(model_patcher)}, without the bank's layers"
+            here = f"{families.model_name(model_patcher)}, without the bank's layers"
         check_same_architecture(self.architecture, here, "Invert and capture the source again")
         if feature and not self.layers.resblocks:
-            raise PnPError("This bank's layer set has no ResBlock: set `feature_injection` to 0 or capture with ResBlock layers.")
+            raise PnPError("This bank's layer set has no ResBlock: set `feature_injection` to 0 or capture with "
+                           "ResBlock layers.")
         if attention and not self.layers.attention:
-            raise PnPError("This bank's layer set has no attention layer: set `attention_injection` to 0 or capture with attention layers.")
+            raise PnPError("This bank's layer set has no attention layer: set `attention_injection` to 0 or capture "
+                           "with attention layers.")
         if feature > self.feature_step_count:
             raise PnPError(
                 f"`feature_injection` {feature_injection} needs {feature} steps of ResBlock features "
@@ -97,7 +100,7 @@ class FeatureBank:
         return feature, attention
 
     def check_schedule(self, sigmas: torch.Tensor, injected: int) -> None:
-        check_same_schedule(self.sigmas, sigmas, injected + 1, "feature bank")
+        check_same_schedule(self.sigmas, sigmas, injected + 1, "feature bank", SCHEDULE_FIX)
 
     def check_latent(self, shape, batch: bool = True) -> None:
         """Spatial size (and, for a whole latent, batch) the bank can serve."""
@@ -109,7 +112,7 @@ class FeatureBank:
 def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, attention_steps: float = 0.5,
             preset: str = "auto", custom_layers: str = "", conditioning=None,
             dtype: torch.dtype | None = None, device: str = "offload", bank: str = "auto") -> FeatureBank:
-    """Run the source pass at the first steps and keep the layers' tensors (spec section 3).
+    """Run the source pass at the first steps and keep the layers' tensors (docs/pnp.md, section 3).
 
     At step i the U-Net sees the trajectory latent x(sigma_i) with the source prompt, unguided,
     nothing injected. ResBlock outputs are kept for i < int(N * feature_steps), attention inputs
@@ -120,7 +123,7 @@ def capture(model_patcher, trajectory: Trajectory, feature_steps: float = 0.8, a
     """
     layers = layer_sets.resolve(model_patcher, preset, custom_layers)
     placement.check_device(device)  # before any U-Net work, not inside the recording hooks
-    family = layer_sets.family_of(model_patcher)
+    family = families.family_of(model_patcher)
     if family != trajectory.family:
         raise PnPError(
             f"The trajectory was inverted with a {trajectory.family} model but this model is "

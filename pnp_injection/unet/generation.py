@@ -11,7 +11,7 @@ from .. import passes, schedule
 from ..errors import PnPError
 from ..inputs import check_finite, check_latent
 from .inversion import Trajectory
-from .layers import family_of
+from .families import family_of
 
 
 def generate(model_patcher, latent: torch.Tensor, positive, negative, cfg: float = 7.5, seed: int = 0,

@@ -1,4 +1,4 @@
-"""The negative-prompt schedule of the latent-diffusion PnP code (spec section 5).
+"""The negative-prompt schedule of the latent-diffusion PnP code (docs/pnp.md, section 5).
 
     eps_u~_i = alpha_i * eps(x, "") + (1 - alpha_i) * eps(x, c_neg)
     eps      = eps_u~_i + w * (eps(x, c_pos) - eps_u~_i)
@@ -16,7 +16,7 @@ from ..errors import PnPError
 from ..inputs import check_number
 from ..model_calls import call_sigma
 from ..schedule import step_at
-from .layers import family_of
+from .families import family_of
 
 SCHEDULES = ["constant", "linear", "exp"]
 
@@ -50,7 +50,7 @@ def blended(empty: list[dict] | None, negative: list[dict] | None, weight: float
     ComfyUI predicts a prompt of several entries as their strength-weighted average, so each
     entry of `empty` gets strength `weight * s / S_empty` and each entry of `negative`
     `(1 - weight) * s / S_negative` (s its own strength, S its prompt's total). For prompts
-    without areas or masks that is spec 5's blend exactly. A prompt of weight 0 is left out
+    without areas or masks that is docs/pnp.md section 5's blend exactly. A prompt of weight 0 is left out
     (and costs no evaluation), so weight 1 is the empty prompt itself: ordinary CFG.
     """
     parts = [(group, w) for group, w in ((empty, weight), (negative, 1.0 - weight)) if group and w != 0.0]

@@ -1,4 +1,4 @@
-"""Deterministic DDIM inversion of the source latent (spec section 2)."""
+"""Deterministic DDIM inversion of the source latent (docs/pnp.md, section 2)."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +13,7 @@ from ..inputs import check_latent, check_whole_latent
 from ..model_calls import HOST_SIGMA
 from ..passes import Progress, run_loop
 from ..schedule import sampling_sigmas
-from . import layers
+from . import families
 from .patches import without_pnp
 from .schedule import check_inversion_steps, inversion_sigmas
 
@@ -52,7 +52,7 @@ def invert(model_patcher, latent: torch.Tensor, conditioning, steps: int = 50,
     the input whose VP value is x_vp(a), takes eps from its denoised output (eps and v
     models alike), and moves x(b) = x(a) + (sigma_b - sigma_a) * eps.
     """
-    family = layers.family_of(model_patcher)  # DiT/flow models stop here, before any work
+    family = families.family_of(model_patcher)  # DiT/flow models stop here, before any work
     check_latent(latent)
     if mask is not None:  # the source latent's noise_mask: checked now, used when sampling
         region.check_mask(mask, latent.shape, latent.shape[0])

@@ -2,17 +2,17 @@
 
 A layer set names decoder (ComfyUI `output_blocks`) ResBlocks whose residual branch is
 injected, and (block, transformer index) pairs whose self-attention queries and keys are
-injected. Spec sections 3 and 6.
+injected. docs/pnp.md, sections 3 and 6. Which family a model is (the tables' key) is `families`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import comfy.supported_models as sm
 import torch
 
 from ..errors import PnPError
 from ..layer_text import count, excerpt, expand, ranges, read_clauses
+from . import families
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class LayerSet:
 # The paper's layers: ResBlock of decoder layer 4, self-attention of decoder layers 4..11.
 PAPER_SD = LayerSet(resblocks=(4,), attention=tuple((b, 0) for b in range(4, 12)))
 # SDXL (no official port): output block 0 is at SD's layer-4 relative resolution; q/k of
-# every transformer of output blocks 0..2, as Ctrl-X uses for structure (spec section 6).
+# every transformer of output blocks 0..2, as Ctrl-X uses for structure (docs/pnp.md, section 6).
 SDXL_STRUCTURE = LayerSet(resblocks=(0,), attention=((0, -1), (1, -1), (2, -1)))  # -1: all
 
 # Architecture family -> preset name -> layer set. `auto` picks the family's first entry.
@@ -34,27 +34,6 @@ PRESETS: dict[str, dict[str, LayerSet]] = {
     "sdxl": {"ctrl-x": SDXL_STRUCTURE},
 }
 PRESET_NAMES = ["auto", "paper", "ctrl-x"]
-
-
-def family_of(model_patcher) -> str:
-    """The layer-table family of a ComfyUI model, or a clear error for non-U-Net models."""
-    base = model_patcher.model
-    config = getattr(base, "model_config", None)
-    unet = getattr(base, "diffusion_model", None)
-    name = type(config).__name__ if config is not None else type(base).__name__
-    if unet is None or not hasattr(unet, "output_blocks"):
-        raise PnPError(
-            f"PnP needs a U-Net with decoder ResBlocks (SD 1.x, SD 2.x, SDXL); this model is "
-            f"{name}, a transformer (DiT/flow) model with no ResBlocks. Load an SD 1.x, 2.x or "
-            f"SDXL checkpoint, or for Flux.1 use the PnP Flux nodes (PnP Flux Inversion, PnP Flux Sampler)."
-        )
-    if isinstance(config, sm.SDXL):
-        return "sdxl"
-    if isinstance(config, sm.SD20):
-        return "sd2"
-    if isinstance(config, sm.SD15):
-        return "sd1"
-    return name
 
 
 _EXAMPLE = "res:output.4; attn:output.4-11@0"
@@ -107,7 +86,7 @@ def parse_custom(text: str) -> LayerSet:
 
 def resolve(model_patcher, preset: str = "auto", custom: str = "") -> LayerSet:
     """The layer set for a model: a preset of its family, or the custom text if given."""
-    family = family_of(model_patcher)
+    family = families.family_of(model_patcher)
     if custom.strip():
         layers = parse_custom(custom)
     else:
@@ -184,18 +163,14 @@ def check_exist(unet, layers: LayerSet) -> None:
         attention_module(unet, key)
 
 
-def model_name(model_patcher) -> str:
-    """The family and config of a model, as a signature starts (`sd1:SD15`)."""
-    return f"{family_of(model_patcher)}:{type(model_patcher.model.model_config).__name__}"
-
-
 def signature(model_patcher, layers: LayerSet) -> str:
-    """Identifies the architecture a bank was captured on: family plus the shapes it touches."""
-    family = family_of(model_patcher)
+    """Identifies the architecture a bank was captured on: family and config (`families.model_name`) plus the
+    shapes of the layers it touches (here, since they are the layer set's)."""
+    name = families.model_name(model_patcher)  # first: a model without a U-Net is refused by its family
     unet = model_patcher.model.diffusion_model
     shapes = [tuple(residual_module(unet, b).weight.shape) for b in layers.resblocks]
     shapes += [tuple(attention_module(unet, key).to_q.weight.shape) for key in layers.attention]
-    return f"{family}:{type(model_patcher.model.model_config).__name__}:{shapes}"
+    return f"{name}:{shapes}"
 
 
 def output_resolution(unet, block: int, height: int, width: int) -> tuple[int, int]:

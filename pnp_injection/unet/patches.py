@@ -1,4 +1,4 @@
-"""The U-Net patches: record the source's features, or inject them while sampling (spec 3, 4).
+"""The U-Net patches: record the source's features, or inject them while sampling (docs/pnp.md, sections 3 and 4).
 
 ResBlocks: there is no patch point for a ResBlock's residual branch, so a forward hook on its
 last conv is registered by a DIFFUSION_MODEL wrapper for the one U-Net call that needs it and
@@ -16,13 +16,14 @@ wrapper (`CALL_KEY`), so the attention patch holds no state and every clone may 
 """
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Callable
 
 import comfy.patcher_extension as ext
 import torch
 
-from .. import region
+from .. import notices, region
 from ..errors import PnPError
 from ..inputs import check_whole_latent_prompts
 from ..model_calls import (SamplingRun, call_sigma, current_run, outside_compiler, rows_from_source, sampling_run,
@@ -30,7 +31,7 @@ from ..model_calls import (SamplingRun, call_sigma, current_run, outside_compile
 from ..placement import Tables
 from ..recompute import Recomputed, SourceCalls
 from ..streaming import StepFeed
-from ..schedule import UNET_SCHEDULE_FIX, step_at
+from ..schedule import later_departure, step_at
 from . import layers as layer_sets
 
 WRAPPER_KEY = "pnp_injection"        # our wrappers, on every model we patch
@@ -173,6 +174,7 @@ class Injection:
         self.bank.check_latent(latent_image.shape, batch=True)
         check_whole_latent_prompts(getattr(executor.class_obj, "conds", None))
         check_attention_chain(executor.class_obj.model_options, needed=self.attention_count > 0)
+        note_departures(self.bank.sigmas, sigmas, noise)
         with sampling_run(executor.class_obj, self.new_run()):
             return with_clock(executor, noise, latent_image, sampler, sigmas, *args, **kwargs)
 
@@ -235,6 +237,19 @@ class Injection:
         return {key: t.to(tables[key].dtype) for key, t in kept.items()}
 
 
+def note_departures(bank_sigmas: torch.Tensor, sigmas: torch.Tensor, noise: torch.Tensor) -> None:
+    """A warning on the node (and in the log) for a run the bank serves but that is not the method's: noise added
+    to the start latent, or a schedule that leaves the bank's after the injected steps."""
+    if bool(noise.any()):  # once per run, before any model call
+        notices.show("PnP: the sampler adds noise to the start latent (KSampler's add_noise, or a NOISE other than "
+                     "Disable Noise), so the edit starts from a noised latent, not from the inversion's. Turn "
+                     "add_noise off (KSampler (Advanced)) or give SamplerCustomAdvanced Disable Noise.",
+                     logging.WARNING)
+    later = later_departure(bank_sigmas, sigmas)
+    if later:
+        notices.show(later, logging.WARNING)
+
+
 def check_attention_chain(model_options, needed: bool) -> None:
     """Our attention patch must be there when attention is injected, and come first: a patch
     before it would hand it tokens that no longer match the bank's (HyperTile's tiles, merged
@@ -254,6 +269,8 @@ def check_attention_chain(model_options, needed: bool) -> None:
 
 
 MASK_FIX = "Invert and capture the source again (PnP DDIM Inversion, PnP Capture Features), or remove the mask."
+SCHEDULE_FIX = ("Sample with the same steps and scheduler as PnP DDIM Inversion, denoise 1.0 (or feed PnP Sigmas to "
+                "SamplerCustomAdvanced).")
 
 
 def apply_injection(model_patcher, bank, feature_injection: float = 0.8, attention_injection: float = 0.5,
@@ -270,7 +287,7 @@ def apply_injection(model_patcher, bank, feature_injection: float = 0.8, attenti
     patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, injection.outer_sample)
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, injection.diffusion_model)
     region.apply(patched, bank.source_path, mask if mask is not None else bank.mask, WRAPPER_KEY, MASK_FIX,
-                 UNET_SCHEDULE_FIX)
+                 SCHEDULE_FIX)
     if attention_count:
         with_attention_patch_first(patched)
     return patched

@@ -27,7 +27,7 @@ def pnp_sample(model_patcher, bank: FeatureBank, positive, negative, cfg: float 
     """Sample the target prompt from the bank's start latent on the bank's schedule.
 
     With the default negative_alpha 1 / constant this is ordinary CFG with `negative`. Otherwise
-    the latent-diffusion negative-prompt schedule applies (spec section 5): `negative` is the
+    the latent-diffusion negative-prompt schedule applies (docs/pnp.md, section 5): `negative` is the
     unconditional prompt and `source_negative` (default: the source prompt) is blended in.
     """
     check_finite(cfg=cfg)  # the fractions and negative_alpha are range-checked, NaN included

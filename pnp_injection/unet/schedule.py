@@ -1,4 +1,4 @@
-"""The fine ascending schedule of DDIM inversion (spec section 2)."""
+"""The fine ascending schedule of DDIM inversion (docs/pnp.md, section 2)."""
 from __future__ import annotations
 
 import math
