@@ -20,7 +20,7 @@ larger than the memory free is not made (it would swap); its figure is its size.
 takes are printed beside its memory bank's (on this machine the disk reads hit the page cache; bench/gpu_* has
 the GPU figures).
 
-`--edit` times whole edits instead (PnP Flux Inversion then PnP Flux Sampler, RF-Solver-Edit's rule) in each
+`--edit` times whole edits instead (PnP Flux/Chroma/HunyuanVideo Inversion (RF-Solver) then its Sampler, RF-Solver-Edit's rule) in each
 placement, side by side in one process (alternating rounds, the fastest of each), on Flux.1's block counts at
 width 512 on the CPU, with the model evaluations each makes: recompute adds one per injected slot.
 

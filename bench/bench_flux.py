@@ -2,7 +2,7 @@
 
 A Flux.1 with the real block counts (19 double, 38 single) and a reduced hidden width
 (full Flux.1 does not fit this machine), random weights, on the CPU. Injected sampling
-(PnP Flux Sampler) and plain RF-Solver sampling of the same model, prompt, inverted latent
+(PnP Flux/Chroma/HunyuanVideo Sampler) and plain RF-Solver sampling of the same model, prompt, inverted latent
 and steps run alternately; the ratio of their times is printed, not absolute times. The bank
 size of full Flux.1 at 1024x1024 is computed from the shapes and checked against the bytes
 of the bank measured here.

@@ -1,4 +1,4 @@
-"""HunyuanVideo PnP overhead, measured side by side in one process: injected sampling (PnP Flux
+"""HunyuanVideo PnP overhead, measured side by side in one process: injected sampling (PnP Flux/Chroma/HunyuanVideo
 Sampler, RF-Solver-Edit's video layers) against plain RF-Solver sampling of the same shrunk
 HunyuanVideo (the real 20 double and 40 single blocks, a reduced width), clip, prompt and steps,
 alternating rounds on the CPU. Prints the ratio (goal: at most 1.05) and the bank of the official

@@ -50,7 +50,7 @@ class PnPFluxFeaturePreview(io.ComfyNode):
                         "Flux.2, HunyuanVideo) as an RGB image (the paper's figure 3): the structure the injection "
                         "carries over from the source, one tensor of one block at one step.",
             inputs=[
-                FluxFeatureBank.Input("feature_bank", tooltip="From a PnP Flux/Chroma/HunyuanVideo Inversion node or PnP Flux Load Feature "
+                FluxFeatureBank.Input("feature_bank", tooltip="From a PnP Flux/Chroma/HunyuanVideo Inversion node or PnP Flux/Chroma/HunyuanVideo Load Feature "
                                                               "Bank."),
                 io.String.Input("site", default="",
                                 tooltip="The kept tensor to show, as <double|single>.<block>.<q|k|v>, e.g. "

@@ -1,4 +1,4 @@
-"""ComfyUI's TorchCompileModel on a Flux model, before PnP Flux/Chroma/HunyuanVideo Inversion and under PnP Flux
+"""ComfyUI's TorchCompileModel on a Flux model, before PnP Flux/Chroma/HunyuanVideo Inversion and under PnP Flux/Chroma/HunyuanVideo
 Sampler: the bank and the result must be the uncompiled ones (within 1e-4 relative),
 injection must act, and a second run must compile nothing.
 

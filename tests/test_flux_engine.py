@@ -116,7 +116,7 @@ def lora_like(model):
 
 
 def test_lora_applies_to_inversion_and_sampling_in_either_order(flux, pnp_edit):
-    """A LoRA changes the kept features and the result; applied before or after PnP Flux
+    """A LoRA changes the kept features and the result; applied before or after PnP Flux/Chroma/HunyuanVideo
     Apply Feature Injection it gives the same latent, and the one-node sampler gives it too."""
     model, bank, target = flux
     lora = lora_like(model)

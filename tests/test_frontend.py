@@ -416,6 +416,38 @@ def test_the_template_browser_shows_each_card(page, comfy_server):
         close_dialogs(page)
 
 
+# What a user types to find the flow wing's nodes, and a node each query must list.
+SEARCHES = {"hunyuan": "PnP Flux/Chroma/HunyuanVideo Inversion (RF-Solver)",
+            "video": "PnP Flux/Chroma/HunyuanVideo Sampler",
+            "chroma": "PnP Flux/Chroma/HunyuanVideo Inversion (FireFlow)",
+            "flux": "PnP Flux/Chroma/HunyuanVideo Sampler"}
+
+
+def test_the_node_search_finds_the_flow_nodes_by_family(page):
+    """The real node search box (double-click on the canvas, as a user opens it): typing a family's name lists the
+    flow wing's nodes among what it shows. Fails when a display name stops carrying the families, or carries them
+    too far from the name's start for the frontend's fuzzy search to weigh them."""
+    close_dialogs(page)
+    page.evaluate("() => app.graph.clear()")
+    box = page.locator(".comfy-vue-node-search-container input").first
+    try:
+        for query, expected in SEARCHES.items():
+            canvas = page.locator("#graph-canvas")
+            canvas.dblclick(position={"x": 400, "y": 300})
+            box.wait_for(timeout=10_000)
+            box.fill(query)
+            page.wait_for_function("() => document.querySelectorAll('.option-display-name').length > 0",
+                                   timeout=10_000)
+            page.wait_for_timeout(300)  # the list settles after the last keystroke
+            shown = page.evaluate("() => [...document.querySelectorAll('.option-display-name')]"
+                                  ".map(e => e.textContent.trim())")
+            assert any(name.startswith(expected) for name in shown), (query, shown)
+            page.keyboard.press("Escape")
+            box.wait_for(state="hidden", timeout=10_000)
+    finally:
+        close_dialogs(page)
+
+
 def test_no_uncaught_errors_from_the_pack(page):
     """Uncaught page errors that name the pack or its nodes (the frontend's own are not ours to judge)."""
     ours = [e for e in page.pnp_errors if "PnP" in e or "pnp" in e]

@@ -257,11 +257,13 @@ def test_links_between_docs_pages_resolve():
 
 
 def test_every_help_page_links_its_method_page():
-    """Each node's help page (web/docs/<node id>.md) ends with a "More:" line whose docs pages exist. Fails when a
-    help page loses it or names a page that does not exist."""
+    """Each node's help page (web/docs/<node id>.md) ends with a "More:" line whose docs pages exist, and uses no
+    former display name. Fails when a help page loses it, names a page that does not exist or a renamed node."""
     problems = []
     for page in sorted(HELP_PAGES.glob("*.md")):
-        more = [line for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("More: ")]
+        text = page.read_text(encoding="utf-8")
+        problems += [f"{page.name}: {use}" for use in renamed_uses(text, current_names() | deprecated_names())]
+        more = [line for line in text.splitlines() if line.startswith("More: ")]
         targets = re.findall(r"\[(docs/[\w.-]+\.md)\]", more[0]) if more else []
         if not targets:
             problems.append(f"{page.name}: no 'More: docs/<page>.md' line")

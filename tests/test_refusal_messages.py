@@ -257,7 +257,7 @@ def masked_cases(e):
 
 def test_a_masked_runs_refusals_name_the_nodes_of_the_wing_that_applied_it(env):
     """Region (pnp_injection/region.py) serves both wings; each refusal of a masked run names the nodes of
-    the wing that applied it and no other: on the flow wing the flow inversion and PnP Flux Noise (its
+    the wing that applied it and no other: on the flow wing the flow inversion and PnP Flux/Chroma/HunyuanVideo Noise (its
     sigmas), on the U-Net wing PnP DDIM Inversion with PnP Sigmas or PnP Capture Features; and the advice
     runs. Fails with the text the region once had for every wing (the U-Net's "PnP DDIM Inversion ... PnP
     Sigmas" on a Flux run), or if a wing passes the other's fix."""

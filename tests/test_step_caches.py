@@ -79,7 +79,7 @@ def test_unet_cache_before_inversion_capture_and_sampling(unet, cache, window, c
 
 @pytest.mark.parametrize("cache,window", CASES)
 def test_flux_cache_before_inversion_and_sampling(flux, cache, window, caplog):
-    """The cache on the model of PnP Flux/Chroma/HunyuanVideo Inversion (its rising sigmas once crashed the cache) and of PnP Flux
+    """The cache on the model of PnP Flux/Chroma/HunyuanVideo Inversion (its rising sigmas once crashed the cache) and of PnP Flux/Chroma/HunyuanVideo
     Sampler, and on the patched model of the SamplerCustomAdvanced route: the uncached edit, bit for bit."""
     model, bank, target, edit = flux
     with_cache = cached(model, cache, window)

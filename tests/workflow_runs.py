@@ -235,7 +235,7 @@ class WorkflowRun:
 
 
 def injection_off(prompt: dict) -> dict:
-    """A copy of a Flux workflow's prompt with ``inject`` 0 on the nodes that take the bank (PnP Flux
+    """A copy of a Flux workflow's prompt with ``inject`` 0 on the nodes that take the bank (PnP Flux/Chroma/HunyuanVideo
     Sampler and its FireFlow twin, PnP Flux/Chroma/HunyuanVideo Apply Feature Injection): plain sampling of the inverted source."""
     prompt = json.loads(json.dumps(prompt))
     nodes = [n for n in prompt.values() if isinstance(n["inputs"].get("inject"), int)]
