@@ -49,27 +49,21 @@ CASES = {
 MODES = ("memory", "disk", "recompute")
 
 
-def vm(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
 def child(case: str, mode: str) -> dict:
     sys.path.insert(0, str(HERE.parents[1] / "tests"))
     import conftest  # noqa: F401  (ComfyUI host on sys.path, CPU mode, the pack as comfyui_pnp)
     import torch
 
     from comfyui_pnp.pnp_injection import placement, recompute, streaming
+    from harness import process_memory, restart_peak_memory
     sites, tokens, slots, latent_shape = CASES[case]
     activation = torch.randn(1, tokens, WIDTH).to(torch.bfloat16)  # the network's output at a site
     latent, timestep = torch.randn(latent_shape), torch.ones(1)
     like = torch.empty(0, dtype=torch.bfloat16)
     keys = [("site", i) for i in range(sites)]
     choice = placement.Placement(mode, "asked for")
-    Path("/proc/self/clear_refs").write_text("5")
-    base = vm("VmHWM")
+    restart_peak_memory()
+    base = process_memory("VmHWM")
     started = time.perf_counter()
     tables = placement.recording_tables(choice, lambda key: slots, lambda t: torch.device("cpu"), torch.bfloat16)
     calls = recompute.SourceCalls(torch.device("cpu")) if mode == "recompute" else None
@@ -93,7 +87,7 @@ def child(case: str, mode: str) -> dict:
             for key in keys:
                 checksum += float(feed.get(slot, key, like)[0, 0, 0])
         feed.release()
-    return {"added": vm("VmHWM") - base, "bank": sum(t.numel() * t.element_size() for t in bank.values()),
+    return {"added": process_memory("VmHWM") - base, "bank": sum(t.numel() * t.element_size() for t in bank.values()),
             "recorded_s": recorded, "total_s": time.perf_counter() - started,
             "path": 0 if calls is None else calls.nbytes(), "checksum": checksum}
 

@@ -84,38 +84,25 @@ def runner(model, method: str, frames: int, size: int, steps: int):
             }[method]
 
 
-def counted(model, fn) -> int:
-    rows = []
-    handle = model.model.diffusion_model.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
-    try:
-        fn()
-    finally:
-        handle.remove()
-    return sum(rows)
-
-
 def memory_child(method: str, frames: int, size: int, steps: int, layers: int) -> dict:
     """Peak resident memory of one edit beyond the loaded model (a fresh process)."""
-    model = setup(layers)
+    model = setup(layers)  # puts tests/ on sys.path
+    from harness import count_rows, process_memory, restart_peak_memory
+
     fn = runner(model, method, frames, size, steps)
-    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current resident size
-    base = vm("VmRSS")
-    rows = counted(model, fn)
-    return {"rows": rows, "added": vm("VmHWM") - base}
-
-
-def vm(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    restart_peak_memory()
+    base = process_memory("VmRSS")
+    rows = count_rows(model, fn)
+    return {"rows": rows, "added": process_memory("VmHWM") - base}
 
 
 def timing(frames: int, size: int, steps: int, rounds: int) -> dict:
     """Seconds per evaluation of each method, side by side in this process (alternating order, fastest round)."""
-    model = setup()
+    model = setup()  # puts tests/ on sys.path
+    from harness import count_rows
+
     fns = {m: runner(model, m, frames, size, steps) for m in METHODS}
-    rows = {m: counted(model, fn) for m, fn in fns.items()}  # also the warm-up
+    rows = {m: count_rows(model, fn) for m, fn in fns.items()}  # also the warm-up
     best = {m: float("inf") for m in METHODS}
     for r in range(rounds):
         for m in (METHODS if r % 2 == 0 else METHODS[::-1]):

@@ -23,6 +23,14 @@ INVERSION_PROMPT_TIP = "The prompt of the inversion (official: empty; connect a 
 AUTO_TIP = " -1: the official value for this model."
 SCALE_TIP = ("On guidance-distilled models (Flux.1 dev, Flux.2, HunyuanVideo) the embedded guidance; on others "
              "classifier-free guidance with `negative`.")
+# The sockets every velocity node shares, one meaning each (tests/test_node_docs.py MEANINGS).
+MODEL = io.Model.Input("model", tooltip=MODEL_TIP)
+SOURCE_LATENT = io.Latent.Input("latent", tooltip=SOURCE_LATENT_TIP)
+SOURCE_PROMPT = io.Conditioning.Input("source_prompt", tooltip=SOURCE_PROMPT_TIP)
+TARGET = io.Conditioning.Input("positive", tooltip=TARGET_TIP)
+NEGATIVE = io.Conditioning.Input("negative", optional=True, tooltip=NEGATIVE_TIP)
+INVERSION_PROMPT = io.Conditioning.Input("inversion_prompt", tooltip=INVERSION_PROMPT_TIP)
+EDITED_LATENT = io.Latent.Output("edited_latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")
 
 
 def _steps(official: str):
@@ -58,11 +66,11 @@ class PnPFlowEdit(io.ComfyNode):
                         "Knobs at -1 take the official values (Flux: 28 steps, n_max 24, guidance 1.5 and 5.5; SD3: 50 "
                         "steps, n_max 33, CFG 3.5 and 13.5).",
             inputs=[
-                io.Model.Input("model", tooltip=MODEL_TIP),
-                io.Latent.Input("latent", tooltip=SOURCE_LATENT_TIP),
-                io.Conditioning.Input("source_prompt", tooltip=SOURCE_PROMPT_TIP),
-                io.Conditioning.Input("positive", tooltip=TARGET_TIP),
-                io.Conditioning.Input("negative", optional=True, tooltip=NEGATIVE_TIP),
+                MODEL,
+                SOURCE_LATENT,
+                SOURCE_PROMPT,
+                TARGET,
+                NEGATIVE,
                 _steps("official: 28 on Flux, 50 on SD3"),
                 *FLOWEDIT_KNOBS,
                 _scale("source_scale", "official: 1.5 on Flux, 3.5 on SD3", "Guidance of the source prompt"),
@@ -72,7 +80,7 @@ class PnPFlowEdit(io.ComfyNode):
                              tooltip="Seed of the noise FlowEdit draws at each step: another seed gives another edit."),
                 mask_input(),
             ],
-            outputs=[io.Latent.Output("edited_latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")],
+            outputs=[EDITED_LATENT],
         )
 
     @classmethod
@@ -106,19 +114,19 @@ class PnPUniEdit(io.ComfyNode):
                         "samples it back with the velocity difference of the source and target prompts, on any "
                         "rectified-flow model (Flux, SD3, Wan video, ...). Official: 15 steps, alpha 0.6, omega 5, no CFG.",
             inputs=[
-                io.Model.Input("model", tooltip=MODEL_TIP),
-                io.Latent.Input("latent", tooltip=SOURCE_LATENT_TIP),
-                io.Conditioning.Input("inversion_prompt", tooltip=INVERSION_PROMPT_TIP),
-                io.Conditioning.Input("source_prompt", tooltip=SOURCE_PROMPT_TIP),
-                io.Conditioning.Input("positive", tooltip=TARGET_TIP),
-                io.Conditioning.Input("negative", optional=True, tooltip=NEGATIVE_TIP),
+                MODEL,
+                SOURCE_LATENT,
+                INVERSION_PROMPT,
+                SOURCE_PROMPT,
+                TARGET,
+                NEGATIVE,
                 _steps("official: 15"),
                 *UNIEDIT_KNOBS, OMEGA,
                 _scale("scale", "official: 1, no classifier-free guidance", "Guidance of both prompts"),
                 RULE,
                 mask_input(),
             ],
-            outputs=[io.Latent.Output("edited_latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")],
+            outputs=[EDITED_LATENT],
         )
 
     @classmethod
@@ -153,12 +161,12 @@ class PnPRFInversion(io.ComfyNode):
                         "rectified-flow model. Official (Flux.1): 28 steps, gamma 0.5, eta 0.9 over the first 25%, "
                         "guidance 3.5.",
             inputs=[
-                io.Model.Input("model", tooltip=MODEL_TIP),
-                io.Latent.Input("latent", tooltip=SOURCE_LATENT_TIP),
+                MODEL,
+                SOURCE_LATENT,
                 io.Conditioning.Input("inversion_prompt", tooltip=INVERSION_PROMPT_TIP + " The official inversion runs "
                                       "guidance-distilled models at guidance 0."),
-                io.Conditioning.Input("positive", tooltip=TARGET_TIP),
-                io.Conditioning.Input("negative", optional=True, tooltip=NEGATIVE_TIP),
+                TARGET,
+                NEGATIVE,
                 _steps("official: 28"),
                 GAMMA, *RF_KNOBS,
                 _scale("target_scale", "official: 3.5", "Guidance of the target prompt"),
@@ -166,7 +174,7 @@ class PnPRFInversion(io.ComfyNode):
                              tooltip="Seed of the random noise the inversion steers toward."),
                 mask_input(),
             ],
-            outputs=[io.Latent.Output("edited_latent", display_name="latent", tooltip="The edited latent: VAE Decode it.")],
+            outputs=[EDITED_LATENT],
         )
 
     @classmethod
@@ -184,10 +192,10 @@ class PnPEditGuider(io.ComfyNode):
             description="A GUIDER holding the source and the target prompts of one model, for FlowEdit Sampler (PnP) and "
                         "UniEdit Sampler (PnP) in SamplerCustomAdvanced.",
             inputs=[
-                io.Model.Input("model", tooltip=MODEL_TIP),
-                io.Conditioning.Input("source_prompt", tooltip=SOURCE_PROMPT_TIP),
-                io.Conditioning.Input("positive", tooltip=TARGET_TIP),
-                io.Conditioning.Input("negative", optional=True, tooltip=NEGATIVE_TIP),
+                MODEL,
+                SOURCE_PROMPT,
+                TARGET,
+                NEGATIVE,
                 _scale("source_scale", "official: the sampler's method's", "Guidance of the source prompt"),
                 _scale("target_scale", "official: the sampler's method's", "Guidance of the target prompt"),
             ],
@@ -233,9 +241,9 @@ class PnPUniInversion(io.ComfyNode):
             description="Uni-Inv (UniEdit-Flow): inverts the source along the first `alpha` of the sigmas, for UniEdit "
                         "Sampler (PnP) in SamplerCustomAdvanced.",
             inputs=[
-                io.Model.Input("model", tooltip=MODEL_TIP),
-                io.Latent.Input("latent", tooltip=SOURCE_LATENT_TIP),
-                io.Conditioning.Input("inversion_prompt", tooltip=INVERSION_PROMPT_TIP),
+                MODEL,
+                SOURCE_LATENT,
+                INVERSION_PROMPT,
                 io.Sigmas.Input("sigmas", tooltip="The edit's whole schedule, 1 ... 0 (any scheduler; PnP Edit Sigmas gives "
                                                   "the official one)."),
                 *UNIEDIT_KNOBS, RULE,
@@ -277,9 +285,9 @@ class PnPRFInversionInvert(io.ComfyNode):
             description="RF-Inversion's controlled forward ODE: inverts the source toward the noise, for RF-Inversion "
                         "Sampler (PnP) in SamplerCustomAdvanced.",
             inputs=[
-                io.Model.Input("model", tooltip=MODEL_TIP),
-                io.Latent.Input("latent", tooltip=SOURCE_LATENT_TIP),
-                io.Conditioning.Input("inversion_prompt", tooltip=INVERSION_PROMPT_TIP),
+                MODEL,
+                SOURCE_LATENT,
+                INVERSION_PROMPT,
                 io.Noise.Input("noise", tooltip="The random noise the inversion steers toward (Random Noise)."),
                 io.Sigmas.Input("sigmas", tooltip="The edit's schedule, 1 ... 0 (any scheduler; PnP Edit Sigmas gives the "
                                                   "official one)."),
@@ -325,7 +333,7 @@ class PnPEditSigmas(io.ComfyNode):
             description="A method's official schedule for this model and source, for SamplerCustomAdvanced (the schedule "
                         "the one-node edits use).",
             inputs=[
-                io.Model.Input("model", tooltip=MODEL_TIP),
+                MODEL,
                 io.Latent.Input("latent", tooltip="The source latent (Flux's schedule depends on its size)."),
                 io.Combo.Input("method", options=list(METHODS), default="FlowEdit", tooltip="The edit the sigmas are for."),
                 _steps("official: FlowEdit 28 on Flux / 50 on SD3, UniEdit-Flow 15, RF-Inversion 28"),

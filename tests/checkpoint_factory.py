@@ -224,6 +224,20 @@ def cached_checkpoint(name: str = "sd15") -> Path:
     return cached_model(name, MODELS, __file__, FACTORY_VERSION)
 
 
+def check_detected(model, config_class: str, model_class: str | None, expected: dict) -> None:
+    """The host's loader detected `model` (a comfy.model_base model) as the config class `config_class` (and the
+    model class `model_class`, if given), with every entry of `expected` in the detected unet_config."""
+    import comfy.model_base
+    import comfy.supported_models
+    config = model.model_config
+    assert type(config) is getattr(comfy.supported_models, config_class), f"detected as {type(config).__name__}"
+    if model_class is not None:
+        assert type(model) is getattr(comfy.model_base, model_class), type(model).__name__
+    detected = config.unet_config
+    for key, value in expected.items():
+        assert detected[key] == value, (key, detected[key], value)
+
+
 def cached_model(name: str, models: dict, script, version: int) -> Path:
     """Path of the cached file NAME of `models`, made and verified on first use by ``python SCRIPT NAME PATH``."""
     if name not in models:

@@ -86,7 +86,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint_factory import (_calibrate_taesd, _import_comfy, _random_weights, _save, cached_model,
+from checkpoint_factory import (_calibrate_taesd, _import_comfy, _random_weights, _save, cached_model, check_detected,
                                 gradient_image, main)
 
 # Bump when the generated weights or layout change: cached files are rebuilt.
@@ -279,10 +279,7 @@ def verify_flux_unet(path) -> None:
     comfy = _import_comfy()
     patcher = comfy.sd.load_diffusion_model(str(path))
     model = patcher.model
-    assert type(model.model_config) is comfy.supported_models.Flux, f"detected as {type(model.model_config).__name__}"
-    detected = model.model_config.unet_config
-    for key, value in FLUX_UNET_CONFIG.items():
-        assert detected[key] == value, (key, detected[key], value)
+    check_detected(model, "Flux", None, FLUX_UNET_CONFIG)
     assert model.model_type == comfy.model_base.ModelType.FLUX
     _check_guided_velocity(model, (1, FLUX_LATENT_CHANNELS, 8, 8), pooled_width=768, guidance=5.0)
 
@@ -312,14 +309,9 @@ def verify_chroma_unet(path) -> None:
     the test CLIP-L (77 tokens, 4096 channels), and the text and the timestep (Chroma's only way in for it: the
     approximator's modulation table) move the output."""
     comfy = _import_comfy()
-    import comfy.model_base
     patcher = comfy.sd.load_diffusion_model(str(path))
     model = patcher.model
-    assert type(model.model_config) is comfy.supported_models.Chroma, f"detected as {type(model.model_config).__name__}"
-    assert type(model) is comfy.model_base.Chroma, type(model).__name__
-    detected = model.model_config.unet_config
-    for key, value in CHROMA_UNET_CONFIG.items():
-        assert detected[key] == value, (key, detected[key], value)
+    check_detected(model, "Chroma", "Chroma", CHROMA_UNET_CONFIG)
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((1, FLUX_LATENT_CHANNELS, 8, 8), generator=gen)
@@ -339,14 +331,9 @@ def verify_hunyuan_video_unet(path) -> None:
     """UNETLoader's loader detects HunyuanVideo 1.0 (not an I2V variant) with this config; it runs on the conditioning
     of DualCLIPLoader type sd3 with the test CLIP-L, and the text, the pooled vector and the guidance move it."""
     comfy = _import_comfy()
-    import comfy.model_base
     patcher = comfy.sd.load_diffusion_model(str(path))
     model = patcher.model
-    assert type(model.model_config) is comfy.supported_models.HunyuanVideo, type(model.model_config).__name__
-    assert type(model) is comfy.model_base.HunyuanVideo, type(model).__name__
-    detected = model.model_config.unet_config
-    for key, value in HUNYUAN_VIDEO_UNET_CONFIG.items():
-        assert detected[key] == value, (key, detected[key], value)
+    check_detected(model, "HunyuanVideo", "HunyuanVideo", HUNYUAN_VIDEO_UNET_CONFIG)
     # 3 latent frames; sd3's pooled output is 2048 wide, CLIP-L's 768 first (the model reads those).
     _check_guided_velocity(model, (1, FLUX_LATENT_CHANNELS, 3, 8, 8), pooled_width=2048, guidance=6.0)
 

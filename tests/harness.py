@@ -8,6 +8,7 @@ internal features PnP injects change the output.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch._dynamo
@@ -243,6 +244,31 @@ def compile_unavailable(backend: str) -> str | None:
         except Exception as e:  # noqa: BLE001 (any failure to find a compiler means: skip)
             return f"inductor needs a C++ compiler on the CPU: {e}"
     return None
+
+
+def count_rows(model_patcher, fn) -> int:
+    """Rows of latents the network of `model_patcher` evaluated while `fn` ran (a call on a batch of 2 counts 2)."""
+    rows = []
+    net = model_patcher.model.diffusion_model
+    handle = net.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return sum(rows)
+
+
+def process_memory(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in bytes: VmRSS (resident now), VmHWM (its peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(f"no {field} in /proc/self/status")
+
+
+def restart_peak_memory() -> None:
+    """Restart VmHWM from the current resident size, so that a later peak is what the code since then added."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 # The README's U-Net bank figures ("Which method?"): the bank at the paper's defaults (50 steps, 0.8 / 0.5, layers

@@ -112,6 +112,9 @@ HIDREAM_LLAMA_INDEX = list(range(32)) + [31] * 16
 AURA_TEXT = 2048     # AuraFlow's Pile-T5 width, kept: the host detects AuraFlow by cond_seq_dim == 2048
 CLIP_VISION = 1280   # CLIP-H penultimate width, fixed by the host's WAN i2v img_emb (MLPProj(1280, dim))
 CLIP_VISION_TOKENS = 257
+# What the shrunk Wan 2.1 / 2.2 models share (each adds its type, output width, depth and input channels).
+WAN = dict(image_model="wan2.1", dim=64, num_heads=2, ffn_dim=128, patch_size=(1, 2, 2), freq_dim=256,
+           window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6, text_dim=TEXT)
 
 
 @dataclass(frozen=True)
@@ -150,21 +153,12 @@ SPECS = {
         in_channels=4, out_channels=4, patch_size=2),
         text=AURA_TEXT, padding="zeros", real_text_len=256,
         real="3072 wide, 12x256, 4+32 blocks, Pile-T5 2048, max_seq 1024"),
-    "wan21_t2v": Spec(sm.WAN21_T2V, dict(
-        image_model="wan2.1", model_type="t2v", dim=64, out_dim=16, num_heads=2, ffn_dim=128, num_layers=30,
-        patch_size=(1, 2, 2), freq_dim=256, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
-        in_dim=16, text_dim=TEXT),
+    "wan21_t2v": Spec(sm.WAN21_T2V, dict(WAN, model_type="t2v", out_dim=16, num_layers=30, in_dim=16),
         padding="zeros", real_text_len=512, video=True, real="1.3B: 1536 wide, 12x128, 30 blocks, ffn 8960, umT5 4096"),
-    "wan21_i2v": Spec(sm.WAN21_I2V, dict(
-        image_model="wan2.1", model_type="i2v", dim=64, out_dim=16, num_heads=2, ffn_dim=128, num_layers=40,
-        patch_size=(1, 2, 2), freq_dim=256, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
-        in_dim=36, text_dim=TEXT),
+    "wan21_i2v": Spec(sm.WAN21_I2V, dict(WAN, model_type="i2v", out_dim=16, num_layers=40, in_dim=36),
         padding="zeros", real_text_len=512, video=True,
         real="14B I2V: 5120 wide, 40x128, 40 blocks, ffn 13824, in 36 (16 + 4 mask + 16 image), CLIP-H 1280"),
-    "wan22_t2v": Spec(sm.WAN22_T2V, dict(
-        image_model="wan2.1", model_type="t2v", dim=64, out_dim=48, num_heads=2, ffn_dim=128, num_layers=30,
-        patch_size=(1, 2, 2), freq_dim=256, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
-        in_dim=48, text_dim=TEXT),
+    "wan22_t2v": Spec(sm.WAN22_T2V, dict(WAN, model_type="t2v", out_dim=48, num_layers=30, in_dim=48),
         padding="zeros", real_text_len=512, video=True, real="TI2V 5B: 3072 wide, 24x128, 30 blocks, ffn 14336, 48 ch"),
     "hunyuan_video": Spec(sm.HunyuanVideo, video=True, guidance=True,
                           real="13B: 3072 wide, 24x128, 20+40 blocks, llava-llama-3 4096, CLIP-L 768"),

@@ -54,6 +54,13 @@ def test_inversion_auto_takes_the_official_counts(flux):
     (fire,) = PnPFluxFireFlowInversion.execute(flux, {"samples": fh.latent()}, fh.conditioning(seed=5), AUTO, AUTO,
                                                1.0, "replace_v", "official", "single.0-3:v").result
     assert (fire.steps, fire.steps_kept) == (8, 1)
+    # Other step counts: auto keeps the official injected count, at most every step (7 < RF-Solver-Edit's 20).
+    (short,) = PnPFluxInversion.execute(flux, {"samples": fh.latent()}, fh.conditioning(seed=5), 7, AUTO, 1.0,
+                                        "rf-solver-edit", "rf_solver", "official", "single.2-3:v").result
+    assert (short.steps, short.steps_kept) == (7, 7)
+    (fire,) = PnPFluxFireFlowInversion.execute(flux, {"samples": fh.latent()}, fh.conditioning(seed=5), 5, AUTO,
+                                               1.0, "replace_v", "official", "single.0-3:v").result
+    assert (fire.steps, fire.steps_kept) == (5, 1)
 
 
 def test_a_fireflow_bank_at_the_sampler_defaults_is_fireflows_edit(flux):

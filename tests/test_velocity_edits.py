@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from comfy_extras.nodes_custom_sampler import (BasicGuider, CFGGuider, DisableNoise, KSamplerSelect, RandomNoise,
+from comfy_extras.nodes_custom_sampler import (BasicGuider, DisableNoise, KSamplerSelect, RandomNoise,
                                                SamplerCustomAdvanced)
 from comfy_extras.nodes_flux import FluxGuidance
 
@@ -128,27 +128,16 @@ def test_outside_the_mask_the_result_is_the_source(flux, prompts, method):
     assert harness.rel(EDITS[method](flux, latent, prompts)[..., 5:], src[..., 5:]) > 0.05
 
 
-def count_rows(model, fn) -> int:
-    """Rows of latents the network evaluated while `fn` ran."""
-    rows = []
-    handle = model.model.diffusion_model.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
-    try:
-        fn()
-    finally:
-        handle.remove()
-    return sum(rows)
-
-
 def test_model_evaluations_per_edit_are_the_official_counts(flux, prompts):
     """FlowEdit: 2 n_avg per edited step (n_max - n_min) plus one per plain step (FlowEdit_utils.py lines
     339-399); UniEdit-Flow: k + 1 for Uni-Inv and 2k for Uni-Edit, k = round(0.6 N) (FLUX sampling.py lines
     411-503); RF-Inversion: N + N (pipeline `invert` and `__call__`)."""
     latent = source()
-    assert count_rows(flux, lambda: flowedit(flux, latent, prompts, n_max=5, n_min=0, n_avg=2)) == 2 * 2 * 5
-    assert count_rows(flux, lambda: flowedit(flux, latent, prompts, n_max=5, n_min=2, n_avg=1)) == 2 * 3 + 2
+    assert harness.count_rows(flux, lambda: flowedit(flux, latent, prompts, n_max=5, n_min=0, n_avg=2)) == 2 * 2 * 5
+    assert harness.count_rows(flux, lambda: flowedit(flux, latent, prompts, n_max=5, n_min=2, n_avg=1)) == 2 * 3 + 2
     k = round(0.6 * STEPS)
-    assert count_rows(flux, lambda: uniedit(flux, latent, prompts)) == (k + 1) + 2 * k
-    assert count_rows(flux, lambda: rf_inversion(flux, latent, prompts)) == 2 * STEPS
+    assert harness.count_rows(flux, lambda: uniedit(flux, latent, prompts)) == (k + 1) + 2 * k
+    assert harness.count_rows(flux, lambda: rf_inversion(flux, latent, prompts)) == 2 * STEPS
 
 
 def refused_before_any_model_call(model, fn, match):

@@ -70,7 +70,8 @@ from pathlib import Path
 
 import torch
 
-from checkpoint_factory import _import_comfy, _random_weights, _save, cached_model, gradient_image, main
+from checkpoint_factory import (_import_comfy, _random_weights, _save, cached_model, check_detected, gradient_image,
+                                main)
 from flux_files import FLUX_LATENT_CHANNELS, _relative_change, cached_flux_file, clip_frames
 
 # Bump when the generated weights or layout change: cached files are rebuilt.
@@ -211,14 +212,9 @@ def verify_wan_unet(path) -> None:
     """UNETLoader's loader detects Wan 2.1 T2V with this config; it runs on 3 latent frames and Load CLIP type sd3's
     conditioning (77 tokens of 4096), and the text and the timestep move it."""
     comfy = _import_comfy()
-    import comfy.model_base
     patcher = comfy.sd.load_diffusion_model(str(path))
     model = patcher.model
-    assert type(model.model_config) is comfy.supported_models.WAN21_T2V, type(model.model_config).__name__
-    assert type(model) is comfy.model_base.WAN21, type(model).__name__
-    detected = model.model_config.unet_config
-    for key, value in WAN_UNET_CONFIG.items():
-        assert detected[key] == value, (key, detected[key], value)
+    check_detected(model, "WAN21_T2V", "WAN21", WAN_UNET_CONFIG)
     # The test TAEHV (the Wan VAE's stand-in) gives the test clip about unit spread in Wan 2.1's latent space.
     import comfy.utils
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(cached_flux_file("hunyuan-tae"))))
@@ -234,14 +230,9 @@ def verify_sd35_checkpoint(path) -> None:
     with SD3's scale (the test image has about unit spread in the model's space); the model runs on them and the
     text, the pooled vector and the timestep move it."""
     comfy = _import_comfy()
-    import comfy.model_base
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(path))
     base = model.model
-    assert type(base.model_config) is comfy.supported_models.SD3, type(base.model_config).__name__
-    assert type(base) is comfy.model_base.SD3, type(base).__name__
-    detected = base.model_config.unet_config
-    for key, value in SD3_UNET_CONFIG.items():
-        assert detected[key] == value, (key, detected[key], value)
+    check_detected(base, "SD3", "SD3", SD3_UNET_CONFIG)
     assert len(base.diffusion_model.joint_blocks) == SD3_DEPTH
 
     def encode(text):

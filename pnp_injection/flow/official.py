@@ -51,11 +51,3 @@ def kept(value: int, steps_: int, family: str, solver: str) -> int:
 def guidance(value: float, family: str, solver: str) -> float:
     return settings(family, solver).guidance if value == AUTO else value
 
-
-def describe() -> str:
-    """The auto values, for tooltips and messages."""
-    return (f"RF-Solver-Edit {RF_SOLVER_EDIT.steps} steps, {RF_SOLVER_EDIT.inject} injected, guidance "
-            f"{RF_SOLVER_EDIT.guidance:g} (Flux.1; carried to Chroma and Flux.2); on HunyuanVideo "
-            f"{RF_SOLVER_EDIT_VIDEO.steps} steps, {RF_SOLVER_EDIT_VIDEO.inject} injected, guidance "
-            f"{RF_SOLVER_EDIT_VIDEO.guidance:g}; FireFlow {FIREFLOW.steps} steps, {FIREFLOW.inject} injected, guidance "
-            f"{FIREFLOW.guidance:g}")
